@@ -1,0 +1,37 @@
+"""`tracer-theory verify`: the table, the JSON rows and the exit code."""
+
+import json
+
+from tracer_theory import cli
+from tracer_theory.claims import registry
+
+
+def test_verify_prints_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert cli.main(["verify", "--claims", "C1", "C3", "--json", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "PASS" in text and "FAIL" not in text and "C3" in text
+    data = json.loads(out.read_text())
+    assert data["passed"] is True
+    assert {r["claim"] for r in data["rows"]} == {"C1", "C3"}
+    cases = {r["case"] for r in data["rows"]}
+    assert {"n<d_I", "n>d_I", "rank-deficient"} <= cases
+    # the JSON holds exactly the rows the registry measures
+    assert len(data["rows"]) == len(registry.run_claims(["C1", "C3"]))
+
+
+def test_verify_exits_1_on_a_failing_claim(monkeypatch, capsys):
+    def check(case):
+        return [registry.Row("CX", case, "always off", 1.0, 1e-3)]
+
+    table = dict(registry.claims())
+    table["CX"] = registry.Claim("CX", "a claim that fails", ("only",), check)
+    monkeypatch.setattr(registry, "claims", lambda: table)
+    monkeypatch.setattr(cli, "claims", lambda: table)
+    assert cli.main(["verify", "--claims", "CX", "--quiet"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_unknown_claim_is_a_clear_error(capsys):
+    assert cli.main(["verify", "--claims", "C99", "--quiet"]) == 2
+    assert "unknown claim ids ['C99']" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""The claims registry of THEORY §5 and the claims themselves."""

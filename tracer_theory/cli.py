@@ -1,0 +1,78 @@
+"""The ``tracer-theory`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from ._io import write_json_atomic
+from .claims.registry import Row, claim_cases, claims, run_claims
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The verify table: claim, case, quantity, measured error, tolerance, PASS/FAIL, note."""
+    header = ("claim", "case", "quantity", "error", "tolerance", "result")
+    body = [(r.claim, r.case, r.quantity, f"{r.error:.2e}", f"{r.tolerance:.1e}",
+             "PASS" if r.passed else "FAIL", r.note) for r in rows]
+    widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths])]
+    out += [line(b[:-1]) + (f"  {b[-1]}" if b[-1] else "") for b in body]
+    return "\n".join(out)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    ids = args.claims or None
+    cases = claim_cases(ids)
+    with tqdm(total=len(cases), desc="claims", unit="case", file=sys.stderr,
+              disable=args.quiet) as bar:
+        def progress(claim_id: str, case: str) -> None:
+            bar.set_postfix_str(f"{claim_id} {case}")
+            bar.update(1)
+
+        rows = run_claims(ids, progress=progress)
+    print(format_table(rows))
+    failed = [r for r in rows if not r.passed]
+    statements = claims()
+    print(f"\n{len(rows) - len(failed)}/{len(rows)} rows PASS over claims "
+          f"{', '.join(sorted({r.claim for r in rows}))}.")
+    for claim_id in sorted({r.claim for r in rows}):
+        print(f"  {claim_id}: {statements[claim_id].statement}")
+    if args.json:
+        path = write_json_atomic(args.json, {"rows": [r.as_dict() for r in rows],
+                                             "passed": not failed})
+        print(f"wrote {path}")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracer-theory",
+        description="Verify the linearized theory of TRACER numerically.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    verify = sub.add_parser("verify", help="run the claims of THEORY §5 and print a table")
+    verify.add_argument("--claims", nargs="+", metavar="ID",
+                        help="claim ids to run (default: all), e.g. C1 C3")
+    verify.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(run=_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as err:
+        print(f"tracer-theory {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The linearized theory: problem, spectrum, strategies, closed forms, decomposition, GD."""

@@ -1,0 +1,71 @@
+"""Closed-form solutions of every strategy from one SVD (THEORY §3).
+
+Every strategy's converged solution is
+
+    W = A + Σ_i f_i · (Y − A X_I) v_i / σ_i · u_iᵀ,
+
+with anchor ``A = W⁰`` (``A = 0`` for weight decay) and the strategy's filter factors ``f_i``.
+The orthogonal part ``A(I − P)`` is therefore kept exactly for every ``W⁰``-anchored strategy.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .problem import LinearProblem, contrastive_target
+from .spectrum import Spectrum, spectrum as compute_spectrum
+from .strategies import Strategy
+
+
+def anchor_of(problem: LinearProblem, strategy: Strategy) -> Float[Array, "k d_I"]:
+    """The point the strategy shrinks toward: ``W⁰``, or zeros for weight decay."""
+    return problem.w0 if strategy.anchor == "pretrained" else jnp.zeros_like(problem.w0)
+
+
+@eqx.filter_jit
+def _filter(spec: Spectrum, strategy: Strategy) -> Float[Array, " r"]:
+    sigma_sq = strategy.check(spec.sigma_sq)
+    return jnp.where(spec.mask, strategy.filter(sigma_sq), 0.0)
+
+
+@eqx.filter_jit
+def _solve(problem: LinearProblem, strategy: Strategy, spec: Spectrum) -> Float[Array, "k d_I"]:
+    anchor = anchor_of(problem, strategy)
+    residual = contrastive_target(problem) - anchor @ problem.x_img  # (k, n)
+    coef = (residual @ spec.v) * (_filter(spec, strategy) * spec.inv_s)[None, :]  # (k, r)
+    return anchor + coef @ spec.u.T
+
+
+def _checked_spectrum(problem: LinearProblem, strategy: Strategy,
+                      spec: Spectrum | None) -> Spectrum:
+    if not isinstance(problem, LinearProblem):
+        raise TypeError(f"problem must be a LinearProblem, got {type(problem).__name__}")
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"strategy must be a tracer_theory Strategy, got {type(strategy).__name__}")
+    spec = compute_spectrum(problem) if spec is None else spec
+    strategy.check(spec.sigma_sq)  # eager ValueError for concrete hyper-parameters
+    return spec
+
+
+def solve(problem: LinearProblem, strategy: Strategy, *,
+          spectrum: Spectrum | None = None) -> Float[Array, "k d_I"]:
+    """The strategy's converged (or, for ``StoppedGD``, step-t) image encoder, shape (k, d_I).
+
+    Pass a precomputed ``spectrum`` to reuse one SVD across many strategies. Jit-compiled;
+    differentiable in the strategy's hyper-parameters and in the problem's arrays.
+    """
+    spec = _checked_spectrum(problem, strategy, spectrum)
+    return _solve(problem, strategy, spec)
+
+
+def filter_factors(problem: LinearProblem, strategy: Strategy, *,
+                   spectrum: Spectrum | None = None) -> Float[Array, " r"]:
+    """Filter factors ``f_i`` of the strategy in the eigenbasis of ``X_I X_Iᵀ``, shape (r,).
+
+    Ordered like ``spectrum(problem).s`` (descending σ_i); 0 in directions below the rank
+    tolerance. For weight decay they are relative to the anchor 0 (see ``WeightDecay``).
+    """
+    spec = _checked_spectrum(problem, strategy, spectrum)
+    return _filter(spec, strategy)

@@ -1,0 +1,64 @@
+"""Geometric decomposition of a finetuned encoder (THEORY §3).
+
+``W − W⁰ = (W − W⁰)P + (W − W⁰)(I − P)``: a task-subspace part and an orthogonal part. The
+measured filter factor in direction ``u_i`` is the coefficient of ``(W − W⁰)u_i`` along the
+Direct-FT change ``(W_FT − W⁰)u_i``; for every ``W⁰``-anchored closed form it equals the
+strategy's ``f_i`` and the residual off that line is 0.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .problem import LinearProblem, contrastive_target
+from .spectrum import Spectrum, spectrum as compute_spectrum
+
+
+class Decomposition(eqx.Module):
+    """Task/orthogonal split of ``W − W⁰``.
+
+    Fields: ``task`` (k, d_I) ``= (W − W⁰)P``; ``orthogonal`` (k, d_I) ``= (W − W⁰)(I − P)``;
+    ``task_norm`` and ``orthogonal_norm`` their Frobenius norms divided by ``‖W⁰‖``;
+    ``filter_factors`` (r,) the measured ``f_i``; ``off_filter`` (r,) the norm of the part of
+    ``(W − W⁰)u_i`` not along ``(W_FT − W⁰)u_i``, relative to ``‖(W_FT − W⁰)u_i‖``.
+    """
+
+    task: Float[Array, "k d_I"]
+    orthogonal: Float[Array, "k d_I"]
+    task_norm: Float[Array, ""]
+    orthogonal_norm: Float[Array, ""]
+    filter_factors: Float[Array, " r"]
+    off_filter: Float[Array, " r"]
+
+
+@eqx.filter_jit
+def _decompose(problem: LinearProblem, w: Float[Array, "k d_I"], spec: Spectrum) -> Decomposition:
+    delta = w - problem.w0
+    um = spec.u * spec.mask[None, :]
+    task = (delta @ um) @ um.T
+    orthogonal = delta - task
+    w0_norm = jnp.linalg.norm(problem.w0)
+    # Direct-FT change along u_i: (Y − W⁰X_I) v_i / σ_i, columns of a (k, r) matrix.
+    ft_cols = ((contrastive_target(problem) - problem.w0 @ problem.x_img) @ spec.v
+               ) * spec.inv_s[None, :]
+    cols = delta @ spec.u  # (k, r): (W − W⁰) u_i
+    ft_sq = jnp.sum(ft_cols**2, axis=0)
+    safe = jnp.where(spec.mask & (ft_sq > 0), ft_sq, 1.0)
+    coef = jnp.where(spec.mask, jnp.sum(cols * ft_cols, axis=0) / safe, 0.0)
+    off = jnp.linalg.norm(cols - coef[None, :] * ft_cols, axis=0) / jnp.sqrt(safe)
+    return Decomposition(task=task, orthogonal=orthogonal,
+                         task_norm=jnp.linalg.norm(task) / w0_norm,
+                         orthogonal_norm=jnp.linalg.norm(orthogonal) / w0_norm,
+                         filter_factors=coef, off_filter=jnp.where(spec.mask, off, 0.0))
+
+
+def decompose(problem: LinearProblem, w: Float[Array, "k d_I"], *,
+              spectrum: Spectrum | None = None) -> Decomposition:
+    """Split ``w − W⁰`` into its task-subspace and orthogonal parts; see ``Decomposition``."""
+    w = jnp.asarray(w)
+    if w.shape != problem.w0.shape:
+        raise ValueError(f"w must have the shape of w0 {problem.w0.shape}, got {w.shape}")
+    spec = compute_spectrum(problem) if spectrum is None else spectrum
+    return _decompose(problem, w, spec)

@@ -1,0 +1,115 @@
+"""The linearized contrastive finetuning problem (THEORY §1–2)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from .._validation import as_float_matrix
+
+Contrast = Literal["paper", "centered"]
+
+
+class LinearProblem(eqx.Module):
+    """Data and pretrained weights of one linearized finetuning problem (a pytree).
+
+    Arguments:
+        x_img: image features ``X_I``, shape ``(d_I, n)``, one column per sample.
+        x_txt: text features ``X_T``, shape ``(d_T, n)``.
+        w0: pretrained image encoder ``W⁰``, shape ``(k, d_I)``; every strategy starts here.
+        w_txt: frozen text encoder ``W_T⁰``, shape ``(k, d_T)``.
+        contrast: ``"paper"`` uses ``C = n I − J`` (the paper); ``"centered"`` uses
+            ``H = I − J/n = C/n`` (the authors' analysis code). Y differs by the factor n.
+
+    All four arrays must share one floating dtype; nothing is cast. Shapes and finiteness are
+    checked at construction and a ``ValueError`` names the offending argument.
+    """
+
+    x_img: Float[Array, "d_I n"]
+    x_txt: Float[Array, "d_T n"]
+    w0: Float[Array, "k d_I"]
+    w_txt: Float[Array, "k d_T"]
+    contrast: Contrast = eqx.field(static=True, default="paper")
+
+    def __init__(self, x_img: ArrayLike, x_txt: ArrayLike, w0: ArrayLike, w_txt: ArrayLike,
+                 contrast: Contrast = "paper"):
+        x_img = as_float_matrix("x_img", x_img, "(d_I, n)")
+        x_txt = as_float_matrix("x_txt", x_txt, "(d_T, n)")
+        w0 = as_float_matrix("w0", w0, "(k, d_I)")
+        w_txt = as_float_matrix("w_txt", w_txt, "(k, d_T)")
+        if x_img.shape[1] != x_txt.shape[1]:
+            raise ValueError(
+                f"x_img has {x_img.shape[1]} samples (columns) but x_txt has {x_txt.shape[1]}; "
+                "both must be (features, n) with the same n")
+        if w0.shape[1] != x_img.shape[0]:
+            raise ValueError(
+                f"w0 has d_I = {w0.shape[1]} columns but x_img has d_I = {x_img.shape[0]} rows; "
+                "w0 must be (k, d_I)")
+        if w_txt.shape[1] != x_txt.shape[0]:
+            raise ValueError(
+                f"w_txt has d_T = {w_txt.shape[1]} columns but x_txt has d_T = {x_txt.shape[0]} "
+                "rows; w_txt must be (k, d_T)")
+        if w0.shape[0] != w_txt.shape[0]:
+            raise ValueError(
+                f"w0 has k = {w0.shape[0]} rows but w_txt has k = {w_txt.shape[0]}; both encoders "
+                "must map into the same k-dimensional embedding space")
+        dtypes = {a.dtype for a in (x_img, x_txt, w0, w_txt)}
+        if len(dtypes) != 1:
+            raise ValueError(
+                "x_img, x_txt, w0 and w_txt must share one dtype, got "
+                f"{x_img.dtype}, {x_txt.dtype}, {w0.dtype}, {w_txt.dtype}; cast them explicitly")
+        if contrast not in ("paper", "centered"):
+            raise ValueError(f"contrast must be 'paper' or 'centered', got {contrast!r}")
+        self.x_img, self.x_txt, self.w0, self.w_txt = x_img, x_txt, w0, w_txt
+        self.contrast = contrast
+
+    @property
+    def n(self) -> int:
+        """Number of finetuning pairs."""
+        return self.x_img.shape[1]
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return self.x_img.dtype
+
+
+def contrast_matrix(problem: LinearProblem) -> Float[Array, "n n"]:
+    """``C = n I − J`` (``contrast="paper"``) or ``H = I − J/n`` (``"centered"``), shape (n, n)."""
+    n = problem.n
+    eye = jnp.eye(n, dtype=problem.dtype)
+    ones = jnp.ones((n, n), dtype=problem.dtype)
+    return n * eye - ones if problem.contrast == "paper" else eye - ones / n
+
+
+def contrastive_target(problem: LinearProblem) -> Float[Array, "k n"]:
+    """``Y = W_T⁰ X_T C`` (THEORY §2). Returns shape (k, n).
+
+    ``X_T C`` is the column-centred ``X_T`` times n (paper) or times 1 (centered).
+    """
+    centred = problem.x_txt - jnp.mean(problem.x_txt, axis=1, keepdims=True)
+    scale = problem.n if problem.contrast == "paper" else 1
+    return problem.w_txt @ (scale * centred)
+
+
+def mmcl_loss_trace(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
+    """Linearized MMCL loss in its similarity/trace form (THEORY §2), a scalar.
+
+    ``−Σ_ij C_ij s_ij + ½‖W X_I‖²`` with ``s_ij = ⟨W x_i, W_T⁰ t_j⟩``.
+    """
+    sims = (w @ problem.x_img).T @ (problem.w_txt @ problem.x_txt)  # (n, n): s_ij
+    contrast_term = jnp.sum(contrast_matrix(problem) * sims)
+    return -contrast_term + 0.5 * jnp.sum((w @ problem.x_img) ** 2)
+
+
+def mmcl_loss_lstsq(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
+    """Linearized MMCL loss in its least-squares form ``½‖W X_I − Y‖² − ½‖Y‖²``, a scalar."""
+    y = contrastive_target(problem)
+    return 0.5 * jnp.sum((w @ problem.x_img - y) ** 2) - 0.5 * jnp.sum(y**2)
+
+
+def fit_loss(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
+    """The data term ``½‖W X_I − Y‖²`` that every strategy's objective starts from, a scalar."""
+    return 0.5 * jnp.sum((w @ problem.x_img - contrastive_target(problem)) ** 2)
