@@ -147,6 +147,8 @@ def test_dtypes_are_kept_and_numpy_inputs_work(dtype):
         w = tt.solve(problem, strategy)
         assert w.dtype == dtype
         assert rel(w, np.asarray(tt.solve(p64, strategy))) < TOL[dtype]
+    # a strongly typed float64 hyper-parameter does not change the problem's dtype
+    assert tt.solve(problem, tt.StaticSD(np.float64(0.5))).dtype == dtype
 
 
 def test_centered_convention_scales_the_target_by_one_over_n():

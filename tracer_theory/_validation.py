@@ -13,10 +13,21 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
+#: Floating dtypes the solvers support (LAPACK's SVD has no float16/bfloat16 kernels).
+SUPPORTED_FLOATS = (jnp.float32, jnp.float64)
+
 
 def is_traced(x: object) -> bool:
     """True when ``x`` is an abstract value inside a jax transformation."""
     return isinstance(x, jax.core.Tracer)
+
+
+def show(x: object) -> str:
+    """A value for an error message: the number, or ``<traced>`` inside a transformation."""
+    if is_traced(x):
+        return "<traced>"
+    arr = np.asarray(x)
+    return repr(float(arr)) if arr.ndim == 0 and arr.dtype.kind == "f" else repr(x)
 
 
 def ensure(x: Array, ok: ArrayLike, message: str) -> Array:
@@ -31,17 +42,37 @@ def ensure(x: Array, ok: ArrayLike, message: str) -> Array:
     return x
 
 
+def _to_array(name: str, value: object, what: str) -> Array:
+    if is_traced(value) or isinstance(value, jax.Array):
+        return value  # type: ignore[return-value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return jnp.asarray(value)  # weakly typed: adopts the problem's dtype
+        except OverflowError as err:
+            raise ValueError(f"{name} is out of range: {err}") from None
+    try:
+        host = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"{name} must be {what}, got {type(value).__name__}: {err}") from None
+    if host.dtype.kind not in "biufc":
+        raise ValueError(f"{name} must be {what}, got a value of dtype {host.dtype}")
+    try:
+        return jnp.asarray(host)
+    except OverflowError as err:
+        raise ValueError(f"{name} is out of range: {err}") from None
+
+
 def as_float_matrix(name: str, value: ArrayLike, expected: str) -> Array:
-    """Convert ``value`` to a 2-D floating jax array or raise a ``ValueError`` naming ``name``.
+    """Convert ``value`` to a 2-D float32/float64 jax array or raise a ``ValueError`` naming it.
 
     ``expected`` describes the wanted shape, e.g. ``"(d_I, n)"``. The dtype is kept as given
-    (numpy float64 stays float64 when x64 is enabled); integer or complex input is refused.
+    (numpy float64 stays float64 when x64 is enabled); other dtypes are refused, not cast.
     """
-    arr = jnp.asarray(value)
+    arr = _to_array(name, value, f"a 2-D array of shape {expected}")
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape {expected}, got shape {arr.shape}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise ValueError(f"{name} must have a floating dtype, got {arr.dtype}")
+    if arr.dtype not in SUPPORTED_FLOATS:
+        raise ValueError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
     return ensure(arr, jnp.isfinite(arr), f"{name} contains NaN or Inf; all entries must be finite")
@@ -49,20 +80,28 @@ def as_float_matrix(name: str, value: ArrayLike, expected: str) -> Array:
 
 def as_scalar(name: str, value: ArrayLike, *, minimum: float | None = None,
               strict: bool = False, integer: bool = False) -> Array:
-    """Convert a hyper-parameter to a 0-d array, checking finiteness and a lower bound.
+    """Convert a hyper-parameter to a 0-d real array, checking finiteness and a lower bound.
 
     ``strict`` makes the bound exclusive (``value > minimum``). ``integer`` requires an integer
     value (a step count). Returns a 0-d array (weakly typed for Python numbers).
     """
-    arr = jnp.asarray(value)
+    kind = "an integer" if integer else "a real number"
+    arr = _to_array(name, value, kind)
     if arr.ndim != 0:
         raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
-    if integer and not jnp.issubdtype(arr.dtype, jnp.integer):
-        raise ValueError(f"{name} must be an integer, got {value!r} of dtype {arr.dtype}")
+    if arr.dtype == jnp.bool_ or (integer and not jnp.issubdtype(arr.dtype, jnp.integer)):
+        raise ValueError(f"{name} must be {kind}, got {value!r} of dtype {arr.dtype}")
+    if not (jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)):
+        raise ValueError(f"{name} must be {kind}, got {value!r} of dtype {arr.dtype}")
     ok = jnp.isfinite(arr) if not integer else jnp.asarray(True)
     relation = ""
     if minimum is not None:
         ok = ok & ((arr > minimum) if strict else (arr >= minimum))
         relation = f" {'>' if strict else '>='} {minimum}"
-    shown = value if is_traced(value) else np.asarray(value).item()
-    return ensure(arr, ok, f"{name} must be finite{relation}, got {shown}")
+    return ensure(arr, ok, f"{name} must be finite{relation}, got {show(value)}")
+
+
+def check_instance(name: str, value: object, cls: type) -> None:
+    """Raise ``TypeError`` naming ``name`` unless ``value`` is a ``cls``."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")

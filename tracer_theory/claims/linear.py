@@ -62,16 +62,15 @@ def strategies_for(problem: LinearProblem) -> dict[str, Strategy]:
             "WeightDecay(0.2)": WeightDecay(0.2), "StoppedGD(40)": StoppedGD(40, lr)}
 
 
-def _curvature_range(name: str, eigs: np.ndarray, d_img: int) -> tuple[float, float]:
-    """(smallest, largest) curvature of the strategy's objective on the directions that move."""
-    lam = {"StaticSD(0.5)": 0.5, "L2SP(0.3)": 0.3, "WeightDecay(0.2)": 0.2}.get(name, 0.0)
-    if name.startswith("StaticSD"):
-        return (1 + lam) * eigs.min(), (1 + lam) * eigs.max()
-    if name.startswith("L2SP"):
-        return eigs.min() + lam, eigs.max() + lam
-    if name.startswith("WeightDecay"):  # also shrinks the orthogonal directions, curvature λ
-        return lam + (eigs.min() if eigs.size == d_img else 0.0), eigs.max() + lam
-    return eigs.min(), eigs.max()
+def curvature_range(strategy: Strategy, eigs: np.ndarray, d_img: int) -> tuple[float, float]:
+    """(smallest, largest) curvature of the strategy's objective over the directions that move
+    under GD from W⁰, given the non-zero ``eigs`` σ_i² of X_I X_Iᵀ."""
+    curv = np.asarray(strategy.curvature(jnp.asarray(eigs)))
+    smallest, largest = float(curv.min()), float(curv.max())
+    ortho = strategy.orthogonal_curvature()
+    if ortho is not None and eigs.size < d_img:
+        smallest = min(smallest, float(ortho))
+    return smallest, largest
 
 
 def scipy_reference(name: str, strategy: Strategy, problem: LinearProblem) -> np.ndarray:
@@ -167,7 +166,7 @@ def check_c2(case: str) -> list[Row]:
         if isinstance(strategy, StoppedGD):
             steps, lr = int(strategy.steps), float(strategy.lr)
         else:
-            mu, big = _curvature_range(name, eigs, problem.x_img.shape[0])
+            mu, big = curvature_range(strategy, eigs, problem.x_img.shape[0])
             lr = 1.0 / big
             steps = math.ceil(math.log(1e-15) / math.log1p(-mu / big))
         if steps <= MAX_GD_STEPS:

@@ -14,6 +14,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._validation import check_instance
 from .problem import LinearProblem, contrastive_target
 from .spectrum import Spectrum, spectrum as compute_spectrum
 from .strategies import Strategy
@@ -27,7 +28,8 @@ def anchor_of(problem: LinearProblem, strategy: Strategy) -> Float[Array, "k d_I
 @eqx.filter_jit
 def _filter(spec: Spectrum, strategy: Strategy) -> Float[Array, " r"]:
     sigma_sq = strategy.check(spec.sigma_sq)
-    return jnp.where(spec.mask, strategy.filter(sigma_sq), 0.0)
+    # Hyper-parameters never change the problem's dtype (a float64 λ on a float32 problem).
+    return jnp.where(spec.mask, strategy.filter(sigma_sq), 0.0).astype(spec.s.dtype)
 
 
 @eqx.filter_jit
@@ -40,11 +42,13 @@ def _solve(problem: LinearProblem, strategy: Strategy, spec: Spectrum) -> Float[
 
 def _checked_spectrum(problem: LinearProblem, strategy: Strategy,
                       spec: Spectrum | None) -> Spectrum:
-    if not isinstance(problem, LinearProblem):
-        raise TypeError(f"problem must be a LinearProblem, got {type(problem).__name__}")
-    if not isinstance(strategy, Strategy):
-        raise TypeError(f"strategy must be a tracer_theory Strategy, got {type(strategy).__name__}")
-    spec = compute_spectrum(problem) if spec is None else spec
+    check_instance("problem", problem, LinearProblem)
+    check_instance("strategy", strategy, Strategy)
+    if spec is None:
+        spec = compute_spectrum(problem)
+    else:
+        check_instance("spectrum", spec, Spectrum)
+        spec.check_matches(problem)
     strategy.check(spec.sigma_sq)  # eager ValueError for concrete hyper-parameters
     return spec
 

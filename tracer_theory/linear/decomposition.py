@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
+from .._validation import as_float_matrix, check_instance
 from .problem import LinearProblem, contrastive_target
 from .spectrum import Spectrum, spectrum as compute_spectrum
 
@@ -57,8 +59,13 @@ def _decompose(problem: LinearProblem, w: Float[Array, "k d_I"], spec: Spectrum)
 def decompose(problem: LinearProblem, w: Float[Array, "k d_I"], *,
               spectrum: Spectrum | None = None) -> Decomposition:
     """Split ``w − W⁰`` into its task-subspace and orthogonal parts; see ``Decomposition``."""
-    w = jnp.asarray(w)
-    if w.shape != problem.w0.shape:
-        raise ValueError(f"w must have the shape of w0 {problem.w0.shape}, got {w.shape}")
-    spec = compute_spectrum(problem) if spectrum is None else spectrum
+    check_instance("problem", problem, LinearProblem)
+    if np.shape(w) != problem.w0.shape:
+        raise ValueError(f"w must have the shape of w0 {problem.w0.shape}, got {np.shape(w)}")
+    w = as_float_matrix("w", w, "(k, d_I)")
+    if spectrum is None:
+        spec = compute_spectrum(problem)
+    else:
+        check_instance("spectrum", spectrum, Spectrum)
+        spec = spectrum.check_matches(problem)
     return _decompose(problem, w, spec)

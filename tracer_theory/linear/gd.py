@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from .._validation import as_scalar
+from .._validation import as_float_matrix, as_scalar, check_instance
 from .problem import LinearProblem, fit_loss
 from .strategies import Strategy
 
@@ -40,13 +40,26 @@ def gradient_descent(problem: LinearProblem, strategy: Strategy, *, steps: Array
     ``StoppedGD`` has no penalty, so for it this is plain GD on the data term. Returns the final
     iterate, shape (k, d_I).
     """
+    _check_args(problem, strategy)
     steps = as_scalar("steps", steps, minimum=0, integer=True)
     lr = as_scalar("lr", lr, minimum=0.0, strict=True)
-    init = problem.w0 if init is None else jnp.asarray(init, problem.dtype)
+    init = problem.w0 if init is None else _like_w0("init", init, problem)
     return _run(problem, strategy, steps, lr, init)
 
 
-@eqx.filter_jit
+def _check_args(problem: LinearProblem, strategy: Strategy) -> None:
+    check_instance("problem", problem, LinearProblem)
+    check_instance("strategy", strategy, Strategy)
+
+
+def _like_w0(name: str, value: ArrayLike, problem: LinearProblem) -> Array:
+    arr = as_float_matrix(name, value, "(k, d_I)")
+    if arr.shape != problem.w0.shape or arr.dtype != problem.dtype:
+        raise ValueError(f"{name} must have the shape {problem.w0.shape} and dtype "
+                         f"{problem.dtype} of w0, got {arr.shape} {arr.dtype}")
+    return arr
+
+
 def gradient_descent_until(problem: LinearProblem, strategy: Strategy,
                            target: Float[Array, "k d_I"], *, tol: float, lr: ArrayLike,
                            max_steps: int) -> tuple[Float[Array, "k d_I"], Array]:
@@ -54,6 +67,16 @@ def gradient_descent_until(problem: LinearProblem, strategy: Strategy,
 
     Returns ``(W, steps_taken)``. Used by benchmarks to run GD "to the same tolerance".
     """
+    _check_args(problem, strategy)
+    target = _like_w0("target", target, problem)
+    tol = as_scalar("tol", tol, minimum=0.0, strict=True)
+    lr = as_scalar("lr", lr, minimum=0.0, strict=True)
+    max_steps = as_scalar("max_steps", max_steps, minimum=0, integer=True)
+    return _run_until(problem, strategy, target, tol, lr, max_steps)
+
+
+@eqx.filter_jit
+def _run_until(problem, strategy, target, tol, lr, max_steps):
     grad = jax.grad(lambda w: objective(problem, strategy, w))
     norm = jnp.linalg.norm(target)
 

@@ -48,6 +48,8 @@ def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
                 raise ValueError(f"cond must be >= 1, got {cond}")
             s = np.logspace(0.0, -np.log10(cond), r)
         else:
+            if not decay >= 0:
+                raise ValueError(f"decay must be >= 0, got {decay}")
             s = np.arange(1, r + 1, dtype=float) ** (-float(decay))
         x_img = (_orthonormal(rng, d_img, r) * s) @ _orthonormal(rng, n, r).T
         x_img *= np.sqrt(max(d_img, n))

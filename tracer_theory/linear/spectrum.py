@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from .._validation import check_instance
 from .problem import LinearProblem
 
 
@@ -59,6 +60,16 @@ class Spectrum(eqx.Module):
         """``X⁺``, the Moore–Penrose pseudo-inverse of ``X_I``."""
         return (self.v * self.inv_s[None, :]) @ self.u.T
 
+    def check_matches(self, problem: LinearProblem) -> Spectrum:
+        """Raise ``ValueError`` unless this is the spectrum of an ``X_I`` of ``problem``'s shape."""
+        check_instance("spectrum", self, Spectrum)
+        d, n = problem.x_img.shape
+        if self.u.shape[0] != d or self.v.shape[0] != n:
+            raise ValueError(f"spectrum was computed for X_I of shape ({self.u.shape[0]}, "
+                             f"{self.v.shape[0]}) but the problem has X_I of shape ({d}, {n}); "
+                             "pass spectrum=tt.spectrum(problem)")
+        return self
+
 
 def default_rtol(problem: LinearProblem) -> float:
     """``max(d_I, n) · eps(dtype)``, the default relative rank tolerance."""
@@ -78,6 +89,7 @@ def spectrum(problem: LinearProblem, rtol: float | None = None) -> Spectrum:
 
     Compute it once and pass it to ``solve``/``filter_factors`` to reuse it across strategies.
     """
+    check_instance("problem", problem, LinearProblem)
     if rtol is None:
         rtol = default_rtol(problem)
     elif not (0.0 <= float(rtol) < 1.0):

@@ -19,7 +19,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._validation import as_scalar, ensure, is_traced
+from .._validation import as_scalar, ensure, show
 from .problem import LinearProblem
 
 Anchor = Literal["pretrained", "zero"]
@@ -37,6 +37,19 @@ class Strategy(eqx.Module):
     def penalty(self, problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
         """The regulariser added to ``½‖W X_I − Y‖²`` (0 for unregularised strategies)."""
         return jnp.zeros((), problem.dtype)
+
+    def curvature(self, sigma_sq: Float[Array, " r"]) -> Float[Array, " r"]:
+        """Hessian eigenvalues of the objective along each ``u_i``, shape (r,).
+
+        Gradient descent is stable for ``lr < 2/max(curvature)`` and converges at the rate set
+        by the smallest curvature among the directions that move.
+        """
+        return sigma_sq
+
+    #: Curvature of the objective on the orthogonal complement, where those directions move
+    #: under GD from ``W⁰`` (weight decay: λ); ``None`` where they never move.
+    def orthogonal_curvature(self) -> Float[Array, ""] | None:
+        return None
 
     def check(self, sigma_sq: Float[Array, " r"]) -> Float[Array, " r"]:
         """Validate problem-dependent hyper-parameters against ``σ_i²``; returns its input."""
@@ -64,6 +77,9 @@ class StaticSD(Strategy):
     def filter(self, sigma_sq):
         return jnp.ones_like(sigma_sq) / (1 + self.lam)
 
+    def curvature(self, sigma_sq):
+        return (1 + self.lam) * sigma_sq
+
     def penalty(self, problem, w):
         return 0.5 * self.lam * jnp.sum(((w - problem.w0) @ problem.x_img) ** 2)
 
@@ -85,6 +101,9 @@ class L2SP(Strategy):
     def penalty(self, problem, w):
         return 0.5 * self.lam * jnp.sum((w - problem.w0) ** 2)
 
+    def curvature(self, sigma_sq):
+        return sigma_sq + self.lam
+
 
 class WeightDecay(Strategy):
     """L2 toward zero: penalty ``(λ/2)‖W‖²``, ``λ > 0``.
@@ -105,6 +124,12 @@ class WeightDecay(Strategy):
 
     def penalty(self, problem, w):
         return 0.5 * self.lam * jnp.sum(w**2)
+
+    def curvature(self, sigma_sq):
+        return sigma_sq + self.lam
+
+    def orthogonal_curvature(self):
+        return self.lam
 
 
 class StoppedGD(Strategy):
@@ -132,9 +157,6 @@ class StoppedGD(Strategy):
     def check(self, sigma_sq):
         bound = 2.0 / jnp.max(sigma_sq)
         return ensure(sigma_sq, self.lr < bound,
-                      f"lr must be below the stability bound 2/σ_max² = {_show(bound)} for this "
-                      f"problem, got lr = {_show(self.lr)}")
+                      f"lr must be below the stability bound 2/σ_max² = {show(bound)} for this "
+                      f"problem, got lr = {show(self.lr)}")
 
-
-def _show(x: ArrayLike) -> str:
-    return "<traced>" if is_traced(x) else f"{float(x):.6g}"

@@ -1,0 +1,348 @@
+"""Bad input fails early with a ``ValueError`` that names the argument and what was expected.
+
+Never an XLA / shape ``TypeError`` from deep inside a jitted computation. Traced values (inside
+``jax.jit``/``jax.vmap``) cannot be checked in Python; for those the check is attached to the
+value and fails when the computation runs (an equinox runtime error), never silently.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tracer_theory as tt
+
+D_IMG, N, D_TXT, K = 6, 5, 4, 3
+ARG_NAMES = ("x_img", "x_txt", "w0", "w_txt")
+REGULARISED = (tt.StaticSD, tt.L2SP, tt.WeightDecay)
+
+
+def _good_arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "x_img": rng.standard_normal((D_IMG, N)),
+        "x_txt": rng.standard_normal((D_TXT, N)),
+        "w0": rng.standard_normal((K, D_IMG)),
+        "w_txt": rng.standard_normal((K, D_TXT)),
+    }
+
+
+def _build(**overrides):
+    arrays = _good_arrays()
+    contrast = overrides.pop("contrast", "paper")
+    arrays.update(overrides)
+    return tt.LinearProblem(arrays["x_img"], arrays["x_txt"], arrays["w0"], arrays["w_txt"],
+                            contrast=contrast)
+
+
+def _raises_naming(name: str, expected: str, fn, *args, **kwargs) -> str:
+    """Assert ``fn(*args, **kwargs)`` raises a ValueError matching ``expected`` naming ``name``."""
+    with pytest.raises(ValueError, match=expected) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert re.search(rf"\b{re.escape(name)}\b", message), (
+        f"message does not name {name!r}: {message!r}")
+    return message
+
+
+@pytest.fixture(scope="module")
+def problem() -> tt.LinearProblem:
+    return _build()
+
+
+@pytest.fixture(scope="module")
+def sigma_max_sq(problem) -> float:
+    return float(np.linalg.svd(np.asarray(problem.x_img), compute_uv=False)[0] ** 2)
+
+
+# --- the good case, so that every failure below is caused by the one thing changed ----------
+
+def test_good_input_is_accepted(problem):
+    assert problem.x_img.dtype == jnp.float64
+    w = tt.solve(problem, tt.DirectFT())
+    assert w.shape == (K, D_IMG)
+    assert np.all(np.isfinite(np.asarray(w)))
+
+
+# --- shapes ------------------------------------------------------------------------------------
+
+def test_mismatched_n_between_x_img_and_x_txt():
+    x_txt = np.ones((D_TXT, N + 1))
+    message = _raises_naming("x_img", r"samples \(columns\)", _build, x_txt=x_txt)
+    assert "x_txt" in message and f"{N}" in message and f"{N + 1}" in message
+
+
+def test_mismatched_k_between_w0_and_w_txt():
+    w_txt = np.ones((K + 2, D_TXT))
+    message = _raises_naming("w0", r"k = ", _build, w_txt=w_txt)
+    assert "w_txt" in message and f"k = {K}" in message and f"k = {K + 2}" in message
+
+
+def test_mismatched_d_img_between_w0_and_x_img():
+    w0 = np.ones((K, D_IMG + 1))
+    message = _raises_naming("w0", r"must be \(k, d_I\)", _build, w0=w0)
+    assert "x_img" in message and f"d_I = {D_IMG + 1}" in message and f"d_I = {D_IMG}" in message
+
+
+def test_mismatched_d_txt_between_w_txt_and_x_txt():
+    w_txt = np.ones((K, D_TXT + 3))
+    message = _raises_naming("w_txt", r"must be \(k, d_T\)", _build, w_txt=w_txt)
+    assert "x_txt" in message and f"d_T = {D_TXT + 3}" in message
+
+
+@pytest.mark.parametrize("name", ARG_NAMES)
+@pytest.mark.parametrize("ndim", [0, 1, 3])
+def test_wrong_number_of_dimensions(name, ndim):
+    good = _good_arrays()[name]
+    bad = {0: good[0, 0], 1: good.ravel(), 3: good[None, :, :]}[ndim]
+    message = _raises_naming(name, r"must be a 2-D array of shape \(", _build, **{name: bad})
+    assert str(np.shape(bad)) in message
+
+
+@pytest.mark.parametrize("name", ARG_NAMES)
+def test_empty_array(name):
+    empty = _good_arrays()[name][:0, :]
+    message = _raises_naming(name, "must not be empty", _build, **{name: empty})
+    assert str(empty.shape) in message
+
+
+# --- values and dtypes -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ARG_NAMES)
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_entry(name, bad_value):
+    bad = _good_arrays()[name].copy()
+    bad[0, 1] = bad_value
+    _raises_naming(name, "contains NaN or Inf", _build, **{name: bad})
+
+
+@pytest.mark.parametrize("name", ARG_NAMES)
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.complex128])
+def test_non_floating_dtype(name, dtype):
+    bad = _good_arrays()[name].astype(dtype)
+    message = _raises_naming(name, "must have dtype float32 or float64", _build, **{name: bad})
+    assert np.dtype(dtype).name in message
+
+
+@pytest.mark.parametrize("name", ARG_NAMES)
+def test_mixed_float32_and_float64(name):
+    assert jax.config.jax_enable_x64  # set in tests/conftest.py; else float64 becomes float32
+    bad = _good_arrays()[name].astype(np.float32)
+    message = _raises_naming(name, "must share one dtype", _build, **{name: bad})
+    assert "float32" in message and "float64" in message
+
+
+@pytest.mark.parametrize("contrast", ["Paper", "centred", "", None])
+def test_unknown_contrast(contrast):
+    message = _raises_naming("contrast", "must be 'paper' or 'centered'", _build,
+                             contrast=contrast)
+    assert repr(contrast) in message
+
+
+# --- regularisation strength -------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", REGULARISED, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("lam", [-1.0, -1e-12, np.nan, np.inf, -np.inf],
+                         ids=["neg", "tiny-neg", "nan", "inf", "-inf"])
+def test_bad_lambda(cls, lam):
+    message = _raises_naming("lam", r"lam must be finite >=? 0", cls, lam)
+    assert str(float(lam)) in message
+
+
+@pytest.mark.parametrize("cls", REGULARISED, ids=lambda c: c.__name__)
+def test_lambda_must_be_scalar(cls):
+    _raises_naming("lam", "must be a scalar", cls, np.array([1.0, 2.0]))
+
+
+def test_weight_decay_refuses_zero_lambda():
+    _raises_naming("lam", r"lam must be finite > 0", tt.WeightDecay, 0.0)
+
+
+@pytest.mark.parametrize("cls", [tt.StaticSD, tt.L2SP], ids=lambda c: c.__name__)
+def test_zero_lambda_is_allowed_where_documented(cls, problem):
+    w = tt.solve(problem, cls(0.0))
+    np.testing.assert_allclose(w, tt.solve(problem, tt.DirectFT()), rtol=1e-10, atol=1e-12)
+
+
+# --- stopped gradient descent ------------------------------------------------------------------
+
+@pytest.mark.parametrize("lr", [0.0, -0.1, np.nan, np.inf], ids=["zero", "neg", "nan", "inf"])
+def test_stopped_gd_bad_lr(lr):
+    _raises_naming("lr", r"lr must be finite > 0", tt.StoppedGD, 10, lr)
+
+
+@pytest.mark.parametrize("entry", [tt.solve, tt.filter_factors], ids=["solve", "filter_factors"])
+@pytest.mark.parametrize("factor", [1.001, 1.5, 10.0])
+def test_stopped_gd_lr_above_stability_bound(problem, sigma_max_sq, entry, factor):
+    # σ_max from numpy; numpy's and jax's SVD may differ in the last bit, hence factor > 1.
+    strategy = tt.StoppedGD(10, factor * 2.0 / sigma_max_sq)  # constructing it is fine
+    message = _raises_naming("lr", "must be below the stability bound", entry, problem, strategy)
+    bound = float(re.search(r"2/σ_max² = ([0-9.e+-]+)", message).group(1))
+    assert bound == pytest.approx(2.0 / sigma_max_sq, rel=1e-9)
+
+
+@pytest.mark.parametrize("entry", [tt.solve, tt.filter_factors], ids=["solve", "filter_factors"])
+def test_stopped_gd_lr_exactly_at_bound_is_refused(problem, entry):
+    spec = tt.spectrum(problem)
+    strategy = tt.StoppedGD(10, 2.0 / spec.sigma_max_sq)  # |1 − lr σ_max²| = 1: not stable
+    _raises_naming("lr", "must be below the stability bound", entry, problem, strategy,
+                   spectrum=spec)
+
+
+def test_stopped_gd_lr_just_below_bound_is_accepted(problem, sigma_max_sq):
+    f = tt.filter_factors(problem, tt.StoppedGD(10, 0.99 * 2.0 / sigma_max_sq))
+    assert np.all(np.isfinite(np.asarray(f)))
+
+
+@pytest.mark.parametrize("steps", [-1, -100])
+def test_stopped_gd_negative_steps(steps):
+    message = _raises_naming("steps", r"steps must be finite >= 0", tt.StoppedGD, steps, 0.1)
+    assert str(steps) in message
+
+
+@pytest.mark.parametrize("steps", [2.5, 3.0, np.float64(4.0), True],
+                         ids=["2.5", "3.0", "np-float", "bool"])
+def test_stopped_gd_non_integer_steps(steps):
+    _raises_naming("steps", "steps must be an integer", tt.StoppedGD, steps, 0.1)
+
+
+@pytest.mark.parametrize("name", ["steps", "lr"])
+def test_gradient_descent_checks_steps_and_lr(problem, name):
+    kwargs = {"steps": 5, "lr": 0.1}
+    kwargs[name] = -1 if name == "steps" else 0.0
+    _raises_naming(name, f"{name} must be finite", tt.gradient_descent, problem, tt.DirectFT(),
+                   **kwargs)
+
+
+# --- decompose, spectrum and solve arguments ---------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(K, D_IMG + 1), (K + 1, D_IMG), (D_IMG, K), (K * D_IMG,),
+                                   (1, K, D_IMG)])
+def test_decompose_wrong_w_shape(problem, shape):
+    message = _raises_naming("w", "must have the shape of w0", tt.decompose, problem,
+                             np.zeros(shape))
+    assert str((K, D_IMG)) in message and str(shape) in message
+
+
+@pytest.mark.parametrize("rtol", [-0.1, 1.0, np.nan])
+def test_spectrum_bad_rtol(problem, rtol):
+    _raises_naming("rtol", r"rtol must be in \[0, 1\)", tt.spectrum, problem, rtol)
+
+
+@pytest.mark.parametrize("not_a_strategy", ["DirectFT", tt.DirectFT, 1.0, None],
+                         ids=["str", "class", "float", "none"])
+@pytest.mark.parametrize("entry", [tt.solve, tt.filter_factors], ids=["solve", "filter_factors"])
+def test_solve_refuses_non_strategy(problem, entry, not_a_strategy):
+    # The code raises TypeError (a wrong type, not a wrong value) and names the argument.
+    with pytest.raises(TypeError, match=r"strategy must be a Strategy"):
+        entry(problem, not_a_strategy)
+
+
+def test_solve_refuses_non_problem():
+    with pytest.raises(TypeError, match=r"problem must be a LinearProblem"):
+        tt.solve(_good_arrays(), tt.DirectFT())
+
+
+# --- traced values: the check is deferred to run time, never skipped ---------------------------
+
+def _runtime_error_text(info: pytest.ExceptionInfo) -> str:
+    return f"{info.value}\n{info.value.__cause__}"
+
+
+@pytest.mark.parametrize("cls", REGULARISED, ids=lambda c: c.__name__)
+def test_negative_lambda_under_jit_fails_at_run_time(problem, cls):
+    solve = jax.jit(lambda lam: tt.solve(problem, cls(lam)))
+    np.asarray(solve(1.0))  # a valid traced value runs
+    with pytest.raises(Exception) as info:  # jax.jit wraps equinox's error
+        jax.block_until_ready(solve(-1.0))
+    text = _runtime_error_text(info)
+    assert "lam must be finite" in text
+
+
+@pytest.mark.parametrize("cls", REGULARISED, ids=lambda c: c.__name__)
+def test_negative_lambda_under_vmap_fails_at_run_time(problem, cls):
+    factors = jax.vmap(lambda lam: tt.filter_factors(problem, cls(lam)))
+    assert factors(jnp.array([0.5, 2.0])).shape[0] == 2  # a valid batch runs
+    with pytest.raises(Exception) as info:  # equinox runtime error
+        jax.block_until_ready(factors(jnp.array([1.0, -1.0])))
+    assert "lam must be finite" in _runtime_error_text(info)
+
+
+def test_lr_above_bound_under_jit_fails_at_run_time(problem, sigma_max_sq):
+    solve = jax.jit(lambda lr: tt.solve(problem, tt.StoppedGD(10, lr)))
+    np.asarray(solve(1.0 / sigma_max_sq))
+    with pytest.raises(Exception) as info:  # jax.jit wraps equinox's error
+        jax.block_until_ready(solve(3.0 / sigma_max_sq))
+    assert "lr must be below the stability bound" in _runtime_error_text(info)
+
+
+def test_nan_features_under_jit_fail_at_run_time():
+    good = _good_arrays()
+    run = jax.jit(lambda x: tt.solve(_build(x_img=x), tt.DirectFT()))
+    bad = good["x_img"].copy()
+    bad[2, 2] = np.nan
+    with pytest.raises(Exception) as info:  # jax.jit wraps equinox's error
+        jax.block_until_ready(run(bad))
+    assert "x_img contains NaN or Inf" in _runtime_error_text(info)
+
+
+# --- inputs that once slipped through (complex, half precision, foreign spectra, ...) ---
+
+
+@pytest.mark.parametrize("cls", [tt.StaticSD, tt.L2SP, tt.WeightDecay])
+def test_complex_lambda_is_refused(cls):
+    _raises_naming("lam", "must be a real number", cls, 1 + 1j)
+
+
+def test_complex_lr_is_refused():
+    _raises_naming("lr", "must be a real number", tt.StoppedGD, 3, 0.1 + 0j)
+
+
+@pytest.mark.parametrize("value", [None, "a", [[1.0, 2.0], [1.0]]])
+def test_non_numeric_lambda_and_arrays_name_the_argument(value, problem):
+    _raises_naming("lam", "must be a real number", tt.StaticSD, value)
+    _raises_naming("x_img", "must be a 2-D array", tt.LinearProblem, value, problem.x_txt,
+                   problem.w0, problem.w_txt)
+
+
+def test_half_precision_is_refused(problem):
+    arrays = [np.asarray(a, np.float16) for a in (problem.x_img, problem.x_txt, problem.w0,
+                                                  problem.w_txt)]
+    _raises_naming("x_img", "must have dtype float32 or float64, got float16",
+                   tt.LinearProblem, *arrays)
+
+
+def test_spectrum_of_another_problem_is_refused(problem):
+    other = tt.random_problem(problem.x_img.shape[0] + 2, problem.n, 3, problem.w0.shape[0])
+    spec = tt.spectrum(other)
+    _raises_naming("spectrum", "pass spectrum=tt.spectrum", tt.solve, problem, tt.DirectFT(),
+                   spectrum=spec)
+    _raises_naming("spectrum", "pass spectrum=tt.spectrum", tt.decompose, problem, problem.w0,
+                   spectrum=spec)
+    with pytest.raises(TypeError, match="spectrum must be a Spectrum"):
+        tt.solve(problem, tt.DirectFT(), spectrum="not a spectrum")
+
+
+def test_gradient_descent_checks_init_and_until_arguments(problem):
+    bad = jnp.zeros((problem.w0.shape[0], problem.w0.shape[1] + 1))
+    _raises_naming("init", "must have the shape", tt.gradient_descent, problem, tt.DirectFT(),
+                   steps=3, lr=0.1, init=bad)
+    target = tt.solve(problem, tt.DirectFT())
+    _raises_naming("target", "must have the shape", tt.gradient_descent_until, problem,
+                   tt.DirectFT(), bad, tol=1e-8, lr=0.1, max_steps=10)
+    for name, kwargs in [("lr", dict(lr=-0.1)), ("tol", dict(tol=-1.0)),
+                         ("max_steps", dict(max_steps=-1))]:
+        args = dict(tol=1e-8, lr=0.1, max_steps=10) | kwargs
+        _raises_naming(name, "must be", tt.gradient_descent_until, problem, tt.DirectFT(),
+                       target, **args)
+    with pytest.raises(TypeError, match="strategy must be a Strategy"):
+        tt.gradient_descent(problem, "x", steps=3, lr=0.1)
+
+
+def test_random_problem_refuses_negative_decay():
+    with pytest.raises(ValueError, match="decay must be >= 0"):
+        tt.random_problem(4, 3, 2, 2, decay=-1.0)
