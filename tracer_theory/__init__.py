@@ -3,6 +3,44 @@
 Public names are re-exported here; implementations live in one module per concept.
 """
 
+from .dynamics.diagnostics import (
+    CollapseDiagnostics as CollapseDiagnostics,
+    collapse_diagnostics as collapse_diagnostics,
+)
+from .dynamics.schedules import (
+    BetaKernel as BetaKernel,
+    EMASchedule as EMASchedule,
+    Kernel as Kernel,
+    KernelSchedule as KernelSchedule,
+    Schedule as Schedule,
+    StaticSchedule as StaticSchedule,
+    arcsine_kernel as arcsine_kernel,
+    beta_kernel as beta_kernel,
+    ema_teacher as ema_teacher,
+    kernel_teacher as kernel_teacher,
+    kernel_weights as kernel_weights,
+    linear_ramp_kernel as linear_ramp_kernel,
+    static_teacher as static_teacher,
+    uniform_kernel as uniform_kernel,
+    wma_teacher as wma_teacher,
+)
+from .dynamics.simulate import simulate as simulate
+from .dynamics.spectral import (
+    DynamicsResult as DynamicsResult,
+    Summary as Summary,
+    TeacherSD as TeacherSD,
+    fixed_point as fixed_point,
+    spectral_dynamics as spectral_dynamics,
+    stability_bound as stability_bound,
+    two_by_two_rate as two_by_two_rate,
+)
+from .dynamics.sweep import sweep as sweep
+from .dynamics.teacher import (
+    Teacher as Teacher,
+    TeacherState as TeacherState,
+    mix as mix,
+    teacher as teacher,
+)
 from .linear.closed_forms import filter_factors as filter_factors, solve as solve
 from .linear.decomposition import Decomposition as Decomposition, decompose as decompose
 from .linear.gd import (

@@ -13,9 +13,10 @@ from .claims.registry import Row, claim_cases, claims, run_claims
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    """The verify table: claim, case, quantity, measured error, tolerance, PASS/FAIL, note."""
-    header = ("claim", "case", "quantity", "error", "tolerance", "result")
-    body = [(r.claim, r.case, r.quantity, f"{r.error:.2e}", f"{r.tolerance:.1e}",
+    """The verify table: claim, case, quantity, measured value, required bound, PASS/FAIL, note."""
+    header = ("claim", "case", "quantity", "measured", "required", "result")
+    body = [(r.claim, r.case, r.quantity, f"{r.value:.3g}" if abs(r.value) >= 1e-3 or r.value == 0
+             else f"{r.value:.2e}", f"{r.relation} {r.bound:.3g}",
              "PASS" if r.passed else "FAIL", r.note) for r in rows]
     widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
 

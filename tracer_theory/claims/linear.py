@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from ..dynamics.schedules import ema_teacher, wma_teacher
+from ..dynamics.simulate import simulate
 from ..linear.closed_forms import solve
 from ..linear.gd import gradient_descent
 from ..linear.problem import LinearProblem, contrastive_target, mmcl_loss_lstsq, mmcl_loss_trace
@@ -186,7 +188,8 @@ def check_c2(case: str) -> list[Row]:
 
 
 @claim("C3", "orthogonal knowledge is kept: (W − W⁰)(I − P) = 0 for Direct FT, static SD, "
-             "L2-SP, stopped GD; weight decay erases W(I − P)", cases=tuple(LINEAR_CASES))
+             "L2-SP, stopped GD and teacher SD (EMA, WMA); weight decay erases W(I − P)",
+       cases=tuple(LINEAR_CASES))
 def check_c3(case: str) -> list[Row]:
     problem = case_problem(case)
     x, _, w0 = _numpy(problem)
@@ -206,4 +209,15 @@ def check_c3(case: str) -> list[Row]:
         kept = np.linalg.norm((w - w0) @ complement) / np.linalg.norm(w - w0)
         rows.append(Row("C3", case, f"{name}: ‖(W−W⁰)(I−P)‖/‖W−W⁰‖", kept, TOL_ORTHO,
                         note="" if w0_orth > 0 else "I − P = 0 here (full row rank)"))
+    # Teacher SD, from the full matrix simulation (student and teacher after 500 steps).
+    lam = 1.0
+    lr = 1.0 / (_nonzero_eigs(x).max() * (1 + lam))
+    for name, schedule in (("EMA-SD(0.99)", ema_teacher(0.99)), ("WMA-SD(T=500)",
+                                                                 wma_teacher(500))):
+        run = simulate(problem, lam, schedule, steps=500, lr=lr, record_every=500)
+        for role, w in (("student", run.student), ("teacher", run.teacher)):
+            w = np.asarray(w)
+            kept = np.linalg.norm((w - w0) @ complement) / np.linalg.norm(w - w0)
+            rows.append(Row("C3", case, f"{name} {role}: ‖(W−W⁰)(I−P)‖/‖W−W⁰‖", kept,
+                            TOL_ORTHO))
     return rows

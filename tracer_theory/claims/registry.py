@@ -16,22 +16,29 @@ import jax
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One measured line of a claim: ``error <= tolerance`` means PASS."""
+    """One measured line of a claim: PASS when ``value <= bound`` (``relation="<="``, an error
+    against its tolerance) or ``value >= bound`` (``relation=">="``, a quantity that must stay
+    large)."""
 
     claim: str
     case: str
     quantity: str
-    error: float
-    tolerance: float
+    value: float
+    bound: float
     note: str = ""
+    relation: str = "<="
 
     def __post_init__(self) -> None:  # numpy scalars in, plain floats out (JSON-ready)
-        object.__setattr__(self, "error", float(self.error))
-        object.__setattr__(self, "tolerance", float(self.tolerance))
+        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "bound", float(self.bound))
+        if self.relation not in ("<=", ">="):
+            raise ValueError(f"relation must be '<=' or '>=', got {self.relation!r}")
 
     @property
     def passed(self) -> bool:
-        return math.isfinite(self.error) and self.error <= self.tolerance
+        if not math.isfinite(self.value):
+            return False
+        return self.value <= self.bound if self.relation == "<=" else self.value >= self.bound
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "passed": self.passed}
@@ -70,7 +77,7 @@ def claim(id: str, statement: str, cases: Sequence[str]) -> Callable:
 
 def claims() -> dict[str, Claim]:
     """All registered claims by id, in registration order."""
-    from . import linear  # noqa: F401  (registers C1–C3)
+    from . import dynamics, linear  # noqa: F401  (register C1–C3, C4–C8)
 
     return dict(_REGISTRY)
 

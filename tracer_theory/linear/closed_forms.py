@@ -32,15 +32,21 @@ def _filter(spec: Spectrum, strategy: Strategy) -> Float[Array, " r"]:
     return jnp.where(spec.mask, strategy.filter(sigma_sq), 0.0).astype(spec.s.dtype)
 
 
-@eqx.filter_jit
-def _solve(problem: LinearProblem, strategy: Strategy, spec: Spectrum) -> Float[Array, "k d_I"]:
-    anchor = anchor_of(problem, strategy)
+def from_filter(problem: LinearProblem, spec: Spectrum, f: Float[Array, " r"],
+                anchor: Float[Array, "k d_I"]) -> Float[Array, "k d_I"]:
+    """``A + Σ_i f_i (Y − A X_I) v_i/σ_i u_iᵀ``: the encoder with filter factors ``f`` (r,) from
+    anchor ``A`` (k, d_I). Every closed form and every spectral trajectory ends here."""
     residual = contrastive_target(problem) - anchor @ problem.x_img  # (k, n)
-    coef = (residual @ spec.v) * (_filter(spec, strategy) * spec.inv_s)[None, :]  # (k, r)
+    coef = (residual @ spec.v) * (f * spec.inv_s)[None, :]  # (k, r)
     return anchor + coef @ spec.u.T
 
 
-def _checked_spectrum(problem: LinearProblem, strategy: Strategy,
+@eqx.filter_jit
+def _solve(problem: LinearProblem, strategy: Strategy, spec: Spectrum) -> Float[Array, "k d_I"]:
+    return from_filter(problem, spec, _filter(spec, strategy), anchor_of(problem, strategy))
+
+
+def checked_spectrum(problem: LinearProblem, strategy: Strategy,
                       spec: Spectrum | None) -> Spectrum:
     check_instance("problem", problem, LinearProblem)
     check_instance("strategy", strategy, Strategy)
@@ -60,7 +66,7 @@ def solve(problem: LinearProblem, strategy: Strategy, *,
     Pass a precomputed ``spectrum`` to reuse one SVD across many strategies. Jit-compiled;
     differentiable in the strategy's hyper-parameters and in the problem's arrays.
     """
-    spec = _checked_spectrum(problem, strategy, spectrum)
+    spec = checked_spectrum(problem, strategy, spectrum)
     return _solve(problem, strategy, spec)
 
 
@@ -71,5 +77,5 @@ def filter_factors(problem: LinearProblem, strategy: Strategy, *,
     Ordered like ``spectrum(problem).s`` (descending σ_i); 0 in directions below the rank
     tolerance. For weight decay they are relative to the anchor 0 (see ``WeightDecay``).
     """
-    spec = _checked_spectrum(problem, strategy, spectrum)
+    spec = checked_spectrum(problem, strategy, spectrum)
     return _filter(spec, strategy)

@@ -1,0 +1,372 @@
+"""Benchmark: the student–teacher dynamics solvers against each other, measured side by side.
+
+Three comparisons, each timed in the same run and checked for agreement:
+
+  1. ``tt.spectral_dynamics`` (exact per-direction scan, O(steps·r)) versus ``tt.simulate`` (the
+     full matrix recursion in a jitted ``lax.scan``, O(steps·k·d_I·n)) on one problem with a WMA
+     teacher whose horizon is the whole run; both ``record_every=--record-every``. Agreement: the
+     recorded summaries (gap, bias, distance, loss) and the final student/teacher matrices.
+  2. ``tt.simulate`` versus a plain NumPy loop of the same matrix recursion (same ω array, same
+     ``Y = tt.contrastive_target``, same order of operations) for ``--numpy-steps`` steps.
+  3. ``tt.sweep`` over a grid of WMA horizon × λ × Beta(a, a) kernel configurations in one call,
+     versus a Python loop calling ``tt.spectral_dynamics`` once per configuration.
+
+Timing: every call is blocked on (``jax.block_until_ready``) and timed with
+``time.perf_counter``; jitted code is warmed up (compiled) with the same shapes first and the best
+of ``--repeats`` runs is kept, except where the output says otherwise. Float64 throughout.
+
+    python experiments/bench_dynamics.py --steps 10000 --numpy-steps 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+import tracer_theory as tt
+
+FIELDS = ("gap", "bias", "distance", "loss")
+
+
+def _best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Best wall time of ``repeats`` calls of ``fn`` (each blocked until ready), and its output."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.3f} s"
+
+
+def _rel_matrix(a: Any, ref: Any) -> float:
+    """``‖a − ref‖_F / ‖ref‖_F``."""
+    a, ref = np.asarray(a), np.asarray(ref)
+    return float(np.linalg.norm(a - ref) / np.linalg.norm(ref))
+
+
+def _rel_series(a: Any, ref: Any) -> tuple[float, float]:
+    """Two relative differences of a recorded series against ``ref``:
+
+    ``max_t |a_t − ref_t| / max_t |ref_t|`` (relative to the series' scale), and the pointwise
+    ``max_t |a_t − ref_t| / |ref_t|`` over the steps where ``ref_t ≠ 0``.
+    """
+    a, ref = np.asarray(a, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    diff = np.abs(a - ref)
+    scale = np.max(np.abs(ref))
+    scaled = float(np.max(diff) / scale) if scale > 0 else float(np.max(diff))
+    nz = ref != 0
+    pointwise = float(np.max(diff[nz] / np.abs(ref[nz]))) if nz.any() else float("nan")
+    return scaled, pointwise
+
+
+def _verdict(value: float, limit: float) -> str:
+    return "ok" if value <= limit else f"ABOVE {limit:g}"
+
+
+def numpy_loop(x: np.ndarray, y: np.ndarray, w0: np.ndarray, lam: float, lr: float,
+               omegas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The matrix recursion of THEORY §4 as a plain NumPy loop, written as the theory states it:
+
+    ``W ← W − lr[((W X − Y) + λ(W − T)X) Xᵀ]``, ``T ← (1 − ω)T + ωW``, from ``W = T = W⁰``
+    (three matrix products per step; ``tt.simulate`` groups them into two).
+    """
+    w, t = w0.copy(), w0.copy()
+    xt = x.T
+    for omega in omegas:
+        w = w - lr * (((w @ x - y) + lam * ((w - t) @ x)) @ xt)
+        t = (1 - omega) * t + omega * w
+    return w, t
+
+
+def bench_spectral_vs_simulate(args: argparse.Namespace) -> dict[str, Any]:
+    steps, every = args.steps, args.record_every
+    problem = tt.random_problem(args.d_img, args.n, args.d_txt, args.k, seed=args.seed)
+    spec = jax.block_until_ready(tt.spectrum(problem))
+    lr = args.lr_fraction * float(tt.stability_bound(spec.sigma_max_sq, args.lam))
+    schedule = tt.wma_teacher(steps)
+    print(f"\n[1] spectral_dynamics vs simulate: d_I={args.d_img} n={args.n} k={args.k} "
+          f"d_T={args.d_txt}, rank {int(spec.rank)}, {steps} steps, WMA teacher "
+          f"(Beta(1/2, 1/2), horizon {steps}), lambda={args.lam:g}, "
+          f"lr={args.lr_fraction:g} x stability bound = {lr:.4g}, record_every={every}; "
+          f"the precomputed spectrum is passed to both")
+
+    def run_spectral():
+        return tt.spectral_dynamics(problem, args.lam, schedule, steps=steps, lr=lr,
+                                    record_every=every, spectrum=spec)
+
+    def run_simulate():
+        return tt.simulate(problem, args.lam, schedule, steps=steps, lr=lr, record_every=every,
+                           spectrum=spec)
+
+    jax.block_until_ready(run_spectral())  # compile
+    t_spec, res_spec = _best_time(run_spectral, args.repeats)
+    print(f"    spectral: best of {args.repeats}: {_fmt_time(t_spec)}", flush=True)
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(run_simulate())  # compile + one full run with the same shapes
+    t_warm = time.perf_counter() - t0
+    sim_repeats = args.sim_repeats
+    if sim_repeats is None:
+        sim_repeats = args.repeats if t_warm < args.slow_threshold else 1
+    note = ("" if sim_repeats == args.repeats else
+            f" (only {sim_repeats} timed run: the warm-up run took {_fmt_time(t_warm)} "
+            f">= {args.slow_threshold:g} s)")
+    t_sim, res_sim = _best_time(run_simulate, sim_repeats)
+    print(f"    simulate: warm-up incl. compile {_fmt_time(t_warm)}; best of {sim_repeats}: "
+          f"{_fmt_time(t_sim)}{note}", flush=True)
+
+    same_steps = np.array_equal(np.asarray(res_spec.steps), np.asarray(res_sim.steps))
+    series = {f: _rel_series(getattr(res_spec.summary, f), getattr(res_sim.summary, f))
+              for f in FIELDS}
+    matrices = {"student": _rel_matrix(res_spec.student, res_sim.student),
+                "teacher": _rel_matrix(res_spec.teacher, res_sim.teacher)}
+    print(f"    recorded steps identical: {same_steps} ({len(res_sim.steps)} records)")
+    print("    agreement, spectral vs simulate (simulate as reference):")
+    for f, (scaled, pointwise) in series.items():
+        print(f"      {f:<9} max|diff|/max|ref| = {scaled:.2e}  "
+              f"max pointwise |diff|/|ref| = {pointwise:.2e}")
+    for name, rel in matrices.items():
+        print(f"      final {name:<8} ||diff||_F/||ref||_F = {rel:.2e}")
+    worst = max([s for s, _ in series.values()] + list(matrices.values()))
+    worst_pointwise = max(p for _, p in series.values())
+    return dict(name="spectral vs simulate", detail=f"{steps} steps", fast=t_spec, slow=t_sim,
+                fast_label="spectral", slow_label="simulate", slow_repeats=sim_repeats,
+                agreement=f"{worst:.1e} (pointwise {worst_pointwise:.1e})",
+                check=_verdict(worst, 1e-8))
+
+
+def bench_scan_vs_numpy(args: argparse.Namespace, dims: tuple[int, int, int, int],
+                        steps: int) -> dict[str, Any]:
+    d_img, n, d_txt, k = dims
+    problem = tt.random_problem(d_img, n, d_txt, k, seed=args.seed)
+    spec = jax.block_until_ready(tt.spectrum(problem))
+    lr = args.lr_fraction * float(tt.stability_bound(spec.sigma_max_sq, args.lam))
+    schedule = tt.wma_teacher(steps)
+    omegas = np.asarray(schedule.weights(steps))
+    x = np.asarray(problem.x_img)
+    y = np.asarray(tt.contrastive_target(problem))
+    w0 = np.asarray(problem.w0)
+    print(f"\n[2] simulate (jitted lax.scan) vs NumPy loop: d_I={d_img} n={n} k={k}, {steps} "
+          f"steps, WMA teacher with horizon {steps}, lambda={args.lam:g}, lr={lr:.4g}, "
+          f"simulate with record_every={steps}; NumPy {np.__version__}")
+
+    def run_simulate():
+        return tt.simulate(problem, args.lam, schedule, steps=steps, lr=lr, record_every=steps,
+                           spectrum=spec)
+
+    jax.block_until_ready(run_simulate())  # compile
+    t_sim, res_sim = _best_time(run_simulate, args.repeats)
+    print(f"    simulate: best of {args.repeats}: {_fmt_time(t_sim)}", flush=True)
+    t_np, (w_np, t_np_mat) = _best_time(
+        lambda: numpy_loop(x, y, w0, args.lam, lr, omegas), args.repeats)
+    print(f"    numpy   : best of {args.repeats}: {_fmt_time(t_np)}", flush=True)
+    rel = max(_rel_matrix(w_np, res_sim.student), _rel_matrix(t_np_mat, res_sim.teacher))
+    print(f"    final student/teacher agreement, max ||diff||_F/||ref||_F = {rel:.2e}")
+    return dict(name="simulate vs NumPy loop", detail=f"d_I={d_img}, {steps} steps", fast=t_sim,
+                slow=t_np,
+                fast_label="simulate", slow_label="numpy", slow_repeats=args.repeats,
+                agreement=f"{rel:.1e}", check=_verdict(rel, 1e-8))
+
+
+def bench_sweep_vs_loop(args: argparse.Namespace) -> dict[str, Any]:
+    problem = tt.random_problem(args.sweep_d_img, args.sweep_n, args.sweep_d_txt, args.sweep_k,
+                                seed=args.seed)
+    spec = jax.block_until_ready(tt.spectrum(problem))
+    sigma_max_sq = float(spec.sigma_max_sq)
+    horizons = np.unique(np.rint(np.logspace(np.log10(args.min_horizon),
+                                             np.log10(args.max_horizon),
+                                             args.grid)).astype(np.int64))
+    lams = np.logspace(-1, 1, args.grid)
+    kernel_as = np.linspace(0.3, 3.0, args.grid)
+    hh, ll, aa = (v.ravel() for v in np.meshgrid(horizons, lams, kernel_as, indexing="ij"))
+    lrs = np.asarray([args.lr_fraction * float(tt.stability_bound(sigma_max_sq, lam))
+                      for lam in ll])
+    steps = int(horizons.max())
+    count = hh.size
+    configs = {"horizon": hh, "lam": ll, "lr": lrs, "a": aa}
+    print(f"\n[3] sweep vs Python loop: d_I={args.sweep_d_img} n={args.sweep_n} "
+          f"k={args.sweep_k} d_T={args.sweep_d_txt}, rank {int(spec.rank)}; {count} configs = "
+          f"{horizons.size} WMA horizons {horizons.tolist()} x {lams.size} lambdas in "
+          f"[{lams.min():g}, {lams.max():g}] x {kernel_as.size} Beta(a, a) kernels, a in "
+          f"[{kernel_as.min():g}, {kernel_as.max():g}]; lr = {args.lr_fraction:g} x stability "
+          f"bound per lambda; sweep scans steps = max horizon = {steps} for every config (frozen "
+          f"past its horizon), the loop runs each config for its own horizon; the precomputed "
+          f"spectrum is passed to both")
+
+    def make_omegas(c):
+        return tt.kernel_weights(tt.beta_kernel(c["a"], c["a"]), c["horizon"], steps)
+
+    def run_sweep():
+        return tt.sweep(problem, configs, make_omegas, steps=steps, spectrum=spec)
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(run_sweep())
+    t_sweep_warm = time.perf_counter() - t0
+    t_sweep, out = _best_time(run_sweep, args.repeats)
+    print(f"    sweep: warm-up incl. compile {_fmt_time(t_sweep_warm)}; best of {args.repeats} "
+          f"(compile excluded): {_fmt_time(t_sweep)}", flush=True)
+
+    def one(i: int):
+        schedule = tt.kernel_teacher(int(hh[i]), tt.beta_kernel(float(aa[i]), float(aa[i])))
+        return tt.spectral_dynamics(problem, float(ll[i]), schedule, steps=int(hh[i]),
+                                    lr=float(lrs[i]), spectrum=spec)
+
+    # First pass: one call per distinct horizon compiles every shape the loop will meet.
+    t0 = time.perf_counter()
+    for h in horizons:
+        jax.block_until_ready(one(int(np.flatnonzero(hh == h)[0])))
+    t_loop_warm = time.perf_counter() - t0
+    rng = np.random.default_rng(args.seed)
+    probe = rng.choice(count, size=min(args.loop_probe, count), replace=False)
+    t0 = time.perf_counter()
+    for i in probe:
+        jax.block_until_ready(one(int(i)))
+    per_config = (time.perf_counter() - t0) / probe.size
+    projected = per_config * count
+    print(f"    loop: compile pass over the {horizons.size} distinct horizons "
+          f"{_fmt_time(t_loop_warm)}; probe of {probe.size} random configs: "
+          f"{_fmt_time(per_config)} per config, full loop projected {_fmt_time(projected)}",
+          flush=True)
+
+    if args.loop_configs is not None:
+        subset_size = min(args.loop_configs, count)
+    elif projected <= args.loop_budget:
+        subset_size = count
+    else:
+        subset_size = max(1, min(count, int(args.loop_budget / per_config)))
+    subset = (np.arange(count) if subset_size == count
+              else np.sort(rng.choice(count, size=subset_size, replace=False)))
+    results = []
+    t0 = time.perf_counter()
+    for i in tqdm(subset, desc="python loop", unit="config", mininterval=1.0):
+        results.append(one(int(i)))
+    jax.block_until_ready(results)
+    t_loop_subset = time.perf_counter() - t0
+    extrapolated = subset_size < count
+    t_loop = t_loop_subset * count / subset_size
+    loop_bias = np.asarray([float(r.summary.bias[-1]) for r in results])
+    sweep_bias = np.asarray(out["bias"])[subset]
+    diff = float(np.max(np.abs(loop_bias - sweep_bias)))
+    if extrapolated:
+        print(f"    loop: EXTRAPOLATED: timed a random subset of {subset_size} of {count} configs "
+              f"({_fmt_time(t_loop_subset)}, one pass, compile excluded, tqdm included) and "
+              f"scaled by {count}/{subset_size}: {_fmt_time(t_loop)} for all {count}")
+    else:
+        print(f"    loop: all {count} configs, one pass after the compile pass (compile "
+              f"excluded, tqdm included): {_fmt_time(t_loop)}")
+    print(f"    scan steps: loop sum of horizons = {int(hh.sum()):,}, sweep configs x max "
+          f"horizon = {count * steps:,} ({count * steps / hh.sum():.2f}x the loop's); the sweep "
+          f"also records all four summaries at every step for its gap diagnostics")
+    print(f"    final bias, loop vs sweep on the {subset_size} looped configs: max |diff| = "
+          f"{diff:.2e} (bias range [{loop_bias.min():.3g}, {loop_bias.max():.3g}])")
+    detail = f"{count} configs" + (f", loop extrapolated from {subset_size}" if extrapolated
+                                   else "")
+    return dict(name="sweep vs Python loop", detail=detail, fast=t_sweep, slow=t_loop,
+                fast_label="sweep", slow_label="loop", slow_repeats=1,
+                agreement=f"{diff:.1e} (abs)", check=_verdict(diff, 1e-8))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--d-img", type=int, default=1024, help="[1, 2] image feature dim d_I")
+    parser.add_argument("--n", type=int, default=256, help="[1, 2] number of finetuning pairs")
+    parser.add_argument("--k", type=int, default=64, help="[1, 2] embedding dimension")
+    parser.add_argument("--d-txt", type=int, default=64, help="[1, 2] text feature dimension")
+    parser.add_argument("--steps", type=int, default=10_000,
+                        help="[1] steps (and WMA horizon) of spectral vs simulate")
+    parser.add_argument("--record-every", type=int, default=100, help="[1] record interval")
+    parser.add_argument("--numpy-steps", type=int, default=1000,
+                        help="[2] steps (and WMA horizon) of simulate vs the NumPy loop")
+    parser.add_argument("--small-steps", type=int, default=10_000,
+                        help="[2] steps of the second, small (--sweep-* sizes) comparison")
+    parser.add_argument("--lam", type=float, default=1.0, help="[1, 2] lambda")
+    parser.add_argument("--lr-fraction", type=float, default=0.5,
+                        help="lr as a fraction of the stability bound 2/(sigma_max^2 (1+lambda))")
+    parser.add_argument("--repeats", type=int, default=3, help="timings: best of")
+    parser.add_argument("--sim-repeats", type=int, default=None,
+                        help="[1] timed runs of simulate (default: --repeats, or 1 when its "
+                             "warm-up run takes >= --slow-threshold seconds)")
+    parser.add_argument("--slow-threshold", type=float, default=10.0,
+                        help="[1] seconds; see --sim-repeats")
+    parser.add_argument("--sweep-d-img", type=int, default=64, help="[3] d_I")
+    parser.add_argument("--sweep-n", type=int, default=32, help="[3] n")
+    parser.add_argument("--sweep-k", type=int, default=16, help="[3] k")
+    parser.add_argument("--sweep-d-txt", type=int, default=16, help="[3] d_T")
+    parser.add_argument("--grid", type=int, default=10,
+                        help="[3] values per axis (horizon, lambda, a): grid^3 configs")
+    parser.add_argument("--min-horizon", type=int, default=100, help="[3] smallest horizon")
+    parser.add_argument("--max-horizon", type=int, default=3162,
+                        help="[3] largest horizon (horizons log-spaced, rounded)")
+    parser.add_argument("--loop-budget", type=float, default=180.0,
+                        help="[3] seconds: if the full Python loop is projected to take longer, "
+                             "time a random subset and extrapolate")
+    parser.add_argument("--loop-configs", type=int, default=None,
+                        help="[3] time exactly this many random configs in the loop and "
+                             "extrapolate (overrides --loop-budget)")
+    parser.add_argument("--loop-probe", type=int, default=20,
+                        help="[3] random configs timed to project the loop's duration")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", type=int, nargs="*", default=[], choices=[1, 2, 3],
+                        help="comparisons to skip")
+    args = parser.parse_args(argv)
+    if min(args.repeats, args.steps, args.numpy_steps, args.record_every, args.grid,
+           args.loop_probe, args.min_horizon) < 1 or args.max_horizon < args.min_horizon:
+        parser.error("counts must be >= 1 and --max-horizon >= --min-horizon")
+    if args.steps % args.record_every:
+        parser.error("--record-every must divide --steps")
+    if args.sim_repeats is not None and args.sim_repeats < 1:
+        parser.error("--sim-repeats must be >= 1")
+    if args.loop_configs is not None and args.loop_configs < 1:
+        parser.error("--loop-configs must be >= 1")
+    if not 0 < args.lr_fraction < 1:
+        parser.error("--lr-fraction must be in (0, 1)")
+
+    jax.config.update("jax_enable_x64", True)
+
+    cpu = platform.processor() or platform.machine()
+    device = jax.devices()[0]
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {device} "
+          f"({device.device_kind}, {cpu}), x64={jax.config.jax_enable_x64}")
+    print(f"repeats={args.repeats} seed={args.seed}")
+
+    t_start = time.perf_counter()
+    large = (args.d_img, args.n, args.d_txt, args.k)
+    small = (args.sweep_d_img, args.sweep_n, args.sweep_d_txt, args.sweep_k)
+    benches = [(1, bench_spectral_vs_simulate),
+               (2, lambda a: bench_scan_vs_numpy(a, large, a.numpy_steps)),   # BLAS-bound
+               (2, lambda a: bench_scan_vs_numpy(a, small, a.small_steps)),   # overhead-bound
+               (3, bench_sweep_vs_loop)]
+    rows = [bench(args) for number, bench in benches if number not in args.skip]
+
+    width = max([4] + [len(r["detail"]) for r in rows])
+    header = (f"{'comparison':<23} {'size':<{width}} {'fast':>18} {'slow':>26} {'ratio':>9} "
+              f"{'agreement':>24} {'<= 1e-8':>10}")
+    print("\n" + header)
+    print("-" * len(header))
+    for r in rows:
+        slow_note = "" if r["slow_repeats"] > 1 else " (1 run)"
+        print(f"{r['name']:<23} {r['detail']:<{width}} "
+              f"{r['fast_label'] + ' ' + _fmt_time(r['fast']):>18} "
+              f"{r['slow_label'] + ' ' + _fmt_time(r['slow']) + slow_note:>26} "
+              f"{r['slow'] / r['fast']:>8.1f}x {r['agreement']:>24} {r['check']:>10}")
+    print(f"\nratio = slow / fast (> 1: the first-named method is faster). Total wall time "
+          f"{_fmt_time(time.perf_counter() - t_start)}.")
+
+
+if __name__ == "__main__":
+    main()

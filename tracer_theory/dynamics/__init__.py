@@ -1,0 +1,1 @@
+"""Teacher dynamics shared by the linear theory and deep experiments: schedules and updates."""

@@ -1,0 +1,244 @@
+"""Exact student–teacher dynamics in the eigenbasis of ``X_I X_Iᵀ`` (THEORY §4).
+
+In direction i, with ``s = lr·σ_i²``, the student and teacher coefficients follow
+
+    a_{t+1} = a_t − s[(a_t − 1) + λ(a_t − b_t)],     b_{t+1} = (1 − ω_{t+1}) b_t + ω_{t+1} a_{t+1}
+
+from ``a_0 = b_0 = 0``, and ``W_t = W⁰ + Σ_i a_t^{(i)} (W_FT − W⁰) u_i u_iᵀ`` (likewise ``T_t``
+with ``b``). The fixed-point iteration replaces the student step by its optimum,
+``a_{k+1} = (1 + λ b_k)/(1 + λ)``. Both are one ``lax.scan`` over O(#directions) scalars.
+
+The scan carries the deviations ``e = 1 − a`` and ``f = 1 − b`` (from 1), the same recursion
+written so that the geometric tail of a collapsing gap keeps full relative precision instead of
+cancelling in ``a − b`` near 1.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from .._validation import as_scalar, check_instance, ensure, show
+from ..linear.closed_forms import from_filter
+from ..linear.problem import LinearProblem, contrastive_target
+from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
+from ..linear.strategies import Strategy
+from .schedules import Schedule
+
+Rule = Literal["gd", "fixed_point"]
+
+
+class TaskGeometry(eqx.Module):
+    """What the trajectory summaries need from a problem, computed once from its spectrum.
+
+    Fields: ``sigma_sq`` (r,) σ_i² (0 where masked); ``weight`` (r,) ``‖(W_FT − W⁰)u_i‖²``;
+    ``w0_norm`` ``‖W⁰‖_F``; ``loss_floor`` ``½‖W_FT X_I − Y‖²``, the part of the loss no encoder
+    can fit.
+    """
+
+    sigma_sq: Float[Array, " r"]
+    weight: Float[Array, " r"]
+    w0_norm: Float[Array, ""]
+    loss_floor: Float[Array, ""]
+
+
+def task_geometry(problem: LinearProblem, spec: Spectrum) -> TaskGeometry:
+    """The ``TaskGeometry`` of ``problem`` from its spectrum."""
+    y = contrastive_target(problem)
+    ft_cols = ((y - problem.w0 @ problem.x_img) @ spec.v) * spec.inv_s[None, :]  # (k, r)
+    w_ft = from_filter(problem, spec, spec.mask.astype(spec.s.dtype), problem.w0)
+    return TaskGeometry(sigma_sq=spec.sigma_sq, weight=jnp.sum(ft_cols**2, axis=0),
+                        w0_norm=jnp.linalg.norm(problem.w0),
+                        loss_floor=0.5 * jnp.sum((w_ft @ problem.x_img - y) ** 2))
+
+
+class Summary(eqx.Module):
+    """Per-step scalars of a student–teacher run; every field has shape (R,) (R recorded steps).
+
+    ``gap`` ``‖(W_t − T_t)X_I‖_F``; ``bias`` the task-subspace bias
+    ``‖(W_t − W_FT)P‖/‖(W⁰ − W_FT)P‖`` (1 at W⁰, 0 at Direct FT, λ/(1+λ) for converged static
+    SD); ``distance`` ``‖W_t − W⁰‖/‖W⁰‖``; ``loss`` ``½‖W_t X_I − Y‖²``.
+    """
+
+    gap: Float[Array, " R"]
+    bias: Float[Array, " R"]
+    distance: Float[Array, " R"]
+    loss: Float[Array, " R"]
+
+
+def summarize(geometry: TaskGeometry, e: Float[Array, " r"], f: Float[Array, " r"]) -> Summary:
+    """Summary scalars (shape ()) of the state with deviations ``e = 1 − a``, ``f = 1 − b``."""
+    g, c = geometry.sigma_sq, geometry.weight
+    total = jnp.sum(c)
+    safe_total = jnp.where(total > 0, total, 1.0)
+    return Summary(gap=jnp.sqrt(jnp.sum(g * (e - f) ** 2 * c)),
+                   bias=jnp.where(total > 0, jnp.sqrt(jnp.sum(e**2 * c) / safe_total), 0.0),
+                   distance=jnp.sqrt(jnp.sum((1 - e) ** 2 * c)) / geometry.w0_norm,
+                   loss=geometry.loss_floor + 0.5 * jnp.sum(e**2 * g * c))
+
+
+def coefficient_step(e: Array, f: Array, s: Array, lam: Array, omega: Array,
+                     rule: Rule) -> tuple[Array, Array]:
+    """One step on the deviations ``e = 1 − a``, ``f = 1 − b``: the GD recursion
+    (``rule="gd"``: ``e' = e − s(e + λ(e − f))``) or the fixed-point one (``e' = λf/(1 + λ)``),
+    then the teacher ``f' = (1 − ω) f + ω e'``."""
+    if rule == "gd":
+        e_next = e - s * (e + lam * (e - f))
+    else:
+        e_next = lam * f / (1 + lam)
+    return e_next, (1 - omega) * f + omega * e_next
+
+
+def coefficient_scan(s: Float[Array, " r"], lam: Float[ArrayLike, ""],
+                     omegas: Float[Array, " steps"], summary_fn, *, rule: Rule = "gd",
+                     active: Bool[Array, " steps"] | None = None):
+    """Run the recursion over ``omegas`` (ω_1..ω_T) from ``a = b = 0`` (``e = f = 1``).
+
+    ``summary_fn(e, f)`` is evaluated at step 0 and after every step and stacked (length T+1).
+    Where ``active`` is False the state is frozen (a run shorter than the scan).
+    Returns ``(e_T, f_T, stacked summaries)``: the final deviations and the summaries.
+    """
+    ones = jnp.ones_like(s)
+    active = jnp.ones(omegas.shape, bool) if active is None else active
+
+    def body(carry, xs):
+        e, f = carry
+        omega, on = xs
+        e_next, f_next = coefficient_step(e, f, s, lam, omega, rule)
+        e, f = jnp.where(on, e_next, e), jnp.where(on, f_next, f)
+        return (e, f), summary_fn(e, f)
+
+    (e, f), ys = jax.lax.scan(body, (ones, ones), (omegas, active))
+    first = jax.tree.map(lambda x: x[None], summary_fn(ones, ones))
+    return e, f, jax.tree.map(lambda x0, xs: jnp.concatenate([x0, xs]), first, ys)
+
+
+class DynamicsResult(eqx.Module):
+    """A student–teacher run: summaries at ``steps`` (R,) and the final matrices (k, d_I)."""
+
+    steps: Int[Array, " R"]
+    summary: Summary
+    student: Float[Array, "k d_I"]
+    teacher: Float[Array, "k d_I"]
+
+
+def stability_bound(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
+    """Largest stable student step: ``lr < 2/(σ_max²(1 + λ))`` (THEORY §4)."""
+    return 2.0 / (jnp.asarray(sigma_max_sq) * (1 + jnp.asarray(lam)))
+
+
+def check_run(problem: LinearProblem, schedule: Schedule, lam: ArrayLike, lr: ArrayLike | None,
+              steps: int, record_every: int) -> tuple[Array, Array | None]:
+    """Validate the shared arguments of the dynamics solvers; returns ``(lam, lr)``."""
+    check_instance("problem", problem, LinearProblem)
+    check_instance("schedule", schedule, Schedule)
+    lam = as_scalar("lam", lam, minimum=0.0)
+    if lr is not None:
+        lr = as_scalar("lr", lr, minimum=0.0, strict=True)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive Python int, got {steps!r}")
+    if not isinstance(record_every, int) or record_every < 1 or steps % record_every:
+        raise ValueError(f"record_every must be a positive int dividing steps = {steps}, "
+                         f"got {record_every!r}")
+    return lam, lr
+
+
+def check_stable(value: Array, lr: Array, lam: Array, sigma_sq: Array) -> Array:
+    """``value`` after checking ``lr·σ_max²·(1 + λ) < 2``."""
+    bound = stability_bound(jnp.max(sigma_sq), lam)
+    return ensure(value, lr < bound, f"lr must be below the stability bound 2/(σ_max²(1+λ)) = "
+                                  f"{show(bound)} for this problem and λ, got lr = {show(lr)}")
+
+
+@eqx.filter_jit
+def _spectral(problem, spec, lam, lr, omegas, record_every: int, rule: Rule) -> DynamicsResult:
+    geometry = task_geometry(problem, spec)
+    s = (lr if lr is not None else 1.0) * geometry.sigma_sq
+    e, f, summary = coefficient_scan(s, lam, omegas, lambda e, f: summarize(geometry, e, f),
+                                     rule=rule)
+    mask = spec.mask.astype(spec.s.dtype)
+    steps = jnp.arange(omegas.shape[0] + 1)[::record_every]
+    return DynamicsResult(steps=steps, summary=jax.tree.map(lambda x: x[::record_every], summary),
+                          student=from_filter(problem, spec, (1 - e) * mask, problem.w0),
+                          teacher=from_filter(problem, spec, (1 - f) * mask, problem.w0))
+
+
+def spectral_dynamics(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, steps: int,
+                      lr: ArrayLike, record_every: int = 1,
+                      spectrum: Spectrum | None = None) -> DynamicsResult:
+    """The coupled student–teacher GD dynamics solved exactly per direction (THEORY §4).
+
+    ``steps`` student steps of size ``lr`` with self-distillation weight ``lam`` toward a
+    teacher driven by ``schedule``. Summaries at steps ``0, record_every, …, steps``.
+    O(steps · r) work, r = min(d_I, n). Returns a ``DynamicsResult``.
+    """
+    lam, lr = check_run(problem, schedule, lam, lr, steps, record_every)
+    spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)
+    lr = check_stable(lr, lr, lam, spec.sigma_sq)
+    omegas = schedule.weights(steps).astype(problem.dtype)
+    return _spectral(problem, spec, lam, lr, omegas, record_every, "gd")
+
+
+def fixed_point(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, steps: int,
+                record_every: int = 1, spectrum: Spectrum | None = None) -> DynamicsResult:
+    """The fixed-point iteration: the student solved to optimality at each teacher update.
+
+    ``W_{k+1} = W⁰(I − P) + (Y X⁺ + λ T_k P)/(1 + λ)`` (static SD anchored at ``T_k``), then the
+    teacher update with ``ω_{k+1}``. The coefficient ``a_k`` is the same in every direction.
+    """
+    lam, _ = check_run(problem, schedule, lam, None, steps, record_every)
+    spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)
+    omegas = schedule.weights(steps).astype(problem.dtype)
+    return _spectral(problem, spec, lam, None, omegas, record_every, "fixed_point")
+
+
+def two_by_two_rate(s: Float[ArrayLike, "*r"], lam: ArrayLike,
+                    omega: ArrayLike) -> Float[Array, "*r"]:
+    """Spectral radius of the 2×2 recursion of ``(a − 1, b − 1)`` at constant ``ω``, per ``s``.
+
+    ``M = [[1 − s(1+λ), sλ], [ω(1 − s(1+λ)), 1 − ω + ωsλ]]``; the teacher–student gap of an EMA
+    teacher (ω = 1 − m) decays like ``max_i ρ(M_i)^t``.
+    """
+    s, lam, omega = jnp.asarray(s), jnp.asarray(lam), jnp.asarray(omega)
+    p = 1 - s * (1 + lam)
+    m = jnp.stack([jnp.stack([p, s * lam], -1),
+                   jnp.stack([omega * p, 1 - omega + omega * s * lam], -1)], -2)
+    return jnp.max(jnp.abs(jnp.linalg.eigvals(m)), axis=-1)
+
+
+class TeacherSD(Strategy):
+    """Self-distillation toward a moving teacher, ``steps`` GD steps of size ``lr`` (THEORY §4).
+
+    Its filter factors are the exact spectral coefficients ``a_T^{(i)}``, so ``tt.solve`` and
+    ``tt.filter_factors`` give the finite-horizon EMA-SD / WMA-SD solution without simulation.
+    """
+
+    lam: Float[Array, ""]
+    schedule: Schedule
+    lr: Float[Array, ""]
+    steps: int = eqx.field(static=True)
+
+    def __init__(self, lam: ArrayLike, schedule: Schedule, *, steps: int, lr: ArrayLike):
+        check_instance("schedule", schedule, Schedule)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"steps must be a non-negative Python int, got {steps!r}")
+        self.lam = as_scalar("lam", lam, minimum=0.0)
+        self.lr = as_scalar("lr", lr, minimum=0.0, strict=True)
+        self.schedule, self.steps = schedule, steps
+
+    def filter(self, sigma_sq):
+        if self.steps == 0:
+            return jnp.zeros_like(sigma_sq)
+        omegas = self.schedule.weights(self.steps).astype(sigma_sq.dtype)
+        e, _, _ = coefficient_scan(self.lr * sigma_sq, self.lam, omegas, lambda e, f: ())
+        return 1 - e
+
+    def curvature(self, sigma_sq):
+        return (1 + self.lam) * sigma_sq
+
+    def check(self, sigma_sq):
+        return check_stable(sigma_sq, self.lr, self.lam, sigma_sq)
