@@ -76,10 +76,10 @@ def claim(id: str, statement: str, cases: Sequence[str]) -> Callable:
 
 
 def claims() -> dict[str, Claim]:
-    """All registered claims by id, in registration order."""
+    """All registered claims, ordered by id (C1, C2, …)."""
     from . import dynamics, linear  # noqa: F401  (register C1–C3, C4–C8)
 
-    return dict(_REGISTRY)
+    return dict(sorted(_REGISTRY.items(), key=lambda item: (len(item[0]), item[0])))
 
 
 def claim_cases(ids: Iterable[str] | None = None) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from .._validation import check_instance
+from .._validation import as_float_matrix, check_instance
 from .problem import LinearProblem
 
 
@@ -71,12 +71,6 @@ class Spectrum(eqx.Module):
         return self
 
 
-def default_rtol(problem: LinearProblem) -> float:
-    """``max(d_I, n) · eps(dtype)``, the default relative rank tolerance."""
-    d, n = problem.x_img.shape
-    return max(d, n) * float(jnp.finfo(problem.dtype).eps)
-
-
 @eqx.filter_jit
 def _svd(x: Float[Array, "d n"], rtol: float) -> Spectrum:
     u, s, vt = jnp.linalg.svd(x, full_matrices=False)
@@ -90,8 +84,14 @@ def spectrum(problem: LinearProblem, rtol: float | None = None) -> Spectrum:
     Compute it once and pass it to ``solve``/``filter_factors`` to reuse it across strategies.
     """
     check_instance("problem", problem, LinearProblem)
+    return spectrum_of(problem.x_img, rtol)
+
+
+def spectrum_of(x: Float[Array, "d n"], rtol: float | None = None) -> Spectrum:
+    """The rank-masked SVD of any feature matrix ``x`` (d, n), e.g. a deep layer's inputs."""
+    x = as_float_matrix("x", x, "(d, n)")
     if rtol is None:
-        rtol = default_rtol(problem)
+        rtol = max(x.shape) * float(jnp.finfo(x.dtype).eps)
     elif not (0.0 <= float(rtol) < 1.0):
         raise ValueError(f"rtol must be in [0, 1), got {rtol}")
-    return _svd(problem.x_img, jax.numpy.asarray(rtol, dtype=problem.dtype))
+    return _svd(x, jax.numpy.asarray(rtol, dtype=x.dtype))
