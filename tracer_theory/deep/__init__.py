@@ -1,0 +1,1 @@
+"""Deep experiments: the toy CLIP on MNIST → ColoredMNIST."""
