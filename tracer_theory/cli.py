@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -76,13 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--figures", default="figures", help="folder for the summary figures")
     toy.add_argument("--quick", action="store_true", help="tiny budgets, one seed (for tests)")
     toy.add_argument("--quiet", action="store_true", help="no progress bars")
+    toy.add_argument("--select", action="store_true",
+                     help="choose the fair protocol's hyperparameters on the validation split "
+                          "(lr, the shared SD λ, L2-SP and weight-decay λ) and print them")
     toy.set_defaults(run=_toy)
     return parser
 
 
 def _toy(args: argparse.Namespace) -> int:
-    from .deep.experiment import ToyConfig, format_table, quick_config, run_toy
+    from .deep.experiment import (
+        ToyConfig,
+        format_table,
+        quick_config,
+        run_toy,
+        select_hyperparameters,
+    )
     from .deep.figures import toy_summary_figure
+
+    if args.select:
+        objective = args.objective or "head"
+        config = (quick_config(objective=objective, mnist=args.mnist) if args.quick
+                  else ToyConfig(objective=objective, mnist=args.mnist, seeds=tuple(args.seeds)))
+        result = select_hyperparameters(config, args.out, progress=not args.quiet)
+        print(json.dumps(result["validation"], indent=1))
+        print(f"chosen on the validation split ({result['criterion']}): {result['chosen']}")
+        return 0
 
     if args.protocol == "all":
         if args.objective is not None:

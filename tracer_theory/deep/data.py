@@ -197,6 +197,8 @@ def load_mnist_files(path: str | Path) -> dict[str, MNIST]:
             parts[split] = _load_idx_pair(images, labels, split)
     if not parts:
         found = sorted(p.name for p in path.iterdir())
+        if len(found) > 20:
+            found = [*found[:20], f"... and {len(found) - 20} more"]
         raise FileNotFoundError(
             f"{path}: no complete pair of MNIST IDX files; expected train-images-idx3-ubyte + "
             "train-labels-idx1-ubyte and/or t10k-images-idx3-ubyte + t10k-labels-idx1-ubyte "

@@ -19,6 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from .._io import write_json_atomic
 from ..dynamics.diagnostics import collapse_diagnostics
@@ -161,24 +162,36 @@ def evaluate(model: Finetunee, data: ToyData, objective: str) -> dict[str, float
     return out
 
 
-def decomposition(before: Finetunee, after: Finetunee, data: ToyData) -> dict[str, float]:
-    """Task-subspace vs orthogonal change of the image projection and of the dense layer, with
-    the subspace spanned by the pretrained model's inputs to that layer on the finetuning data
-    (the deep counterpart of THEORY §3). Norms are relative to the pretrained weight."""
-    images = jnp.asarray(data.color_train[:1000])
-    feats = before.clip.image_features(images).T  # (width, n): inputs of image_proj
-    conv = jax.vmap(lambda x: jax.nn.relu(before.clip.image.conv2(
-        jax.nn.relu(before.clip.image.conv1(x)))).reshape(-1))(images).T  # inputs of dense
+LAYERS = {"proj": lambda m: m.clip.image_proj.weight, "dense": lambda m: m.clip.image.dense.weight}
+
+
+def task_bases(pretrained: Finetunee, data: ToyData, n: int = 500) -> dict[str, Array]:
+    """Orthonormal bases (d_in, r) of the task subspaces: the span of the pretrained model's
+    inputs to the image projection and to the dense layer on ``n`` finetuning images."""
+    images = jnp.asarray(data.color_train[:n])
+    feats = pretrained.clip.image_features(images).T  # (width, n): inputs of image_proj
+    conv = jax.vmap(lambda x: jax.nn.relu(pretrained.clip.image.conv2(
+        jax.nn.relu(pretrained.clip.image.conv1(x)))).reshape(-1))(images).T  # dense inputs
+    bases = {}
+    for name, x in (("proj", feats), ("dense", conv)):
+        spec = spectrum_of(x)
+        bases[name] = spec.u[:, np.asarray(spec.mask)]
+    return bases
+
+
+def decomposition(before: Finetunee, after: Finetunee,
+                  bases: dict[str, Array]) -> dict[str, float]:
+    """Task-subspace vs orthogonal change of the image projection and of the dense layer (the
+    deep counterpart of THEORY §3): ``ΔW·P`` and ``ΔW(I − P)`` with ``P = U Uᵀ`` from
+    ``task_bases``, as Frobenius norms relative to the pretrained weight."""
     out = {}
-    for name, x, w0, w1 in (
-            ("proj", feats, before.clip.image_proj.weight, after.clip.image_proj.weight),
-            ("dense", conv, before.clip.image.dense.weight, after.clip.image.dense.weight)):
-        p = spectrum_of(x).projector()
+    for name, u in bases.items():
+        w0, w1 = LAYERS[name](before), LAYERS[name](after)
         delta = w1 - w0
-        task, orth = delta @ p, delta - delta @ p
+        task = (delta @ u) @ u.T
         scale = jnp.linalg.norm(w0)
         out[f"{name}_task_change"] = float(jnp.linalg.norm(task) / scale)
-        out[f"{name}_orthogonal_change"] = float(jnp.linalg.norm(orth) / scale)
+        out[f"{name}_orthogonal_change"] = float(jnp.linalg.norm(delta - task) / scale)
     return out
 
 
@@ -214,24 +227,11 @@ def run_toy(config: ToyConfig, out_dir: str | Path = "results/toy", *,
     run_dir.mkdir(parents=True, exist_ok=True)
     data = ToyData(config)
     n_train = len(data.train_labels)
-    gray_captions = data.captions
     results: dict[str, Any] = {"pretrained": {}, "runs": {}}
     for seed in config.seeds:
-        key = jax.random.key(seed)
-        ckpt = out_dir / f"pretrained_{_pretrain_key(config)}_seed{seed}.eqx"
-        skeleton = Finetunee(ToyCLIP(width=config.pretrain.width, dim=config.pretrain.dim,
-                                     key=key),
-                             eqx.nn.Linear(config.pretrain.width, 10, dtype=jnp.float32,
-                                           key=jax.random.fold_in(key, 1)))
-        if ckpt.exists():
-            pretrained = eqx.tree_deserialise_leaves(ckpt, skeleton)
-        else:
-            clip = pretrain(data.gray_train, data.train_labels, gray_captions, config.pretrain,
-                            key=key, seed=seed,
-                            progress=f"pretrain seed {seed}" if progress else None)
-            pretrained = eqx.tree_at(lambda m: m.clip, skeleton, clip)
-            _save_atomic(ckpt, pretrained)
+        pretrained = _pretrained(config, data, out_dir, seed, progress)
         before = evaluate(pretrained, data, config.objective)
+        bases = task_bases(pretrained, data)
         results["pretrained"][str(seed)] = before
         class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
         hybrid = (data.gray_train, data.captions[data.train_labels, 0], data.train_labels)
@@ -250,7 +250,7 @@ def run_toy(config: ToyConfig, out_dir: str | Path = "results/toy", *,
             after = evaluate(model, data, config.objective)
             record = {"config": dataclasses.asdict(ft_config), **after,
                       "forgetting": before["gray_acc"] - after["gray_acc"],
-                      **decomposition(pretrained, model, data)}
+                      **decomposition(pretrained, model, bases)}
             if strategy in SD_STRATEGIES:
                 record["gap"] = _gap_summary(curves)
             if strategy == "direct":
@@ -324,3 +324,81 @@ def _save_atomic(path: Path, tree: Any) -> None:
 
 def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
+
+
+# --- hyperparameters, chosen on the validation split only ----------------------------------------
+
+SELECTION_GRID = {"lr": (3e-4, 1e-3, 3e-3), "lam": (0.3, 1.0, 3.0), "l2_lam": (0.1, 1.0, 10.0),
+                  "wd_lam": (1e-4, 1e-3, 1e-2)}
+
+
+def validation_scores(model: Finetunee, data: ToyData, objective: str) -> dict[str, float]:
+    """ID accuracy on the colored validation split (p = 0.95) and gray zero-shot validation
+    accuracy, and their mean (the selection score: task performance and retention alike)."""
+    emb = model.clip.class_embeddings(jnp.asarray(data.captions))
+    task = _chunked(lambda x: _logits_task(model, x, emb, objective), data.color_val)
+    gray = _chunked(lambda x: _logits_zero_shot(model.clip, x, emb), data.gray_val)
+    id_acc = _scores(task, data.val_labels)["acc"]
+    gray_acc = _scores(gray, data.val_labels)["acc"]
+    return {"id_val_acc": id_acc, "gray_val_acc": gray_acc, "score": 0.5 * (id_acc + gray_acc)}
+
+
+def select_hyperparameters(config: ToyConfig, out_dir: str | Path = "results/toy", *,
+                           grid: dict[str, tuple[float, ...]] | None = None,
+                           progress: bool = True) -> dict[str, Any]:
+    """Choose the fair protocol's hyperparameters on the validation split (seed = first seed).
+
+    1. ``lr`` for Direct FT by ID validation accuracy, then shared by every strategy;
+    2. ``lam`` shared by static/EMA/WMA SD, ``l2_lam`` for L2-SP and ``wd_lam`` for weight decay,
+       each maximizing the mean of ID and gray validation accuracy (summed over the SD variants
+       for ``lam``). The test split is never touched. Returns and writes the scores.
+    """
+    grid = SELECTION_GRID if grid is None else grid
+    data = ToyData(config)
+    seed = config.seeds[0]
+    pretrained = _pretrained(config, data, Path(out_dir), seed, progress)
+    class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
+    probe = data.color_val[:256]
+
+    def score(**changes):
+        ft = dataclasses.replace(config.finetune, objective=config.objective, **changes)
+        model, _ = finetune(pretrained, data.color_train, data.train_labels, ft,
+                            class_emb=class_emb, probe=probe, hybrid=None, seed=seed,
+                            progress=f"select {changes}" if progress else None)
+        return validation_scores(model, data, config.objective)
+
+    table: dict[str, Any] = {"lr": {lr: score(strategy="direct", lr=lr) for lr in grid["lr"]}}
+    lr = max(grid["lr"], key=lambda v: table["lr"][v]["id_val_acc"])
+    table["lam"] = {lam: {s: score(strategy=s, lr=lr, lam=lam) for s in SD_STRATEGIES}
+                    for lam in grid["lam"]}
+    table["l2_lam"] = {v: score(strategy="l2sp", lr=lr, l2_lam=v) for v in grid["l2_lam"]}
+    table["wd_lam"] = {v: score(strategy="weight_decay", lr=lr, wd_lam=v) for v in grid["wd_lam"]}
+    chosen = {"lr": lr,
+              "lam": max(grid["lam"], key=lambda v: sum(r["score"]
+                                                         for r in table["lam"][v].values())),
+              "l2_lam": max(grid["l2_lam"], key=lambda v: table["l2_lam"][v]["score"]),
+              "wd_lam": max(grid["wd_lam"], key=lambda v: table["wd_lam"][v]["score"])}
+    payload = {"chosen": chosen, "validation": _jsonable(table), "seed": seed,
+               "objective": config.objective, "data": data.source,
+               "criterion": "lr: ID val accuracy of Direct FT; λs: mean of ID val accuracy and "
+                            "gray zero-shot val accuracy"}
+    write_json_atomic(Path(out_dir) / f"selection_{config.objective}.json", payload)
+    return payload
+
+
+def _pretrained(config: ToyConfig, data: ToyData, out_dir: Path, seed: int,
+                progress: bool) -> Finetunee:
+    """The seed's pretrained model, from its checkpoint or pretrained now and saved."""
+    key = jax.random.key(seed)
+    ckpt = out_dir / f"pretrained_{_pretrain_key(config)}_seed{seed}.eqx"
+    skeleton = Finetunee(ToyCLIP(width=config.pretrain.width, dim=config.pretrain.dim, key=key),
+                         eqx.nn.Linear(config.pretrain.width, 10, dtype=jnp.float32,
+                                       key=jax.random.fold_in(key, 1)))
+    if ckpt.exists():
+        return eqx.tree_deserialise_leaves(ckpt, skeleton)
+    clip = pretrain(data.gray_train, data.train_labels, data.captions, config.pretrain,
+                    key=key, seed=seed, progress=f"pretrain seed {seed}" if progress else None)
+    pretrained = eqx.tree_at(lambda m: m.clip, skeleton, clip)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_atomic(ckpt, pretrained)
+    return pretrained

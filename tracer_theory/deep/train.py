@@ -20,7 +20,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
 from ..dynamics.schedules import Schedule, ema_teacher, static_teacher, wma_teacher
-from ..dynamics.teacher import TeacherState, teacher
+from ..dynamics.teacher import TeacherState, mix, teacher
 from .losses import (
     clip_loss,
     cross_entropy,
@@ -52,15 +52,17 @@ class FinetuneConfig:
     head too (the original toy does).
     """
 
+    # lr, lam, l2_lam and wd_lam: chosen on the validation split by `tracer-theory toy --select`
+    # (head objective, seed 0; output in experiments/toy_selection_head.json).
     strategy: str = "direct"
     objective: Objective = "head"
-    steps: int = 150
+    steps: int = 100
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     lam: float = 1.0
-    l2_lam: float = 1.0
-    wd_lam: float = 1e-3
+    l2_lam: float = 10.0
+    wd_lam: float = 1e-4
     momentum: float = 0.99
     distill: Literal["multiview", "kl"] = "multiview"
     temperature: float = 1.0
@@ -218,8 +220,10 @@ def effective_lr(config: FinetuneConfig) -> float:
 def train_step(state: TrainState, batch: Batch, config: FinetuneConfig,
                optimizer: optax.GradientTransformation, pretrained: Finetunee,
                class_emb: Float[Array, "C D"], teacher_head: eqx.nn.Linear,
-               schedule: Schedule) -> tuple[TrainState, dict[str, Array]]:
-    """One optimizer step and one teacher update (a single fused pass over the image tower)."""
+               omega: Float[Array, ""]) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer step and one teacher update ``T ← (1 − ω)T + ωW`` (``mix``: a single fused
+    pass over the image tower). ``ω`` comes from the run's precomputed schedule weights, so an
+    EMA and a WMA teacher cost the same."""
 
     def loss(model):
         return finetune_loss(model, batch, config, pretrained=pretrained,
@@ -232,8 +236,9 @@ def train_step(state: TrainState, batch: Batch, config: FinetuneConfig,
                                           state.opt_state, params)
     model = eqx.apply_updates(state.model, updates)
     teacher_state = state.teacher
-    if config.strategy in SD_STRATEGIES:
-        teacher_state = teacher(schedule).update(image_tower(model), state.teacher)
+    if config.strategy in ("ema_sd", "wma_sd"):
+        teacher_state = TeacherState(state.teacher.step + 1,
+                                     mix(state.teacher.params, image_tower(model), omega))
     return TrainState(model, opt_state, teacher_state), {"loss": value, **parts}
 
 
@@ -263,6 +268,7 @@ def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
     """
     rng = np.random.default_rng(seed)
     schedule = config.schedule()
+    omegas = np.asarray(schedule.weights(config.steps), np.float32)  # ω_1..ω_steps, once
     teacher_head = pretrained.head
     phases = [("main", config.steps)]
     if config.strategy == "lp_ft":
@@ -286,7 +292,7 @@ def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
         for _ in range(phase_steps):
             batch = _sample(rng, images, labels, config.batch_size - n_hybrid, hybrid, n_hybrid)
             state, parts = train_step(state, batch, config, optimizer, pretrained, class_emb,
-                                      teacher_head, schedule)
+                                      teacher_head, jnp.asarray(omegas[step]))
             step += 1
             if step % config.log_every == 0 or step == config.steps:
                 gaps = _gap_metrics(state.model, state.teacher.params, probe, class_emb)
