@@ -20,35 +20,17 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from collections.abc import Callable
 
 import jax
 import numpy as np
+from _timing import best_time, fmt_time
 
 import tracer_theory as tt
-
-
-def _best_time(fn: Callable[[], jax.Array], repeats: int) -> tuple[float, jax.Array]:
-    """Best wall time of ``repeats`` calls of ``fn`` (each blocked until ready), and its output."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def _label(strategy: tt.Strategy) -> str:
     name = type(strategy).__name__
     return f"{name}({float(strategy.lam):g})" if hasattr(strategy, "lam") else name
-
-
-def _fmt_time(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} us"
-    if seconds < 1.0:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.3f} s"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,9 +86,9 @@ def main(argv: list[str] | None = None) -> None:
             label = _label(strategy)
             jax.block_until_ready(closed(problem, strategy))  # compile
             jax.block_until_ready(cached(problem, strategy, spec))
-            t_closed, w_closed = _best_time(lambda p=problem, st=strategy: closed(p, st),
+            t_closed, w_closed = best_time(lambda p=problem, st=strategy: closed(p, st),
                                             args.repeats)
-            t_cached, w_cached = _best_time(
+            t_cached, w_cached = best_time(
                 lambda p=problem, st=strategy, sp=spec: cached(p, st, sp), args.repeats)
             gap = float(np.linalg.norm(np.asarray(w_closed) - np.asarray(w_cached))
                         / np.linalg.norm(np.asarray(w_closed)))
@@ -121,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             jax.block_until_ready(run_gd())  # warm-up: compile and one full run
             t_warm = time.perf_counter() - t0
-            t_gd, (w_gd, steps) = _best_time(run_gd, args.gd_repeats)
+            t_gd, (w_gd, steps) = best_time(run_gd, args.gd_repeats)
             steps = int(steps)
             w_closed_np = np.asarray(w_closed)
             rel_err = float(np.linalg.norm(np.asarray(w_gd) - w_closed_np)
@@ -130,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
                              t_closed=t_closed, t_cached=t_cached, rel_err=rel_err,
                              hit_max=steps >= args.max_steps, lr=lr, gap=gap,
                              per_step=t_gd / max(steps, 1), t_warm=t_warm))
-            print(f"  {label:<14} lr=1/{curvature:.4g}  GD {steps} steps in {_fmt_time(t_gd)} "
-                  f"(warm-up incl. compile {_fmt_time(t_warm)}), closed {_fmt_time(t_closed)}, "
-                  f"cached {_fmt_time(t_cached)}, |closed - cached|/|closed| = {gap:.1e}",
+            print(f"  {label:<14} lr=1/{curvature:.4g}  GD {steps} steps in {fmt_time(t_gd)} "
+                  f"(warm-up incl. compile {fmt_time(t_warm)}), closed {fmt_time(t_closed)}, "
+                  f"cached {fmt_time(t_cached)}, |closed - cached|/|closed| = {gap:.1e}",
                   flush=True)
 
     header = (f"{'problem':<16} {'strategy':<14} {'GD steps':>9} {'GD time':>11} "
@@ -142,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     for r in rows:
         print(f"{r['problem']:<16} {r['strategy']:<14} {r['steps']:>9d} "
-              f"{_fmt_time(r['t_gd']):>11} {_fmt_time(r['t_closed']):>10} "
-              f"{_fmt_time(r['t_cached']):>10} {r['t_gd'] / r['t_closed']:>10.1f} "
+              f"{fmt_time(r['t_gd']):>11} {fmt_time(r['t_closed']):>10} "
+              f"{fmt_time(r['t_cached']):>10} {r['t_gd'] / r['t_closed']:>10.1f} "
               f"{r['t_gd'] / r['t_cached']:>10.1f} {r['rel_err']:>10.2e} "
               f"{'YES' if r['hit_max'] else 'no':>7}")
     unconverged = [r for r in rows if r["hit_max"]]

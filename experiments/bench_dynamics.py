@@ -23,34 +23,16 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+from _timing import best_time, fmt_time
 from tqdm import tqdm
 
 import tracer_theory as tt
 
 FIELDS = ("gap", "bias", "distance", "loss")
-
-
-def _best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Best wall time of ``repeats`` calls of ``fn`` (each blocked until ready), and its output."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def _fmt_time(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} us"
-    if seconds < 1.0:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.3f} s"
 
 
 def _rel_matrix(a: Any, ref: Any) -> float:
@@ -114,8 +96,8 @@ def bench_spectral_vs_simulate(args: argparse.Namespace) -> dict[str, Any]:
                            spectrum=spec)
 
     jax.block_until_ready(run_spectral())  # compile
-    t_spec, res_spec = _best_time(run_spectral, args.repeats)
-    print(f"    spectral: best of {args.repeats}: {_fmt_time(t_spec)}", flush=True)
+    t_spec, res_spec = best_time(run_spectral, args.repeats)
+    print(f"    spectral: best of {args.repeats}: {fmt_time(t_spec)}", flush=True)
 
     t0 = time.perf_counter()
     jax.block_until_ready(run_simulate())  # compile + one full run with the same shapes
@@ -124,11 +106,11 @@ def bench_spectral_vs_simulate(args: argparse.Namespace) -> dict[str, Any]:
     if sim_repeats is None:
         sim_repeats = args.repeats if t_warm < args.slow_threshold else 1
     note = ("" if sim_repeats == args.repeats else
-            f" (only {sim_repeats} timed run: the warm-up run took {_fmt_time(t_warm)} "
+            f" (only {sim_repeats} timed run: the warm-up run took {fmt_time(t_warm)} "
             f">= {args.slow_threshold:g} s)")
-    t_sim, res_sim = _best_time(run_simulate, sim_repeats)
-    print(f"    simulate: warm-up incl. compile {_fmt_time(t_warm)}; best of {sim_repeats}: "
-          f"{_fmt_time(t_sim)}{note}", flush=True)
+    t_sim, res_sim = best_time(run_simulate, sim_repeats)
+    print(f"    simulate: warm-up incl. compile {fmt_time(t_warm)}; best of {sim_repeats}: "
+          f"{fmt_time(t_sim)}{note}", flush=True)
 
     same_steps = np.array_equal(np.asarray(res_spec.steps), np.asarray(res_sim.steps))
     series = {f: _rel_series(getattr(res_spec.summary, f), getattr(res_sim.summary, f))
@@ -170,11 +152,11 @@ def bench_scan_vs_numpy(args: argparse.Namespace, dims: tuple[int, int, int, int
                            spectrum=spec)
 
     jax.block_until_ready(run_simulate())  # compile
-    t_sim, res_sim = _best_time(run_simulate, args.repeats)
-    print(f"    simulate: best of {args.repeats}: {_fmt_time(t_sim)}", flush=True)
-    t_np, (w_np, t_np_mat) = _best_time(
+    t_sim, res_sim = best_time(run_simulate, args.repeats)
+    print(f"    simulate: best of {args.repeats}: {fmt_time(t_sim)}", flush=True)
+    t_np, (w_np, t_np_mat) = best_time(
         lambda: numpy_loop(x, y, w0, args.lam, lr, omegas), args.repeats)
-    print(f"    numpy   : best of {args.repeats}: {_fmt_time(t_np)}", flush=True)
+    print(f"    numpy   : best of {args.repeats}: {fmt_time(t_np)}", flush=True)
     rel = max(_rel_matrix(w_np, res_sim.student), _rel_matrix(t_np_mat, res_sim.teacher))
     print(f"    final student/teacher agreement, max ||diff||_F/||ref||_F = {rel:.2e}")
     return dict(name="simulate vs NumPy loop", detail=f"d_I={d_img}, {steps} steps", fast=t_sim,
@@ -217,9 +199,9 @@ def bench_sweep_vs_loop(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     jax.block_until_ready(run_sweep())
     t_sweep_warm = time.perf_counter() - t0
-    t_sweep, out = _best_time(run_sweep, args.repeats)
-    print(f"    sweep: warm-up incl. compile {_fmt_time(t_sweep_warm)}; best of {args.repeats} "
-          f"(compile excluded): {_fmt_time(t_sweep)}", flush=True)
+    t_sweep, out = best_time(run_sweep, args.repeats)
+    print(f"    sweep: warm-up incl. compile {fmt_time(t_sweep_warm)}; best of {args.repeats} "
+          f"(compile excluded): {fmt_time(t_sweep)}", flush=True)
 
     def one(i: int):
         schedule = tt.kernel_teacher(int(hh[i]), tt.beta_kernel(float(aa[i]), float(aa[i])))
@@ -239,8 +221,8 @@ def bench_sweep_vs_loop(args: argparse.Namespace) -> dict[str, Any]:
     per_config = (time.perf_counter() - t0) / probe.size
     projected = per_config * count
     print(f"    loop: compile pass over the {horizons.size} distinct horizons "
-          f"{_fmt_time(t_loop_warm)}; probe of {probe.size} random configs: "
-          f"{_fmt_time(per_config)} per config, full loop projected {_fmt_time(projected)}",
+          f"{fmt_time(t_loop_warm)}; probe of {probe.size} random configs: "
+          f"{fmt_time(per_config)} per config, full loop projected {fmt_time(projected)}",
           flush=True)
 
     if args.loop_configs is not None:
@@ -264,11 +246,11 @@ def bench_sweep_vs_loop(args: argparse.Namespace) -> dict[str, Any]:
     diff = float(np.max(np.abs(loop_bias - sweep_bias)))
     if extrapolated:
         print(f"    loop: EXTRAPOLATED: timed a random subset of {subset_size} of {count} configs "
-              f"({_fmt_time(t_loop_subset)}, one pass, compile excluded, tqdm included) and "
-              f"scaled by {count}/{subset_size}: {_fmt_time(t_loop)} for all {count}")
+              f"({fmt_time(t_loop_subset)}, one pass, compile excluded, tqdm included) and "
+              f"scaled by {count}/{subset_size}: {fmt_time(t_loop)} for all {count}")
     else:
         print(f"    loop: all {count} configs, one pass after the compile pass (compile "
-              f"excluded, tqdm included): {_fmt_time(t_loop)}")
+              f"excluded, tqdm included): {fmt_time(t_loop)}")
     print(f"    scan steps: loop sum of horizons = {int(hh.sum()):,}, sweep configs x max "
           f"horizon = {count * steps:,} ({count * steps / hh.sum():.2f}x the loop's); the sweep "
           f"also records all four summaries at every step for its gap diagnostics")
@@ -361,11 +343,11 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         slow_note = "" if r["slow_repeats"] > 1 else " (1 run)"
         print(f"{r['name']:<23} {r['detail']:<{width}} "
-              f"{r['fast_label'] + ' ' + _fmt_time(r['fast']):>18} "
-              f"{r['slow_label'] + ' ' + _fmt_time(r['slow']) + slow_note:>26} "
+              f"{r['fast_label'] + ' ' + fmt_time(r['fast']):>18} "
+              f"{r['slow_label'] + ' ' + fmt_time(r['slow']) + slow_note:>26} "
               f"{r['slow'] / r['fast']:>8.1f}x {r['agreement']:>24} {r['check']:>10}")
     print(f"\nratio = slow / fast (> 1: the first-named method is faster). Total wall time "
-          f"{_fmt_time(time.perf_counter() - t_start)}.")
+          f"{fmt_time(time.perf_counter() - t_start)}.")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from tracer_theory.deep.train import (
 from tracer_theory.dynamics.teacher import teacher
 
 
-def time_strategy(strategy: str, args: argparse.Namespace) -> float:
-    """Best-of-``repeats`` seconds per step of ``strategy`` over ``steps`` consecutive steps."""
+def prepare(strategy: str, args: argparse.Namespace):
+    """A compiled closure running ``args.steps`` consecutive steps of ``strategy``."""
     key = jax.random.key(0)
     model = Finetunee(ToyCLIP(key=key), eqx.nn.Linear(128, 10, dtype=jnp.float32, key=key))
     config = FinetuneConfig(strategy=strategy, steps=args.steps, batch_size=args.batch_size)
@@ -47,36 +47,34 @@ def time_strategy(strategy: str, args: argparse.Namespace) -> float:
     state = TrainState(model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)),
                        teacher(config.schedule()).init(image_tower(model)))
 
-    def run(state):
+    def run():
+        s = state
         for step in range(args.steps):
-            state, _ = train_step(state, batch, config, optimizer, model, class_emb, model.head,
-                                  omegas[step])
-        return jax.block_until_ready(state)
+            s, _ = train_step(s, batch, config, optimizer, model, class_emb, model.head,
+                              omegas[step])
+        return jax.block_until_ready(s)
 
-    run(state)  # compile
-    best = float("inf")
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        run(state)
-        best = min(best, time.perf_counter() - start)
-    return best / args.steps
+    run()  # compile
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.default_backend()}; batch {args.batch_size}, "
           f"best of {args.repeats} × {args.steps} steps; float32")
-    # Interleave the strategies twice so drift in machine load hits all of them alike.
+    # Every repeat times each strategy once, in turn, so drift in machine load hits all alike.
     order = ["direct", "static_sd", "ema_sd", "wma_sd"]
-    times = {s: [] for s in order}
-    for _ in range(2):
+    runs = {s: prepare(s, args) for s in order}
+    best = dict.fromkeys(order, float("inf"))
+    for _ in range(args.repeats):
         for s in order:
-            times[s].append(time_strategy(s, args))
-    best = {s: min(v) for s, v in times.items()}
+            start = time.perf_counter()
+            runs[s]()
+            best[s] = min(best[s], (time.perf_counter() - start) / args.steps)
     for s in order:
         print(f"  {s:10s} {1e3 * best[s]:8.2f} ms/step")
     print(f"WMA over EMA:        {100 * (best['wma_sd'] / best['ema_sd'] - 1):+.2f}%")
