@@ -166,3 +166,12 @@ def test_problem_is_a_pytree_through_jit():
     out = jax.jit(lambda q: q)(p)
     assert isinstance(out, tt.LinearProblem) and out.contrast == p.contrast
     np.testing.assert_array_equal(out.x_img, p.x_img)
+
+
+def test_spectrum_projector_and_pinv_match_numpy():
+    problem = tt.random_problem(9, 5, 3, 2, seed=8, rank=3)
+    x = np.asarray(problem.x_img)
+    spec = tt.spectrum(problem)
+    np.testing.assert_allclose(spec.pinv(), np.linalg.pinv(x), atol=1e-12)
+    np.testing.assert_allclose(spec.projector(), x @ np.linalg.pinv(x), atol=1e-12)
+    assert int(spec.rank) == 3

@@ -10,6 +10,7 @@ seeds) written atomically to ``<out_dir>/<name>.json``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -23,6 +24,7 @@ from jaxtyping import Array
 
 from .._io import write_json_atomic
 from ..dynamics.diagnostics import collapse_diagnostics
+from ..dynamics.teacher import mix
 from ..linear.spectrum import spectrum_of
 from .data import colorize, mnist_splits, to_rgb
 from .metrics import accuracy, expected_calibration_error
@@ -198,8 +200,6 @@ def decomposition(before: Finetunee, after: Finetunee,
 def wise_ft(pretrained: Finetunee, finetuned: Finetunee, alpha: float) -> Finetunee:
     """WiSE-FT: ``(1 − α)·θ_pretrained + α·θ_finetuned`` on every floating leaf (the new head
     comes from the finetuned model, as in the WiSE-FT paper's linear-classifier variant)."""
-    from ..dynamics.teacher import mix
-
     mixed = mix(pretrained, finetuned, alpha)
     return eqx.tree_at(lambda m: m.head, mixed, finetuned.head)
 
@@ -310,8 +310,6 @@ def format_table(payload: dict[str, Any], columns: tuple[str, ...] = TABLE_COLUM
 
 def _pretrain_key(config: ToyConfig) -> str:
     """A short hash of what pretraining depends on, so protocols share one checkpoint per seed."""
-    import hashlib
-
     text = json.dumps([dataclasses.asdict(config.pretrain), config.mnist, config.quick])
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

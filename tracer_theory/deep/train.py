@@ -8,7 +8,6 @@ shared schedules (static, EMA, WMA): the same objects as in the linear theory.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Literal
 
 import equinox as eqx
@@ -143,11 +142,21 @@ def trainable_mask(model: Finetunee, config: FinetuneConfig, phase: str = "main"
 def class_logits(model: Finetunee, images: Float[Array, "B 3 28 28"],
                  class_emb: Float[Array, "C D"], objective: Objective) -> Float[Array, "B C"]:
     """The finetuning classifier: the head on image features, or the frozen prompt embeddings."""
-    features = model.clip.image_features(images)
+    return logits_from_features(model, model.clip.image_features(images), class_emb, objective)
+
+
+def logits_from_features(model: Finetunee, features: Float[Array, "B W"],
+                         class_emb: Float[Array, "C D"], objective: Objective
+                         ) -> Float[Array, "B C"]:
+    """``class_logits`` from already computed image features (B, width)."""
     if objective == "head":
         return jax.vmap(model.head)(features)
-    emb = normalize(jax.vmap(model.clip.image_proj)(features))
-    return model.clip.scale * emb @ class_emb.T
+    return model.clip.scale * project(model, features) @ class_emb.T
+
+
+def project(model: Finetunee, features: Float[Array, "B W"]) -> Float[Array, "B D"]:
+    """Normalized image embeddings from image features (B, width)."""
+    return normalize(jax.vmap(model.clip.image_proj)(features))
 
 
 def _embed_with(tower: PyTree, images: Float[Array, "B 3 28 28"]) -> Float[Array, "B D"]:
@@ -159,7 +168,8 @@ def finetune_loss(model: Finetunee, batch: Batch, config: FinetuneConfig, *,
                   pretrained: Finetunee, teacher_tower: PyTree, class_emb: Float[Array, "C D"],
                   teacher_head: eqx.nn.Linear) -> tuple[Array, dict[str, Array]]:
     """The task loss plus the strategy's regulariser; returns ``(loss, parts)``."""
-    logits = class_logits(model, batch.images, class_emb, config.objective)
+    features = model.clip.image_features(batch.images)  # one encoder pass for every term
+    logits = logits_from_features(model, features, class_emb, config.objective)
     task = cross_entropy(logits, batch.labels)
     parts = {"task": task}
     reg = jnp.zeros((), task.dtype)
@@ -181,7 +191,7 @@ def finetune_loss(model: Finetunee, batch: Batch, config: FinetuneConfig, *,
                                                           config.objective))
             reg = config.lam * kl_distillation(logits, t_logits, config.temperature)
         else:
-            s_img = model.clip.embed_images(batch.images)
+            s_img = project(model, features)
             t_img = jax.lax.stop_gradient(_embed_with(teacher_tower, batch.images))
             txt = jax.lax.stop_gradient(class_emb[batch.labels])  # frozen text tower
             reg, views = multi_view_distillation((s_img, txt), (t_img, txt),
@@ -361,9 +371,3 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
                                              jnp.asarray(tokens), jnp.asarray(labels[idx]),
                                              optimizer)
     return model
-
-
-def batched(fn, images: np.ndarray, size: int = 512) -> Iterator[Array]:
-    """``fn`` over ``images`` in chunks of ``size`` (bounded memory)."""
-    for start in range(0, len(images), size):
-        yield fn(jnp.asarray(images[start:start + size]))
