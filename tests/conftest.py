@@ -1,6 +1,8 @@
 """Test numerics, set once: float64, strict rank promotion, fresh PRNG keys, dtype tolerances."""
 
 import itertools
+import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,16 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# One persistent XLA compilation cache for the test workers and the notebook kernels they start
+# (the notebooks and `tracer-theory figures` compile the same functions): a speed-up only.
+_CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "tracer_theory_xla"),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+for _name, _value in _CACHE.items():
+    os.environ.setdefault(_name, _value)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 #: Relative tolerance of closed-form comparisons by dtype.
 TOL = {jnp.float32: 2e-4, jnp.float64: 1e-10}
@@ -18,3 +30,14 @@ def getkey():
     """Hands out fresh, deterministic PRNG keys: ``getkey()``."""
     counter = itertools.count()
     return lambda: jax.random.key(next(counter))
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """The toy experiment in quick mode (about a minute): ``(config, results folder, payload)``.
+    Only tests/test_toy.py uses it, and ``--dist loadfile`` keeps a file on one worker."""
+    from tracer_theory.deep.experiment import quick_config, run_toy
+
+    out = tmp_path_factory.mktemp("toy")
+    config = quick_config()
+    return config, out, run_toy(config, out, progress=False)

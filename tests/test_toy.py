@@ -29,13 +29,6 @@ METRICS = ("gray_acc", "gray_ece", "id_acc", "id_ece", "ood_flipped_acc", "ood_f
            "dense_orthogonal_change")
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("toy")
-    config = quick_config()
-    return config, out, run_toy(config, out, progress=False)
-
-
 def test_pipeline_json_holds_every_strategy_and_metric(quick_run):
     config, out, payload = quick_run
     on_disk = json.loads((out / f"{config.name}.json").read_text())

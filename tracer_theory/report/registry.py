@@ -1,0 +1,140 @@
+"""Every figure of the notebooks, listed once: ``tracer-theory figures`` writes them, the
+notebooks show them, and ``figures/README.md`` is generated from this list."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from . import theory, toy
+from .result import Result
+from .style import save
+
+#: The committed reference run of the toy experiment (3 seeds; `tracer-theory toy` output).
+REFERENCE_TOY_RESULTS = "experiments/results/toy"
+
+
+class FigureSpec(NamedTuple):
+    """A figure: its file stem, the notebook showing it, one line on what it shows, and how it
+    is made: ``make(quick)`` for a theory figure, ``make(payload)`` for a toy figure (``payload``
+    the toy results named by ``toy_results``)."""
+
+    name: str
+    notebook: str
+    what: str
+    make: Callable[..., Result]
+    toy_results: str | None = None
+
+
+FIGURES: tuple[FigureSpec, ...] = (
+    FigureSpec("contrastive_target", "01", "contrast matrix, target Y, and the trace-form MMCL "
+               "loss against its least-squares form over random W",
+               theory.contrastive_target_figure),
+    FigureSpec("closed_forms_gd", "01", "gradient descent on each strategy's objective "
+               "converging to its closed form (relative distance vs steps, log–log)",
+               theory.closed_forms_figure),
+    FigureSpec("decomposition", "01", "task-subspace vs orthogonal change per strategy: weight "
+               "decay alone changes the orthogonal complement", theory.decomposition_figure),
+    FigureSpec("filter_factors", "01", "filter factors f_i against σ_i² for Direct FT, stopped "
+               "GD, L2-SP at several λ, static, EMA and WMA SD", theory.filter_factors_figure),
+    FigureSpec("wma_kernel", "02", "Beta(0.5, 0.5) kernel, teacher weights ω_t and the final "
+               "teacher's weight on each student step (WMA vs EMA)", theory.wma_kernel_figure),
+    FigureSpec("teacher_gap", "02", "teacher–student gap over training for static, EMA and WMA "
+               "teachers (log scale: EMA collapses)", theory.teacher_gap_figure),
+    FigureSpec("bias_vs_horizon", "02", "WMA-SD task-subspace bias against the horizon, log–log, "
+               "fitted exponents vs −1/(2(1+λ))", theory.bias_vs_horizon_figure),
+    FigureSpec("sweep_heatmap", "02", "(λ, horizon) heatmaps of bias and gap persistence from "
+               "one jitted sweep", theory.sweep_heatmap_figure),
+    FigureSpec("kernels", "02", "Beta(0.5,0.5), uniform, linear-ramp and Beta(2,2) kernels: "
+               "shape, gap over a run, bias against horizon", theory.kernels_figure),
+    FigureSpec("toy_fair_head", "03", "toy CLIP (fair protocol, head objective): forgetting, ID "
+               "and OOD accuracy, ECE per strategy, mean ± std over seeds", toy.summary_figure,
+               "fair_head"),
+    FigureSpec("toy_paper_head", "03", "the same under the original toy's recipe",
+               toy.summary_figure, "paper_head"),
+    FigureSpec("toy_fair_prompts", "03", "the same with the FLYP-style prompts objective",
+               toy.summary_figure, "fair_prompts"),
+    FigureSpec("toy_gap_curves", "03", "teacher–student gap (parameter distance, logit KL) over "
+               "finetuning for static, EMA and WMA teachers in the toy CLIP",
+               toy.gap_curves_figure, "fair_head"),
+    FigureSpec("toy_decomposition", "03", "task vs orthogonal change of the toy CLIP's image "
+               "projection per strategy against the linear prediction",
+               toy.decomposition_figure, "fair_head"),
+)
+
+
+def spec(name: str) -> FigureSpec:
+    """The figure called ``name``; ValueError listing the names otherwise."""
+    for figure in FIGURES:
+        if figure.name == name:
+            return figure
+    raise ValueError(f"unknown figure {name!r}; figures: {[f.name for f in FIGURES]}")
+
+
+def make(name: str, *, quick: bool = False,
+         toy_results: str | Path = REFERENCE_TOY_RESULTS) -> Result:
+    """Build one figure (not saved): a theory figure from scratch, a toy figure from the toy
+    results folder."""
+    figure = spec(name)
+    if figure.toy_results is None:
+        return figure.make(quick)
+    return figure.make(toy.load_payload(toy_results, figure.toy_results))
+
+
+def show(name: str, *, quick: bool = False, out: str | Path = "figures",
+         toy_results: str | Path = REFERENCE_TOY_RESULTS) -> tuple[Result, list[Path]]:
+    """For notebooks: make figure ``name``, save it under ``out`` and return it with its paths."""
+    result = make(name, quick=quick, toy_results=toy_results)
+    return result, save(result.figure, Path(out) / name)
+
+
+def generate(out: str | Path = "figures", *, quick: bool = False,
+             toy_results: str | Path = REFERENCE_TOY_RESULTS, names: tuple[str, ...] | None = None
+             ) -> Iterator[tuple[FigureSpec, Result, list[Path]]]:
+    """Make and save each figure (PNG and PDF under ``out``), yielding ``(spec, result, paths)``
+    as it goes; then write ``out/README.md``. Toy figures whose results are missing raise."""
+    for figure in FIGURES:
+        if names is not None and figure.name not in names:
+            continue
+        yield figure, *show(figure.name, quick=quick, out=out, toy_results=toy_results)
+    if names is None:
+        (Path(out) / "README.md").write_text(readme())
+
+
+def listed_files(text: str) -> set[str]:
+    """The file names a figures README lists (``name.png`` and ``name.pdf`` per row)."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            stem = line.split("`")[1].removesuffix(".png/.pdf")
+            names |= {f"{stem}.png", f"{stem}.pdf"}
+    return names
+
+
+def readme() -> str:
+    """``figures/README.md``: one row per figure with what it shows and the command behind it."""
+    rows = [f"| `{f.name}.png/.pdf` | {f.notebook} | {f.what} | "
+            + ("`tracer-theory figures`" if f.toy_results is None else
+               f"`tracer-theory figures` from `{f.toy_results}.json` of `tracer-theory toy`")
+            + " |" for f in FIGURES]
+    return "\n".join([
+        "# Figures",
+        "",
+        "Written by `tracer-theory figures` (generated from `tracer_theory/report/registry.py`; "
+        "do not edit by hand).",
+        "Theory figures are computed from seeded problems in float64; toy figures are read from "
+        f"the toy experiment's results (default: the committed 3-seed run in "
+        f"`{REFERENCE_TOY_RESULTS}`, `--toy-results results/toy` for your own run).",
+        "",
+        "| file | notebook | what it shows | made by |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ])
+
+
+def summary_lines(results: list[tuple[FigureSpec, Result, Any]]) -> list[str]:
+    """One line per figure: name, agree/disagree, the finding."""
+    return [f"{f.name:20s} {'agrees   ' if r.agrees else 'DISAGREES'}  {r.finding}"
+            for f, r, _ in results]

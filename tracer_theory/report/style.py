@@ -1,0 +1,64 @@
+"""One look for every figure: a color and a label per strategy, and deterministic saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+#: One color per strategy, shared by the linear-theory, toy and CLIP figures.
+COLORS: dict[str, str] = {
+    "direct": "#d62728",
+    "stopped_gd": "#ff7f0e",
+    "l2sp": "#8c564b",
+    "weight_decay": "#7f7f7f",
+    "static_sd": "#9467bd",
+    "ema_sd": "#1f77b4",
+    "wma_sd": "#2ca02c",
+    "lp_ft": "#e377c2",
+    "low_lr": "#bcbd22",
+    "proj_only": "#17becf",
+    "data_hybrid": "#aec7e8",
+    "wise_ft": "#ff9896",
+    "pretrained": "#000000",
+}
+LABELS: dict[str, str] = {
+    "direct": "Direct FT", "stopped_gd": "stopped GD", "l2sp": "L2-SP",
+    "weight_decay": "weight decay", "static_sd": "static SD", "ema_sd": "EMA SD",
+    "wma_sd": "WMA SD", "lp_ft": "LP-FT", "low_lr": "low lr", "proj_only": "projection only",
+    "data_hybrid": "data hybrid", "wise_ft": "WiSE-FT", "pretrained": "pretrained",
+}
+#: Colors of the teacher kernels (THEORY §4) in the kernel comparisons.
+KERNEL_COLORS: dict[str, str] = {"Beta(0.5,0.5)": COLORS["wma_sd"], "uniform": "#17becf",
+                                 "linear ramp": "#bcbd22", "Beta(2,2)": "#e377c2"}
+DPI = 120
+
+
+def color(name: str) -> str:
+    """The color of a strategy name; ``wise_ft(0.5)``-style names use their base's color."""
+    return COLORS.get(name.split("(")[0], "#333333")
+
+
+def label(name: str) -> str:
+    """The display label of a strategy name (``wise_ft(0.5)`` → ``WiSE-FT (0.5)``)."""
+    base, _, rest = name.partition("(")
+    return LABELS.get(base, base) + (f" ({rest.rstrip(')')})" if rest else "")
+
+
+def subplots(*shape: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """A ``Figure`` and its axes, made without pyplot: no global figure registry, no backend
+    switch, nothing to close."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*shape, **kwargs)
+
+
+def save(fig: Figure, stem: str | Path) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` (no timestamps, so reruns give the same bytes);
+    close the figure; returns both paths."""
+    base = Path(stem)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    out = [base.with_name(base.name + ".png"), base.with_name(base.name + ".pdf")]
+    fig.savefig(out[0], dpi=DPI, metadata={"Software": None})
+    fig.savefig(out[1], metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    return out
