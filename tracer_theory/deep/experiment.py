@@ -26,9 +26,11 @@ from .._io import write_json_atomic
 from ..dynamics.diagnostics import collapse_diagnostics
 from ..dynamics.teacher import mix
 from ..linear.spectrum import spectrum_of
+from .clip import clip_tokens, preset, resize_images
 from .data import colorize, mnist_splits, to_rgb
 from .metrics import accuracy, expected_calibration_error
 from .model import ToyCLIP
+from .parallel import Mesh
 from .prompts import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, prompt_tokens
 from .train import (
     SD_STRATEGIES,
@@ -38,6 +40,7 @@ from .train import (
     PretrainConfig,
     class_logits,
     finetune,
+    make_clip,
     pretrain,
 )
 
@@ -63,7 +66,8 @@ class ToyConfig:
 
     @property
     def name(self) -> str:
-        return f"{self.protocol}_{self.objective}" + ("_quick" if self.quick else "")
+        model = "" if self.pretrain.model == "toy" else f"{self.pretrain.model}_"
+        return f"{model}{self.protocol}_{self.objective}" + ("_quick" if self.quick else "")
 
     def strategies(self) -> tuple[str, ...]:
         return PAPER_STRATEGIES if self.protocol == "paper" else STRATEGIES
@@ -113,6 +117,12 @@ class ToyData:
                            for p in (P_TRAIN, P_FLIPPED, P_NEUTRAL)}
         self.captions = prompt_tokens(TRAIN_TEMPLATES)
         self.held_out = prompt_tokens(HELD_OUT_TEMPLATES)
+        if config.pretrain.model != "toy":  # CLIP: end-of-text tokens, the preset's image size
+            self.captions, self.held_out = clip_tokens(self.captions), clip_tokens(self.held_out)
+            size = preset(config.pretrain.model).image_size
+            for name in ("gray_train", "gray_val", "gray_test", "color_train", "color_val"):
+                setattr(self, name, resize_images(getattr(self, name), size))
+            self.color_test = {p: resize_images(x, size) for p, x in self.color_test.items()}
 
 
 def _subset(split, n):
@@ -169,13 +179,16 @@ LAYERS = {"proj": lambda m: m.clip.image_proj.weight, "dense": lambda m: m.clip.
 
 def task_bases(pretrained: Finetunee, data: ToyData, n: int = 500) -> dict[str, Array]:
     """Orthonormal bases (d_in, r) of the task subspaces: the span of the pretrained model's
-    inputs to the image projection and to the dense layer on ``n`` finetuning images."""
+    inputs to the image projection (and, for the toy CNN, to its dense layer) on ``n``
+    finetuning images."""
     images = jnp.asarray(data.color_train[:n])
-    feats = pretrained.clip.image_features(images).T  # (width, n): inputs of image_proj
-    conv = jax.vmap(lambda x: jax.nn.relu(pretrained.clip.image.conv2(
-        jax.nn.relu(pretrained.clip.image.conv1(x)))).reshape(-1))(images).T  # dense inputs
+    inputs = [("proj", _chunked(pretrained.clip.image_features, images, 250).T)]  # (width, n)
+    if isinstance(pretrained.clip, ToyCLIP):
+        conv = jax.vmap(lambda x: jax.nn.relu(pretrained.clip.image.conv2(
+            jax.nn.relu(pretrained.clip.image.conv1(x)))).reshape(-1))(images).T  # dense inputs
+        inputs.append(("dense", conv))
     bases = {}
-    for name, x in (("proj", feats), ("dense", conv)):
+    for name, x in inputs:
         spec = spectrum_of(x)
         bases[name] = spec.u[:, np.asarray(spec.mask)]
     return bases
@@ -220,8 +233,11 @@ def _gap_summary(curves: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def run_toy(config: ToyConfig, out_dir: str | Path = "results/toy", *,
-            progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the experiment; returns and writes ``<out_dir>/<name>.json``."""
+            progress: bool = True, mesh: Mesh | None = None) -> dict[str, Any]:
+    """Run (or resume) the experiment; returns and writes ``<out_dir>/<name>.json``.
+
+    ``config.pretrain.model`` picks the toy CNN CLIP or a transformer CLIP preset; ``mesh`` (a
+    ``parallel.data_mesh``) splits every batch over its devices."""
     out_dir = Path(out_dir)
     run_dir = out_dir / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +245,7 @@ def run_toy(config: ToyConfig, out_dir: str | Path = "results/toy", *,
     n_train = len(data.train_labels)
     results: dict[str, Any] = {"pretrained": {}, "runs": {}}
     for seed in config.seeds:
-        pretrained = _pretrained(config, data, out_dir, seed, progress)
+        pretrained = _pretrained(config, data, out_dir, seed, progress, mesh)
         before = evaluate(pretrained, data, config.objective)
         bases = task_bases(pretrained, data)
         results["pretrained"][str(seed)] = before
@@ -245,7 +261,7 @@ def run_toy(config: ToyConfig, out_dir: str | Path = "results/toy", *,
             ft_config = strategy_config(config, strategy, n_train)
             model, curves = finetune(pretrained, data.color_train, data.train_labels,
                                      ft_config, class_emb=class_emb, probe=probe,
-                                     hybrid=hybrid, seed=seed,
+                                     hybrid=hybrid, seed=seed, mesh=mesh,
                                      progress=f"seed {seed} {strategy}" if progress else None)
             after = evaluate(model, data, config.objective)
             record = {"config": dataclasses.asdict(ft_config), **after,
@@ -385,18 +401,21 @@ def select_hyperparameters(config: ToyConfig, out_dir: str | Path = "results/toy
 
 
 def _pretrained(config: ToyConfig, data: ToyData, out_dir: Path, seed: int,
-                progress: bool) -> Finetunee:
-    """The seed's pretrained model, from its checkpoint or pretrained now and saved."""
+                progress: bool, mesh: Mesh | None = None) -> Finetunee:
+    """The seed's pretrained model, from its checkpoint or pretrained now and saved (an
+    interrupted pretraining resumes from its ``.run`` checkpoint)."""
     key = jax.random.key(seed)
     ckpt = out_dir / f"pretrained_{_pretrain_key(config)}_seed{seed}.eqx"
-    skeleton = Finetunee(ToyCLIP(width=config.pretrain.width, dim=config.pretrain.dim, key=key),
-                         eqx.nn.Linear(config.pretrain.width, 10, dtype=jnp.float32,
-                                       key=jax.random.fold_in(key, 1)))
+    clip = make_clip(config.pretrain, key)
+    skeleton = Finetunee(clip, eqx.nn.Linear(clip.image_proj.in_features, 10,
+                                             dtype=jnp.float32, key=jax.random.fold_in(key, 1)))
     if ckpt.exists():
         return eqx.tree_deserialise_leaves(ckpt, skeleton)
     clip = pretrain(data.gray_train, data.train_labels, data.captions, config.pretrain,
-                    key=key, seed=seed, progress=f"pretrain seed {seed}" if progress else None)
+                    key=key, seed=seed, progress=f"pretrain seed {seed}" if progress else None,
+                    mesh=mesh, checkpoint=ckpt.with_suffix(".run"))
     pretrained = eqx.tree_at(lambda m: m.clip, skeleton, clip)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_atomic(ckpt, pretrained)
+    ckpt.with_suffix(".run").unlink(missing_ok=True)
     return pretrained

@@ -72,6 +72,10 @@ class ToyCLIP(eqx.Module):
         self.text_proj = eqx.nn.Linear(width, dim, use_bias=False, dtype=DTYPE, key=k4)
         self.log_scale = jnp.log(jnp.asarray(1 / 0.07, DTYPE))
 
+    def last_layer(self) -> eqx.nn.Linear:
+        """The image tower's last layer (unfrozen with the projection by ``proj_only``)."""
+        return self.image.dense
+
     def image_features(self, images: Float[Array, "B 3 28 28"]) -> Float[Array, "B width"]:
         """``X_I``: image features before the projection, batch-first."""
         return jax.vmap(self.image)(images)

@@ -8,7 +8,9 @@ shared schedules (static, EMA, WMA): the same objects as in the linear theory.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..dynamics.schedules import Schedule, ema_teacher, static_teacher, wma_teacher
 from ..dynamics.teacher import TeacherState, mix, teacher
+from .clip import CLIP
 from .losses import (
     clip_loss,
     cross_entropy,
@@ -29,6 +32,7 @@ from .losses import (
 )
 from .metrics import argmax_agreement, mean_kl, parameter_distance, squared_distance
 from .model import ToyCLIP, normalize
+from .parallel import Mesh, replicate, shard_batch
 
 Objective = Literal["head", "prompts"]
 STRATEGIES = ("direct", "l2sp", "weight_decay", "static_sd", "ema_sd", "wma_sd", "lp_ft",
@@ -71,12 +75,17 @@ class FinetuneConfig:
     lp_fraction: float = 0.5
     penalize_head: bool = False
     log_every: int = 10
+    warmup_steps: int = 0
+    cosine: bool = False
+    accumulate: int = 1
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.objective not in ("head", "prompts"):
             raise ValueError(f"objective must be 'head' or 'prompts', got {self.objective!r}")
+        _check_training(self)
         for name in ("steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -100,6 +109,57 @@ class FinetuneConfig:
         if self.strategy == "wma_sd":
             return wma_teacher(self.steps)
         return static_teacher()
+
+
+def _check_training(config: FinetuneConfig | PretrainConfig) -> None:
+    """Checks shared by both configs: schedule, accumulation and compute dtype."""
+    if config.warmup_steps < 0 or config.warmup_steps > config.steps:
+        raise ValueError(f"warmup_steps must be in [0, steps = {config.steps}], "
+                         f"got {config.warmup_steps}")
+    if config.accumulate < 1 or config.batch_size % config.accumulate:
+        raise ValueError(f"accumulate must be >= 1 and divide batch_size = {config.batch_size}, "
+                         f"got {config.accumulate}")
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', "
+                         f"got {config.compute_dtype!r}")
+
+
+def learning_rate(config: FinetuneConfig | PretrainConfig, lr: float) -> optax.ScalarOrSchedule:
+    """``lr``, or linear warm-up over ``warmup_steps`` then cosine decay to 0 (``cosine``)."""
+    if config.cosine:
+        return optax.warmup_cosine_decay_schedule(0.0, lr, max(config.warmup_steps, 1),
+                                                  max(config.steps, config.warmup_steps + 1))
+    if config.warmup_steps:
+        return optax.linear_schedule(0.0, lr, config.warmup_steps)
+    return lr
+
+
+def in_compute_dtype(tree: PyTree, dtype: str) -> PyTree:
+    """``tree`` with its float arrays cast to ``dtype`` (a no-op for float32 leaves at
+    float32); gradients flow back through the cast to the float32 parameters."""
+    target = jnp.dtype(dtype)
+    return jax.tree.map(lambda x: x.astype(target) if eqx.is_inexact_array(x)
+                        and x.dtype != target else x, tree)
+
+
+def accumulated_value_and_grad(loss, model: PyTree, batch: PyTree, accumulate: int):
+    """``((value, aux), grads)`` of ``loss(model, batch)`` averaged over ``accumulate`` equal
+    micro-batches (split along axis 0 of every batch leaf) run in a ``lax.scan``."""
+    value_and_grad = eqx.filter_value_and_grad(loss, has_aux=True)
+    if accumulate == 1:
+        return value_and_grad(model, batch)
+    micro = jax.tree.map(lambda x: x.reshape(accumulate, x.shape[0] // accumulate,
+                                             *x.shape[1:]), batch)
+    (v0, a0), g0 = eqx.filter_eval_shape(value_and_grad, model,
+                                         jax.tree.map(lambda x: x[0], micro))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ((v0, a0), g0))
+
+    def body(total, mb):
+        out = value_and_grad(model, mb)
+        return jax.tree.map(lambda t, o: t + o / accumulate, total, out), None
+
+    total, _ = jax.lax.scan(body, zeros, micro)
+    return total
 
 
 class Finetunee(eqx.Module):
@@ -130,7 +190,7 @@ def trainable_mask(model: Finetunee, config: FinetuneConfig, phase: str = "main"
     floats = eqx.is_inexact_array
     if phase == "probe" or config.strategy == "proj_only":
         parts = (lambda m: m.head,) if phase == "probe" else (
-            lambda m: m.head, lambda m: m.clip.image_proj, lambda m: m.clip.image.dense)
+            lambda m: m.head, lambda m: m.clip.image_proj, lambda m: m.clip.last_layer())
     else:
         parts = (lambda m: m.head, lambda m: m.clip.image, lambda m: m.clip.image_proj)
     mask = false
@@ -218,7 +278,7 @@ class TrainState(eqx.Module):
 
 def make_optimizer(config: FinetuneConfig, mask: PyTree, lr: float) -> optax.GradientTransformation:
     """AdamW on the masked leaves (others get zero updates)."""
-    adamw = optax.adamw(lr, weight_decay=config.weight_decay)
+    adamw = optax.adamw(learning_rate(config, lr), weight_decay=config.weight_decay)
     return optax.multi_transform({True: adamw, False: optax.set_to_zero()}, mask)
 
 
@@ -235,12 +295,19 @@ def train_step(state: TrainState, batch: Batch, config: FinetuneConfig,
     pass over the image tower). ``ω`` comes from the run's precomputed schedule weights, so an
     EMA and a WMA teacher cost the same."""
 
-    def loss(model):
-        return finetune_loss(model, batch, config, pretrained=pretrained,
-                             teacher_tower=state.teacher.params, class_emb=class_emb,
-                             teacher_head=teacher_head)
+    dtype = config.compute_dtype
 
-    (value, parts), grads = eqx.filter_value_and_grad(loss, has_aux=True)(state.model)
+    def loss(model, batch):
+        value, parts = finetune_loss(
+            in_compute_dtype(model, dtype), in_compute_dtype(batch, dtype), config,
+            pretrained=in_compute_dtype(pretrained, dtype),
+            teacher_tower=in_compute_dtype(state.teacher.params, dtype),
+            class_emb=in_compute_dtype(class_emb, dtype),
+            teacher_head=in_compute_dtype(teacher_head, dtype))
+        return value.astype(jnp.float32), jax.tree.map(lambda p: p.astype(jnp.float32), parts)
+
+    (value, parts), grads = accumulated_value_and_grad(loss, state.model, batch,
+                                                       config.accumulate)
     params = eqx.filter(state.model, eqx.is_inexact_array)
     updates, opt_state = optimizer.update(eqx.filter(grads, eqx.is_inexact_array),
                                           state.opt_state, params)
@@ -269,12 +336,14 @@ _gap_metrics = eqx.filter_jit(gap_metrics)
 def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
              config: FinetuneConfig, *, class_emb: Float[Array, "C D"], probe: np.ndarray,
              hybrid: tuple[np.ndarray, np.ndarray, np.ndarray] | None, seed: int,
-             progress: str | None = None) -> tuple[Finetunee, dict[str, np.ndarray]]:
+             progress: str | None = None, mesh: Mesh | None = None
+             ) -> tuple[Finetunee, dict[str, np.ndarray]]:
     """Finetune ``pretrained`` on ``images`` (N, 3, 28, 28) / ``labels`` (N,) with ``config``.
 
     ``hybrid`` = (gray images, caption tokens, labels) for ``data_hybrid``; ``probe`` a fixed batch
     for the gap metrics, logged every ``config.log_every`` steps. Returns the finetuned model and
     the logged curves (``steps``, ``param_distance``, ``logit_kl``, ``agreement``, ``loss``).
+    ``mesh``: a device mesh (``parallel.data_mesh``) to split each batch over (data parallel).
     """
     rng = np.random.default_rng(seed)
     schedule = config.schedule()
@@ -299,8 +368,12 @@ def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
         optimizer = make_optimizer(config, mask, lr)
         state = TrainState(model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)),
                            tower_teacher)
+        if mesh is not None:
+            state = replicate(state, mesh)
         for _ in range(phase_steps):
             batch = _sample(rng, images, labels, config.batch_size - n_hybrid, hybrid, n_hybrid)
+            if mesh is not None:
+                batch = shard_batch(batch, mesh)
             state, parts = train_step(state, batch, config, optimizer, pretrained, class_emb,
                                       teacher_head, jnp.asarray(omegas[step]))
             step += 1
@@ -323,7 +396,8 @@ def _sample(rng: np.random.Generator, images, labels, n: int, hybrid, n_hybrid: 
         hidx = rng.choice(len(h_lab), size=n_hybrid, replace=False)
         h = (h_img[hidx], h_tok[hidx], h_lab[hidx])
     else:
-        h = (np.zeros((0, *images.shape[1:]), images.dtype), np.zeros((0, 8), np.int32),
+        length = hybrid[1].shape[1] if hybrid is not None else 8
+        h = (np.zeros((0, *images.shape[1:]), images.dtype), np.zeros((0, length), np.int32),
              np.zeros((0,), labels.dtype))
     return Batch(jnp.asarray(images[idx]), jnp.asarray(labels[idx]), *map(jnp.asarray, h))
 
@@ -332,7 +406,13 @@ def _sample(rng: np.random.Generator, images, labels, n: int, hybrid, n_hybrid: 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
-    """Contrastive pretraining on gray digits with random training-template captions."""
+    """Contrastive pretraining on gray digits with random training-template captions.
+
+    ``model`` is ``"toy"`` (``ToyCLIP`` of ``width``/``dim``) or a CLIP preset name
+    (``tracer_theory.deep.clip.PRESETS``: ``"tiny"``, ``"small"``, ``"base"``), whose sizes come
+    from the preset. ``checkpoint_every`` > 0 saves the run every that many steps, so an
+    interrupted pretraining resumes where it stopped and ends bit-identical.
+    """
 
     steps: int = 600
     batch_size: int = 128
@@ -340,34 +420,98 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     width: int = 128
     dim: int = 64
+    model: str = "toy"
+    warmup_steps: int = 0
+    cosine: bool = False
+    accumulate: int = 1
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        _check_training(self)
+        if self.model != "toy":
+            from .clip import preset
+
+            preset(self.model)  # ValueError naming the unknown preset
+
+
+def make_clip(config: PretrainConfig, key: PRNGKeyArray) -> ToyCLIP | CLIP:
+    """A freshly initialized model of ``config.model``."""
+    if config.model == "toy":
+        return ToyCLIP(width=config.width, dim=config.dim, key=key)
+    return CLIP(config.model, key=key)
 
 
 @eqx.filter_jit
-def _pretrain_step(model, opt_state, images, tokens, labels, optimizer):
-    def loss(m):
-        return clip_loss(m.embed_images(images), m.embed_texts(tokens), m.scale, labels=labels)
+def _pretrain_step(model, opt_state, images, tokens, labels, optimizer, accumulate: int = 1,
+                   compute_dtype: str = "float32"):
+    def loss(m, batch):
+        m = in_compute_dtype(m, compute_dtype)
+        images, tokens, labels = batch
+        images = images.astype(compute_dtype)
+        value = clip_loss(m.embed_images(images), m.embed_texts(tokens), m.scale, labels=labels)
+        return value.astype(jnp.float32), ()
 
-    value, grads = eqx.filter_value_and_grad(loss)(model)
+    (value, _), grads = accumulated_value_and_grad(loss, model, (images, tokens, labels),
+                                                   accumulate)
     updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
     return eqx.apply_updates(model, updates), opt_state, value
 
 
 def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
              config: PretrainConfig, *, key: PRNGKeyArray, seed: int,
-             progress: str | None = None) -> ToyCLIP:
-    """Contrastive pretraining (symmetric multi-positive InfoNCE) on ``images`` (N, 3, 28, 28).
+             progress: str | None = None, mesh: Mesh | None = None,
+             checkpoint: str | Path | None = None) -> ToyCLIP | CLIP:
+    """Contrastive pretraining (symmetric multi-positive InfoNCE) on ``images`` (N, 3, H, W).
 
     ``captions`` (10, P, L): caption tokens per digit; each image gets a random one per step.
+    ``mesh``: a 1-D device mesh (``parallel.data_mesh``) over which each batch is split; the
+    model is replicated (data parallel). ``checkpoint``: where to save/resume the run every
+    ``config.checkpoint_every`` steps (the model, the optimizer state and the sampler state).
     """
-    model = ToyCLIP(width=config.width, dim=config.dim, key=key)
-    optimizer = optax.adamw(config.lr, weight_decay=config.weight_decay)
+    model = make_clip(config, key)
+    optimizer = optax.adamw(learning_rate(config, config.lr), weight_decay=config.weight_decay)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
     rng = np.random.default_rng(seed)
-    for _ in tqdm(range(config.steps), desc=progress, leave=False, disable=progress is None):
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        model, opt_state, start, rng = load_run(checkpoint, (model, opt_state))
+    if mesh is not None:
+        model, opt_state = replicate((model, opt_state), mesh)
+    for step in tqdm(range(start, config.steps), desc=progress, leave=False,
+                     disable=progress is None, initial=start, total=config.steps):
         idx = rng.choice(len(labels), size=config.batch_size, replace=False)
         which = rng.integers(captions.shape[1], size=config.batch_size)
-        tokens = captions[labels[idx], which]
-        model, opt_state, _ = _pretrain_step(model, opt_state, jnp.asarray(images[idx]),
-                                             jnp.asarray(tokens), jnp.asarray(labels[idx]),
-                                             optimizer)
+        batch = (images[idx], captions[labels[idx], which], labels[idx])
+        batch = shard_batch(batch, mesh) if mesh is not None else tuple(map(jnp.asarray, batch))
+        model, opt_state, _ = _pretrain_step(model, opt_state, *batch, optimizer,
+                                             config.accumulate, config.compute_dtype)
+        done = step + 1
+        if (checkpoint is not None and config.checkpoint_every
+                and (done % config.checkpoint_every == 0 or done == config.steps)):
+            save_run(checkpoint, (model, opt_state), done, rng)
     return model
+
+
+def save_run(path: str | Path, tree: PyTree, step: int, rng: np.random.Generator) -> None:
+    """Atomically write ``tree`` (equinox leaves) with the step and the sampler's state."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        header = json.dumps({"step": step, "rng": rng.bit_generator.state}).encode()
+        f.write(len(header).to_bytes(8, "little") + header)
+        eqx.tree_serialise_leaves(f, tree)
+    tmp.replace(path)
+
+
+def load_run(path: str | Path, like: PyTree) -> tuple[Any, Any, int, np.random.Generator]:
+    """The ``(model, opt_state, step, rng)`` that ``save_run`` wrote; ``like`` gives the
+    structure."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        model, opt_state = eqx.tree_deserialise_leaves(f, like)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = header["rng"]
+    return model, opt_state, int(header["step"]), rng
