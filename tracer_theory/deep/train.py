@@ -8,6 +8,7 @@ shared schedules (static, EMA, WMA): the same objects as in the linear theory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -470,7 +471,7 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     ``config.checkpoint_every`` steps (the model, the optimizer state and the sampler state).
     """
     model = make_clip(config, key)
-    optimizer = optax.adamw(learning_rate(config, config.lr), weight_decay=config.weight_decay)
+    optimizer = _pretrain_optimizer(config)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
     rng = np.random.default_rng(seed)
     start = 0
@@ -491,6 +492,12 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
                 and (done % config.checkpoint_every == 0 or done == config.steps)):
             save_run(checkpoint, (model, opt_state), done, rng)
     return model
+
+
+@functools.lru_cache(maxsize=16)
+def _pretrain_optimizer(config: PretrainConfig) -> optax.GradientTransformation:
+    """AdamW of a pretraining config, one object per config so the jitted step compiles once."""
+    return optax.adamw(learning_rate(config, config.lr), weight_decay=config.weight_decay)
 
 
 def save_run(path: str | Path, tree: PyTree, step: int, rng: np.random.Generator) -> None:
