@@ -35,3 +35,40 @@ def test_unknown_figure_and_missing_toy_results_are_clear_errors(tmp_path):
         registry.make("nope")
     with pytest.raises(FileNotFoundError, match="run `tracer-theory toy"):
         registry.make("toy_fair_head", toy_results=tmp_path)
+
+
+def test_reproduce_runs_every_stage_and_summarizes(tmp_path, monkeypatch, capsys):
+    """The wiring of `tracer-theory reproduce`, with each stage replaced by a cheap stand-in
+    (the stages themselves are tested on their own): claims → toy plans → figures → summary."""
+    from tracer_theory.claims.registry import Row
+    from tracer_theory.deep import experiment
+    from tracer_theory.report import toy
+
+    calls = {"toy": []}
+    monkeypatch.setattr(cli, "claim_cases", lambda ids=None: [("C1", "a"), ("C1", "b")])
+
+    def claims(ids=None, progress=None):
+        progress("C1", "a")
+        return [Row("C1", "a", "q", 0.0, 1.0), Row("C1", "b", "q", 2.0, 1.0)]
+
+    def run_toy(config, out, progress=True):
+        calls["toy"].append(config.name)
+        return toy.load_payload(ROOT / registry.REFERENCE_TOY_RESULTS, config.name)
+
+    def generate(out, quick=False, toy_results=None):
+        calls["figures"] = (out, quick, toy_results)
+        figure = registry.spec("toy_fair_head")
+        result = registry.make("toy_fair_head")
+        yield figure, result, []
+
+    monkeypatch.setattr(cli, "run_claims", claims)
+    monkeypatch.setattr(experiment, "run_toy", run_toy)
+    monkeypatch.setattr(registry, "generate", generate)
+    code = cli.main(["reproduce", "--quiet", "--toy-out", str(tmp_path / "toy"),
+                     "--figures", str(tmp_path / "figs")])
+    text = capsys.readouterr().out
+    assert code == 1  # one claim row failed
+    assert "1/2 rows PASS" in text and "FAIL C1 b" in text
+    assert calls["toy"] == ["fair_head", "paper_head", "fair_prompts"]
+    assert calls["figures"] == (str(tmp_path / "figs"), False, str(tmp_path / "toy"))
+    assert "toy_fair_head" in text and "== toy fair_prompts" in text

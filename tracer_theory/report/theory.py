@@ -283,7 +283,7 @@ def wma_kernel_figure(quick: bool = False) -> Result:
 def teacher_gap_figure(quick: bool = False) -> Result:
     """Teacher–student gap over training for static, EMA and WMA teachers (C4, C5)."""
     problem = _problem()
-    lr, steps = safe_lr(problem, LAM), 1_000 if quick else 10_000
+    lr, steps = safe_lr(problem, LAM), 2_000 if quick else 10_000
     every = max(1, steps // 500)
     runs = {"static_sd": static_teacher(), "ema_sd(0.9)": ema_teacher(0.9),
             "ema_sd(0.99)": ema_teacher(0.99), "wma_sd": wma_teacher(steps)}
