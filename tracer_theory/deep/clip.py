@@ -102,9 +102,9 @@ PRESETS: dict[str, CLIPPreset] = {
 }
 
 
-def preset(name: str) -> CLIPPreset:
-    """The preset called ``name`` (one of ``PRESETS``)."""
-    return _preset(name)
+def preset(name: str | CLIPPreset) -> CLIPPreset:
+    """The preset called ``name`` (one of ``PRESETS``), or ``name`` itself if it is a preset."""
+    return name if isinstance(name, CLIPPreset) else _preset(name)
 
 
 def _preset(name: str) -> CLIPPreset:

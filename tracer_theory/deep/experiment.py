@@ -66,7 +66,7 @@ class ToyConfig:
 
     @property
     def name(self) -> str:
-        model = "" if self.pretrain.model == "toy" else f"{self.pretrain.model}_"
+        model = "" if self.pretrain.model == "toy" else f"{preset(self.pretrain.model).name}_"
         return f"{model}{self.protocol}_{self.objective}" + ("_quick" if self.quick else "")
 
     def strategies(self) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..dynamics.schedules import Schedule, ema_teacher, static_teacher, wma_teacher
 from ..dynamics.teacher import TeacherState, mix, teacher
-from .clip import CLIP
+from .clip import CLIP, CLIPPreset
 from .losses import (
     clip_loss,
     cross_entropy,
@@ -410,9 +410,10 @@ class PretrainConfig:
     """Contrastive pretraining on gray digits with random training-template captions.
 
     ``model`` is ``"toy"`` (``ToyCLIP`` of ``width``/``dim``) or a CLIP preset name
-    (``tracer_theory.deep.clip.PRESETS``: ``"tiny"``, ``"small"``, ``"base"``), whose sizes come
-    from the preset. ``checkpoint_every`` > 0 saves the run every that many steps, so an
-    interrupted pretraining resumes where it stopped and ends bit-identical.
+    (``tracer_theory.deep.clip.PRESETS``: ``"tiny"``, ``"small"``, ``"base"``) or a
+    ``CLIPPreset``, whose sizes come from the preset. ``checkpoint_every`` > 0 saves the run
+    every that many steps, so an interrupted pretraining resumes where it stopped and ends
+    bit-identical.
     """
 
     steps: int = 600
@@ -421,7 +422,7 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     width: int = 128
     dim: int = 64
-    model: str = "toy"
+    model: str | CLIPPreset = "toy"
     warmup_steps: int = 0
     cosine: bool = False
     accumulate: int = 1
