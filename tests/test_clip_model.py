@@ -23,7 +23,6 @@ from tracer_theory.deep.clip import (
     CLIPPreset,
     clip_tokenize,
     clip_tokens,
-    last_layer,
     preset,
     resize_images,
 )
@@ -134,7 +133,7 @@ def test_preset_object_and_name_build_the_same_model(model):
 
 
 def test_last_layer_is_ln_post(model):
-    assert last_layer(model) is model.last_layer() is model.image.ln_post
+    assert model.last_layer() is model.image.ln_post
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,10 +24,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .._validation import ensure, is_traced
-from .model import DTYPE, normalize
+from .model import DTYPE, DualEncoder, normalize
 from .prompts import MAX_TOKENS, PAD, VOCAB, tokenize
 
 #: End-of-text id: one past the last word id, hence the largest id.
@@ -104,13 +104,14 @@ PRESETS: dict[str, CLIPPreset] = {
 
 def preset(name: str | CLIPPreset) -> CLIPPreset:
     """The preset called ``name`` (one of ``PRESETS``), or ``name`` itself if it is a preset."""
-    return name if isinstance(name, CLIPPreset) else _preset(name)
-
-
-def _preset(name: str) -> CLIPPreset:
+    if isinstance(name, CLIPPreset):
+        return name
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+_as_preset = preset  # ``CLIP.__init__``'s argument is also called ``preset``
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +300,7 @@ class TextTransformer(eqx.Module):
 # CLIP
 
 
-class CLIP(eqx.Module):
+class CLIP(DualEncoder):
     """CLIP: ViT and text transformer with projections into a ``dim``-dimensional space.
 
     Same interface as ``ToyCLIP``: ``image_features`` gives ``X_I``, ``image_proj`` is ``W_I``,
@@ -314,11 +315,10 @@ class CLIP(eqx.Module):
     preset: CLIPPreset = eqx.field(static=True)
 
     def __init__(self, preset: CLIPPreset | str = "tiny", *, key: PRNGKeyArray):
-        if isinstance(preset, str):
-            preset = _preset(preset)
-        if not isinstance(preset, CLIPPreset):
+        if not isinstance(preset, CLIPPreset | str):
             raise TypeError(f"preset must be a CLIPPreset or a preset name, "
                             f"got {type(preset).__name__}")
+        preset = _as_preset(preset)
         k1, k2, k3, k4 = jax.random.split(key, 4)
         self.image = VisionTransformer(preset, key=k1)
         self.image_proj = eqx.nn.Linear(preset.width, preset.dim, use_bias=False, dtype=DTYPE,
@@ -341,36 +341,10 @@ class CLIP(eqx.Module):
                              f"got {images.shape}")
         return jax.vmap(self.image)(images)
 
-    def embed_images(self, images: Float[Array, "B C H W"]) -> Float[Array, "B dim"]:
-        """Normalized image embeddings; shape (B, dim)."""
-        return normalize(jax.vmap(self.image_proj)(self.image_features(images)))
-
     def embed_texts(self, tokens: Int[Array, "B context"]) -> Float[Array, "B dim"]:
         """Normalized text embeddings of CLIP token ids (see ``clip_tokens``); shape (B, dim)."""
         tokens = _check_tokens(jnp.asarray(tokens), self.text.context)
         return normalize(jax.vmap(lambda t: self.text_proj(self.text(t)))(tokens))
-
-    def class_embeddings(self, prompts: Int[Array, "C P context"]) -> Float[Array, "C dim"]:
-        """Zero-shot classifier: the normalized mean of each class's prompt embeddings."""
-        c, p, length = prompts.shape
-        emb = self.embed_texts(prompts.reshape(c * p, length)).reshape(c, p, -1)
-        return normalize(emb.mean(axis=1))
-
-    @property
-    def scale(self) -> Float[Array, ""]:
-        """The logit scale ``exp(log_scale)``, clipped at 100 as in CLIP."""
-        return jnp.minimum(jnp.exp(self.log_scale), jnp.asarray(100.0, self.log_scale.dtype))
-
-    def zero_shot_logits(self, images: Float[Array, "B C H W"],
-                         prompts: Int[Array, "C P context"]) -> Float[Array, "B C"]:
-        """``scale · image embedding · class embedding`` for every image and class; (B, C)."""
-        return self.scale * self.embed_images(images) @ self.class_embeddings(prompts).T
-
-
-def last_layer(clip: CLIP) -> PyTree:
-    """The image tower's last layer, unfrozen with the projection by projection-only finetuning
-    (``clip.last_layer()``; the ViT's ``ln_post``)."""
-    return clip.last_layer()
 
 
 def resize_images(images: np.ndarray, size: int, *, chunk: int = 256) -> np.ndarray:
@@ -401,4 +375,4 @@ def _resize(images: Float[Array, "n C H H"], size: int) -> Float[Array, "n C siz
 
 __all__ = ["CLIP", "CLIP_CONTEXT", "EOT", "PRESETS", "VOCAB_SIZE", "CLIPPreset", "ResidualBlock",
            "TextTransformer", "Transformer", "VisionTransformer", "clip_tokenize", "clip_tokens",
-           "last_layer", "preset", "resize_images"]
+           "preset", "resize_images"]

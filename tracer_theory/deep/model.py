@@ -8,6 +8,8 @@ says, like the float32 images they see.
 
 from __future__ import annotations
 
+import abc
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -55,7 +57,45 @@ class TextEncoder(eqx.Module):
         return jax.nn.relu(self.dense(mean))
 
 
-class ToyCLIP(eqx.Module):
+class DualEncoder(eqx.Module):
+    """What every CLIP here shares: image and text towers with bias-free projections into one
+    normalized space and a learnable logit scale. Subclasses give ``image_features`` and
+    ``embed_texts``; the zero-shot classifier and the logits are written once, here."""
+
+    image_proj: eqx.AbstractVar[eqx.nn.Linear]
+    text_proj: eqx.AbstractVar[eqx.nn.Linear]
+    log_scale: eqx.AbstractVar[Float[Array, ""]]
+
+    @abc.abstractmethod
+    def image_features(self, images: Float[Array, "B C H W"]) -> Float[Array, "B width"]:
+        """``X_I``: image features before the projection, batch-first."""
+
+    @abc.abstractmethod
+    def embed_texts(self, tokens: Int[Array, "B L"]) -> Float[Array, "B dim"]:
+        """Normalized text embeddings."""
+
+    def embed_images(self, images: Float[Array, "B C H W"]) -> Float[Array, "B dim"]:
+        """Normalized image embeddings, shape (B, dim)."""
+        return normalize(jax.vmap(self.image_proj)(self.image_features(images)))
+
+    def class_embeddings(self, prompts: Int[Array, "C P L"]) -> Float[Array, "C dim"]:
+        """Zero-shot classifier: the normalized mean of each class's prompt embeddings."""
+        c, p, length = prompts.shape
+        emb = self.embed_texts(prompts.reshape(c * p, length)).reshape(c, p, -1)
+        return normalize(emb.mean(axis=1))
+
+    @property
+    def scale(self) -> Float[Array, ""]:
+        """The logit scale ``exp(log_scale)``, clipped at 100 as in CLIP."""
+        return jnp.minimum(jnp.exp(self.log_scale), jnp.asarray(100.0, self.log_scale.dtype))
+
+    def zero_shot_logits(self, images: Float[Array, "B C H W"],
+                         prompts: Int[Array, "C P L"]) -> Float[Array, "B C"]:
+        """``scale · image embedding · class embedding`` for every image and class; (B, C)."""
+        return self.scale * self.embed_images(images) @ self.class_embeddings(prompts).T
+
+
+class ToyCLIP(DualEncoder):
     """Image and text towers with projections into a ``dim``-dimensional embedding space."""
 
     image: ImageEncoder
@@ -80,29 +120,9 @@ class ToyCLIP(eqx.Module):
         """``X_I``: image features before the projection, batch-first."""
         return jax.vmap(self.image)(images)
 
-    def embed_images(self, images: Float[Array, "B 3 28 28"]) -> Float[Array, "B dim"]:
-        """Normalized image embeddings."""
-        return normalize(jax.vmap(self.image_proj)(self.image_features(images)))
-
     def embed_texts(self, tokens: Int[Array, "B L"]) -> Float[Array, "B dim"]:
         """Normalized text embeddings."""
         return normalize(jax.vmap(lambda t: self.text_proj(self.text(t)))(tokens))
-
-    def class_embeddings(self, prompts: Int[Array, "C P L"]) -> Float[Array, "C dim"]:
-        """Zero-shot classifier: the normalized mean of each class's prompt embeddings."""
-        c, p, length = prompts.shape
-        emb = self.embed_texts(prompts.reshape(c * p, length)).reshape(c, p, -1)
-        return normalize(emb.mean(axis=1))
-
-    @property
-    def scale(self) -> Float[Array, ""]:
-        """The logit scale ``exp(log_scale)``, clipped at 100 as in CLIP."""
-        return jnp.minimum(jnp.exp(self.log_scale), jnp.asarray(100.0, self.log_scale.dtype))
-
-    def zero_shot_logits(self, images: Float[Array, "B 3 28 28"],
-                         prompts: Int[Array, "C P L"]) -> Float[Array, "B C"]:
-        """``scale · image embedding · class embedding`` for every image and class."""
-        return self.scale * self.embed_images(images) @ self.class_embeddings(prompts).T
 
 
 def normalize(x: Float[Array, "B D"]) -> Float[Array, "B D"]:
