@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -102,21 +102,34 @@ def linear_strategy(problem: LinearProblem, config: FinetuneConfig) -> Strategy:
     raise ValueError(f"strategy {config.strategy!r} has no linear counterpart; one of {LINEAR}")
 
 
-def predicted_forgetting(pretrained: Finetunee, data: ToyData, problem: LinearProblem,
-                         w: np.ndarray) -> dict[str, float]:
+class ZeroShotProbe(NamedTuple):
+    """What the predicted forgetting needs from the pretrained model, computed once per seed:
+    the gray test images' features (N, width) and the class embeddings (10, dim), float64."""
+
+    features: np.ndarray
+    class_emb: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, pretrained: Finetunee, data: ToyData) -> ZeroShotProbe:
+        clip = pretrained.clip
+        features = np.concatenate([np.asarray(clip.image_features(jnp.asarray(
+            data.gray_test[i:i + 500])), np.float64) for i in range(0, len(data.gray_test), 500)])
+        class_emb = np.asarray(clip.class_embeddings(jnp.asarray(data.captions)), np.float64)
+        return cls(features, class_emb, data.test_labels)
+
+    def logits(self, w: np.ndarray) -> np.ndarray:
+        """Cosine zero-shot logits (N, 10) with the image projection ``w`` (dim, width)."""
+        emb = self.features @ np.asarray(w).T
+        return emb / np.linalg.norm(emb, axis=1, keepdims=True) @ self.class_emb.T
+
+
+def predicted_forgetting(probe: ZeroShotProbe, w0: np.ndarray, w: np.ndarray
+                         ) -> dict[str, float]:
     """Zero-shot gray-test accuracy drop (points) and relative logit change when the image
-    projection ``W⁰`` becomes ``w`` with the pretrained features held fixed."""
-    clip = pretrained.clip
-    feats = np.concatenate([np.asarray(clip.image_features(jnp.asarray(data.gray_test[i:i + 500])),
-                                       np.float64) for i in range(0, len(data.gray_test), 500)])
-    class_emb = np.asarray(clip.class_embeddings(jnp.asarray(data.captions)), np.float64)
-
-    def logits(weight):
-        emb = feats @ weight.T
-        return emb / np.linalg.norm(emb, axis=1, keepdims=True) @ class_emb.T
-
-    before, after = logits(np.asarray(problem.w0)), logits(w)
-    acc = [100 * float(np.mean(np.argmax(x, 1) == data.test_labels)) for x in (before, after)]
+    projection ``w0`` becomes ``w`` with the pretrained features held fixed."""
+    before, after = probe.logits(w0), probe.logits(w)
+    acc = [100 * float(np.mean(np.argmax(x, 1) == probe.labels)) for x in (before, after)]
     return {"predicted_forgetting": acc[0] - acc[1],
             "predicted_logit_change": float(np.linalg.norm(after - before)
                                             / np.linalg.norm(before))}
@@ -141,14 +154,15 @@ def run_clip(config: ToyConfig, out_dir: str | Path = "results/clip", *, progres
     """Every strategy on the CLIP preset (``run_toy``), the λ grid, and the comparison with
     the linear theory; returns the payload and writes ``<out_dir>/<name>.json``."""
     out_dir = Path(out_dir)
-    payload = run_toy(config, out_dir, progress=progress, mesh=mesh)
     data = ToyData(config)
+    payload = run_toy(config, out_dir, progress=progress, mesh=mesh, data=data)
     run_dir = out_dir / config.name
     rows = []
     for seed in config.seeds:
         pretrained = _pretrained(config, data, out_dir, seed, progress, mesh)
         with jax.enable_x64(True):
             problem = linear_problem(pretrained, data)
+        probe = ZeroShotProbe.of(pretrained, data)
         class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
         for strategy, field, lam in tqdm(_grid(config), desc=f"theory seed {seed}",
                                          leave=False, disable=not progress):
@@ -159,7 +173,7 @@ def run_clip(config: ToyConfig, out_dir: str | Path = "results/clip", *, progres
                                  class_emb, progress, mesh)
             with jax.enable_x64(True):
                 w = np.asarray(solve(problem, linear_strategy(problem, ft)))
-                predicted = predicted_forgetting(pretrained, data, problem, w)
+                predicted = predicted_forgetting(probe, np.asarray(problem.w0), w)
             rows.append({"seed": seed, "strategy": strategy, "lam_field": field, "lam": lam,
                          "measured_forgetting": measured, **predicted})
     payload["theory"] = compare(rows)

@@ -233,15 +233,17 @@ def _gap_summary(curves: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def run_toy(config: ToyConfig, out_dir: str | Path = "results/toy", *,
-            progress: bool = True, mesh: Mesh | None = None) -> dict[str, Any]:
+            progress: bool = True, mesh: Mesh | None = None,
+            data: ToyData | None = None) -> dict[str, Any]:
     """Run (or resume) the experiment; returns and writes ``<out_dir>/<name>.json``.
 
     ``config.pretrain.model`` picks the toy CNN CLIP or a transformer CLIP preset; ``mesh`` (a
-    ``parallel.data_mesh``) splits every batch over its devices."""
+    ``parallel.data_mesh``) splits every batch over its devices; ``data`` the experiment's
+    arrays when the caller has already built them."""
     out_dir = Path(out_dir)
     run_dir = out_dir / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = ToyData(config)
+    data = ToyData(config) if data is None else data
     n_train = len(data.train_labels)
     results: dict[str, Any] = {"pretrained": {}, "runs": {}}
     for seed in config.seeds:

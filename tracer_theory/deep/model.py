@@ -59,12 +59,11 @@ class TextEncoder(eqx.Module):
 
 class DualEncoder(eqx.Module):
     """What every CLIP here shares: image and text towers with bias-free projections into one
-    normalized space and a learnable logit scale. Subclasses give ``image_features`` and
-    ``embed_texts``; the zero-shot classifier and the logits are written once, here."""
-
-    image_proj: eqx.AbstractVar[eqx.nn.Linear]
-    text_proj: eqx.AbstractVar[eqx.nn.Linear]
-    log_scale: eqx.AbstractVar[Float[Array, ""]]
+    normalized space and a learnable logit scale. Subclasses hold the fields ``image_proj``,
+    ``text_proj`` and ``log_scale`` and give ``image_features`` and ``embed_texts``; the
+    zero-shot classifier and the logits are written once, here. (The fields are not declared
+    here: a base declaration would move them first in the subclass's field order and so change
+    the leaf order of saved checkpoints.)"""
 
     @abc.abstractmethod
     def image_features(self, images: Float[Array, "B C H W"]) -> Float[Array, "B width"]:
