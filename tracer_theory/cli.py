@@ -133,19 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _toy(args: argparse.Namespace) -> int:
     from .deep.experiment import (
-        ToyConfig,
+        TOY_PLAN,
         format_table,
-        quick_config,
         run_toy,
         select_hyperparameters,
+        toy_configs,
     )
     from .report.style import save
     from .report.toy import summary_figure
 
     if args.select:
-        objective = args.objective or "head"
-        config = (quick_config(objective=objective, mnist=args.mnist) if args.quick
-                  else ToyConfig(objective=objective, mnist=args.mnist, seeds=tuple(args.seeds)))
+        config, = toy_configs([("fair", args.objective or "head")], quick=args.quick,
+                              seeds=args.seeds, mnist=args.mnist)
         result = select_hyperparameters(config, args.out, progress=not args.quiet)
         print(json.dumps(result["validation"], indent=1))
         print(f"chosen on the validation split ({result['criterion']}): {result['chosen']}")
@@ -156,15 +155,13 @@ def _toy(args: argparse.Namespace) -> int:
     if args.protocol == "all":
         if args.objective is not None:
             raise ValueError("--objective needs --protocol fair or paper")
-        plan = [("fair", "head"), ("paper", "head"), ("fair", "prompts")]
+        plan = TOY_PLAN
     else:
         plan = [(args.protocol, args.objective or "head")]
-    for protocol, objective in plan:
-        common = dict(protocol=protocol, objective=objective, mnist=args.mnist)
-        config = (quick_config(**common) if args.quick
-                  else ToyConfig(**common, seeds=tuple(args.seeds)))
+    for config in toy_configs(plan, quick=args.quick, seeds=args.seeds, mnist=args.mnist):
         payload = run_toy(config, args.out, progress=not args.quiet)
-        print(f"\n== protocol {protocol}, objective {objective}, seeds {list(config.seeds)}, "
+        print(f"\n== protocol {config.protocol}, objective {config.objective}, "
+              f"seeds {list(config.seeds)}, "
               f"data: {payload['data']}")
         print(format_table(payload))
         figures = args.figures or (f"{args.out}/figures" if args.quick else "figures")
@@ -201,20 +198,16 @@ def _clip(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .deep.experiment import ToyConfig, format_table, quick_config, run_toy
+    from .deep.experiment import TOY_PLAN, format_table, run_toy, toy_configs
     from .report.registry import FIGURES, generate, summary_lines
 
-    plan = [("fair", "head"), ("paper", "head"), ("fair", "prompts")]
-    stages = tqdm(total=len(claim_cases()) + len(plan) + len(FIGURES), desc="reproduce",
+    stages = tqdm(total=len(claim_cases()) + len(TOY_PLAN) + len(FIGURES), desc="reproduce",
                   file=sys.stderr, disable=args.quiet)
     rows = run_claims(progress=lambda claim_id, case: (stages.set_postfix_str(
         f"verify {claim_id} {case}"), stages.update(1)))
     payloads = []
-    for protocol, objective in plan:
-        stages.set_postfix_str(f"toy {protocol}/{objective}")
-        common = dict(protocol=protocol, objective=objective, mnist=args.mnist)
-        config = (quick_config(**common) if args.quick
-                  else ToyConfig(**common, seeds=tuple(args.seeds)))
+    for config in toy_configs(TOY_PLAN, quick=args.quick, seeds=args.seeds, mnist=args.mnist):
+        stages.set_postfix_str(f"toy {config.name}")
         payloads.append((config, run_toy(config, args.toy_out, progress=not args.quiet)))
         stages.update(1)
     figures = []

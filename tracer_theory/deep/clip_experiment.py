@@ -166,11 +166,10 @@ def run_clip(config: ToyConfig, out_dir: str | Path = "results/clip", *, progres
         class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
         for strategy, field, lam in tqdm(_grid(config), desc=f"theory seed {seed}",
                                          leave=False, disable=not progress):
-            ft = strategy_config(config, strategy, len(data.train_labels))
-            if field:
-                ft = dataclasses.replace(ft, **{field: lam})
-            measured = _measured(payload, run_dir, ft, seed, field, lam, pretrained, data,
-                                 class_emb, progress, mesh)
+            main = strategy_config(config, strategy, len(data.train_labels))
+            ft = dataclasses.replace(main, **{field: lam}) if field else main
+            measured = _measured(payload, run_dir, ft, ft == main, seed, field, lam,
+                                 pretrained, data, class_emb, progress, mesh)
             with jax.enable_x64(True):
                 w = np.asarray(solve(problem, linear_strategy(problem, ft)))
                 predicted = predicted_forgetting(probe, np.asarray(problem.w0), w)
@@ -181,12 +180,11 @@ def run_clip(config: ToyConfig, out_dir: str | Path = "results/clip", *, progres
     return payload
 
 
-def _measured(payload, run_dir: Path, ft: FinetuneConfig, seed: int, field: str, lam: float,
-              pretrained, data, class_emb, progress, mesh) -> float:
-    """Measured forgetting of one grid point: from the main run at the default λ, else from its
-    own (resumable) run."""
-    default = strategy_config_default(payload, ft.strategy, field)
-    if not field or lam == default:
+def _measured(payload, run_dir: Path, ft: FinetuneConfig, main: bool, seed: int, field: str,
+              lam: float, pretrained, data, class_emb, progress, mesh) -> float:
+    """Measured forgetting of one grid point: from the main run when ``ft`` is its config
+    (``main``), else from the point's own (resumable) run."""
+    if main:
         return float(payload["runs"][ft.strategy][str(seed)]["forgetting"])
     path = run_dir / f"seed{seed}_{ft.strategy}_{field}={lam:g}.json"
     if path.exists():
@@ -202,14 +200,6 @@ def _measured(payload, run_dir: Path, ft: FinetuneConfig, seed: int, field: str,
     record = {"config": dataclasses.asdict(ft), **after, "forgetting": before - after["gray_acc"]}
     write_json_atomic(path, record)
     return float(record["forgetting"])
-
-
-def strategy_config_default(payload: dict[str, Any], strategy: str, field: str) -> float | None:
-    """The λ the main run of ``strategy`` used (from its stored config)."""
-    if not field:
-        return None
-    first = next(iter(payload["runs"][strategy].values()))
-    return float(first["config"][field])
 
 
 def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:

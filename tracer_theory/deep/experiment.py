@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +79,19 @@ def quick_config(**overrides: Any) -> ToyConfig:
     base = dict(seeds=(0,), quick=True, pretrain=PretrainConfig(steps=30, batch_size=64),
                 finetune=FinetuneConfig(steps=6, batch_size=64, log_every=3))
     return ToyConfig(**(base | overrides))
+
+
+#: The toy experiment's three tables, as (protocol, objective).
+TOY_PLAN = (("fair", "head"), ("paper", "head"), ("fair", "prompts"))
+
+
+def toy_configs(plan: Sequence[tuple[str, str]], *, quick: bool, seeds: Sequence[int],
+                mnist: str | None = None) -> list[ToyConfig]:
+    """One configuration per (protocol, objective) of ``plan``: ``quick_config`` (one seed) or
+    the full budgets over ``seeds``."""
+    return [quick_config(protocol=p, objective=o, mnist=mnist) if quick
+            else ToyConfig(protocol=p, objective=o, mnist=mnist, seeds=tuple(seeds))
+            for p, o in plan]
 
 
 def strategy_config(config: ToyConfig, strategy: str, n_train: int) -> FinetuneConfig:
