@@ -7,7 +7,7 @@ from typing import Any
 
 from .result import Result
 from .style import color, label, subplots
-from .toy import title
+from .toy import figure_title
 
 
 def theory_figure(payload: dict[str, Any]) -> Result:
@@ -41,7 +41,7 @@ def theory_figure(payload: dict[str, Any]) -> Result:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(title(payload) + " — linear theory vs measurement (labels: λ)")
+    fig.suptitle(figure_title(payload) + " — linear theory vs measurement (labels: λ)")
     fig.tight_layout()
     best = max((v for v in (rho_acc, rho_logit) if v is not None), default=None)
     return Result(fig, "the linearized closed forms predict where forgetting happens, so they "

@@ -29,7 +29,7 @@ def load_payload(results: str | Path, name: str) -> dict[str, Any]:
                             "run `tracer-theory toy` (or `tracer-theory toy --quick`) first")
 
 
-def title(payload: dict[str, Any]) -> str:
+def figure_title(payload: dict[str, Any]) -> str:
     config = payload["config"]
     seeds = config["seeds"]
     model = config.get("pretrain", {}).get("model", "toy")
@@ -57,7 +57,7 @@ def summary_figure(payload: dict[str, Any]) -> Result:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(names)), [label(n) for n in names])
     axes[0].invert_yaxis()
-    fig.suptitle(title(payload))
+    fig.suptitle(figure_title(payload))
     fig.tight_layout()
     forget = {n: _stat(payload, n, "forgetting") for n in ("direct", "ema_sd", "wma_sd")
               if n in payload["summary"]}
@@ -102,7 +102,7 @@ def gap_curves_figure(payload: dict[str, Any]) -> Result:
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-    fig.suptitle(title(payload))
+    fig.suptitle(figure_title(payload))
     fig.tight_layout()
     has = {"ema_sd", "wma_sd"} <= set(ratios)
     return Result(fig, "in the deep model too, the EMA teacher tracks the student (its gap "
@@ -137,7 +137,7 @@ def decomposition_figure(payload: dict[str, Any]) -> Result:
     for ax in axes:
         ax.set_xticks(x, [label(n) for n in names], rotation=35, ha="right")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title(payload))
+    fig.suptitle(figure_title(payload))
     fig.tight_layout()
     kept = {n: s for n, s in zip(names, share, strict=True) if n != "weight_decay"}
     return Result(fig, "outside weight decay, finetuning moves W_I only inside the task subspace "
