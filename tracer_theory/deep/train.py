@@ -297,18 +297,18 @@ def train_step(state: TrainState, batch: Batch, config: FinetuneConfig,
     EMA and a WMA teacher cost the same."""
 
     dtype = config.compute_dtype
+    # Everything not differentiated is cast once per step, outside the micro-batch loop; the
+    # student is cast inside the loss so its gradients reach the float32 parameters.
+    fixed = in_compute_dtype((pretrained, state.teacher.params, class_emb, teacher_head), dtype)
 
     def loss(model, batch):
-        value, parts = finetune_loss(
-            in_compute_dtype(model, dtype), in_compute_dtype(batch, dtype), config,
-            pretrained=in_compute_dtype(pretrained, dtype),
-            teacher_tower=in_compute_dtype(state.teacher.params, dtype),
-            class_emb=in_compute_dtype(class_emb, dtype),
-            teacher_head=in_compute_dtype(teacher_head, dtype))
+        value, parts = finetune_loss(in_compute_dtype(model, dtype), batch, config,
+                                     pretrained=fixed[0], teacher_tower=fixed[1],
+                                     class_emb=fixed[2], teacher_head=fixed[3])
         return value.astype(jnp.float32), jax.tree.map(lambda p: p.astype(jnp.float32), parts)
 
-    (value, parts), grads = accumulated_value_and_grad(loss, state.model, batch,
-                                                       config.accumulate)
+    (value, parts), grads = accumulated_value_and_grad(
+        loss, state.model, in_compute_dtype(batch, dtype), config.accumulate)
     params = eqx.filter(state.model, eqx.is_inexact_array)
     updates, opt_state = optimizer.update(eqx.filter(grads, eqx.is_inexact_array),
                                           state.opt_state, params)
