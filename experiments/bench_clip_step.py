@@ -42,20 +42,11 @@ def run(args: argparse.Namespace) -> None:
     import numpy as np
     from _timing import best_time, fmt_time
 
-    from tracer_theory.deep.clip import CLIP, clip_tokens, preset
+    from tracer_theory.deep.data.prompts import TRAIN_TEMPLATES, prompt_tokens
+    from tracer_theory.deep.finetune import REGISTRY, Batch, FinetuneConfig, Finetunee
+    from tracer_theory.deep.finetune.step import start, train_step
+    from tracer_theory.deep.models.clip import CLIP, clip_tokens, preset
     from tracer_theory.deep.parallel import data_mesh, replicate, shard_batch
-    from tracer_theory.deep.prompts import TRAIN_TEMPLATES, prompt_tokens
-    from tracer_theory.deep.train import (
-        Batch,
-        FinetuneConfig,
-        Finetunee,
-        TrainState,
-        image_tower,
-        make_optimizer,
-        train_step,
-        trainable_mask,
-    )
-    from tracer_theory.dynamics.teacher import teacher
 
     spec = preset(args.preset)
     key = jax.random.key(0)
@@ -70,28 +61,23 @@ def run(args: argparse.Namespace) -> None:
                                                                         jnp.int32),
                   jnp.zeros((0,), jnp.int32))
 
-    def prepare(strategy: str, devices: int):
-        config = FinetuneConfig(strategy=strategy, steps=args.steps,
-                                batch_size=args.batch_size)
-        optimizer = make_optimizer(config, trainable_mask(model, config), config.lr)
+    def prepare(name: str, devices: int):
+        strategy = REGISTRY[name].strategy
+        config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size)
+        state, optimizer, schedule = start(model, strategy, config)
         mesh = data_mesh(devices)
-        state = replicate(TrainState(model, optimizer.init(eqx.filter(model,
-                                                                      eqx.is_inexact_array)),
-                                     teacher(config.schedule()).init(image_tower(model))), mesh)
-        data = shard_batch(batch, mesh)
-        omegas = [jnp.asarray(w) for w in np.asarray(config.schedule().weights(args.steps),
-                                                     np.float32)]
-        compiled = train_step.lower(state, data, config, optimizer, model, class_emb,
-                                    model.head, omegas[0]).compile()
+        state, data = replicate(state, mesh), shard_batch(batch, mesh)
+        compiled = train_step.lower(state, data, strategy, schedule, config, optimizer, model,
+                                    class_emb, model.head).compile()
         cost = compiled.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
         def go():
             s = state
-            for omega in omegas:
-                s, parts = train_step(s, data, config, optimizer, model, class_emb,
-                                      model.head, omega)
+            for _ in range(args.steps):
+                s, parts = train_step(s, data, strategy, schedule, config, optimizer, model,
+                                      class_emb, model.head)
             return parts["loss"]
 
         jax.block_until_ready(go())  # compile and warm up

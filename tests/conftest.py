@@ -45,8 +45,8 @@ def getkey():
 def quick_run(tmp_path_factory):
     """The toy experiment in quick mode (about a minute): ``(config, results folder, payload)``.
     Only tests/test_toy.py uses it, and ``--dist loadfile`` keeps a file on one worker."""
-    from tracer_theory.deep.experiment import quick_config, run_toy
+    from tracer_theory.deep.studies.experiment import quick_config, run_experiment
 
     out = tmp_path_factory.mktemp("toy")
     config = quick_config()
-    return config, out, run_toy(config, out, progress=False)
+    return config, out, run_experiment(config, out, progress=False)

@@ -1,5 +1,5 @@
-"""The standard CLIP (tracer_theory.deep.clip): shapes, causal text tower, end-of-text pooling,
-the ViT class token, input checks, bfloat16 and the ViT-B/16 parameter count.
+"""The standard CLIP (tracer_theory.deep.models.clip): shapes, causal text tower, end-of-text
+pooling, the ViT class token, input checks, bfloat16 and the ViT-B/16 parameter count.
 
 Every test uses the tiny preset and batches of 4, and the jitted probes below are compiled once
 per shape, so the file runs in seconds on a laptop CPU.
@@ -14,7 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tracer_theory.deep.clip import (
+from tracer_theory.deep.data.prompts import (
+    MAX_TOKENS,
+    TRAIN_TEMPLATES,
+    VOCAB,
+    prompt_tokens,
+    tokenize,
+)
+from tracer_theory.deep.models import ToyCLIP
+from tracer_theory.deep.models.clip import (
     CLIP,
     CLIP_CONTEXT,
     EOT,
@@ -26,8 +34,6 @@ from tracer_theory.deep.clip import (
     preset,
     resize_images,
 )
-from tracer_theory.deep.model import ToyCLIP
-from tracer_theory.deep.prompts import MAX_TOKENS, TRAIN_TEMPLATES, VOCAB, prompt_tokens, tokenize
 
 BATCH = 4
 TEXTS = ("seven", "the digit seven", "the number seven written by hand",

@@ -13,31 +13,18 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from tracer_theory.deep import train
-from tracer_theory.deep.clip import CLIP, CLIPPreset, clip_tokens
-from tracer_theory.deep.clip_experiment import (
-    clip_config,
-    compare,
-    linear_strategy,
-)
+import tracer_theory as tt
+from tracer_theory.deep.data.prompts import TRAIN_TEMPLATES, prompt_tokens
+from tracer_theory.deep.finetune import checkpoints, pretraining, step, strategies as S
+from tracer_theory.deep.finetune.config import FinetuneConfig, PretrainConfig
+from tracer_theory.deep.finetune.finetunee import Batch, Finetunee, image_tower
+from tracer_theory.deep.finetune.step import start, train_step
+from tracer_theory.deep.models.clip import CLIP, CLIPPreset, clip_tokens
 from tracer_theory.deep.parallel import data_mesh, replicate, shard_batch
-from tracer_theory.deep.prompts import TRAIN_TEMPLATES, prompt_tokens
-from tracer_theory.deep.train import (
-    Batch,
-    FinetuneConfig,
-    Finetunee,
-    PretrainConfig,
-    TrainState,
-    image_tower,
-    make_optimizer,
-    pretrain,
-    train_step,
-    trainable_mask,
-)
+from tracer_theory.deep.studies.theory import clip_config, compare
 from tracer_theory.dynamics.spectral import TeacherSD
-from tracer_theory.dynamics.teacher import teacher
+from tracer_theory.linear import strategies as linear
 from tracer_theory.linear.random import random_problem
-from tracer_theory.linear.strategies import L2SP, StaticSD
 
 B = 8
 #: A one-block CLIP: the mechanics under test (sharding, accumulation, dtypes, checkpoints) do
@@ -60,25 +47,24 @@ def tiny():
     return model, batch, class_emb
 
 
-_OPTIMIZERS = {}
+_STARTS = {}
 
 
-def _steps(tiny, config, mesh=None, n=2):
-    """``n`` train steps from the same start; returns (losses, final state). One optimizer
-    object per config, so the jitted step compiles once per (config, sharding)."""
+def _steps(tiny, config, mesh=None, n=2, strategy=None):
+    """``n`` train steps of ``strategy`` (WMA SD by default) from the same start; returns
+    (losses, final state). One optimizer object per config, so the jitted step compiles once
+    per (config, sharding)."""
     model, batch, class_emb = tiny
-    if config not in _OPTIMIZERS:
-        _OPTIMIZERS[config] = make_optimizer(config, trainable_mask(model, config), config.lr)
-    optimizer = _OPTIMIZERS[config]
-    state = TrainState(model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)),
-                       teacher(config.schedule()).init(image_tower(model)))
+    strategy = S.REGISTRY["wma_sd"].strategy if strategy is None else strategy
+    if (config, strategy) not in _STARTS:
+        _STARTS[config, strategy] = start(model, strategy, config)
+    state, optimizer, schedule = _STARTS[config, strategy]
     if mesh is not None:
         state, batch = replicate(state, mesh), shard_batch(batch, mesh)
-    omegas = np.asarray(config.schedule().weights(config.steps), np.float32)
     losses = []
-    for t in range(n):
-        state, parts = train_step(state, batch, config, optimizer, model, class_emb,
-                                  model.head, jnp.asarray(omegas[t]))
+    for _ in range(n):
+        state, parts = train_step(state, batch, strategy, schedule, config, optimizer, model,
+                                  class_emb, model.head)
         losses.append(float(parts["loss"]))
     return np.asarray(losses), state
 
@@ -90,7 +76,7 @@ def _max_diff(a, b) -> float:
     return max(float(v) for v in leaves)
 
 
-WMA = FinetuneConfig(strategy="wma_sd", batch_size=B, steps=4, warmup_steps=1, cosine=True)
+WMA = FinetuneConfig(batch_size=B, steps=4, warmup_steps=1, cosine=True)
 
 
 def _norm_diff(a, b) -> float:
@@ -127,8 +113,8 @@ def test_gradient_accumulation_equals_the_full_batch():
         residual = x @ params["w"].T - y
         return jnp.mean(residual**2), {"max": jnp.max(jnp.abs(residual))}
 
-    (v1, _), g1 = train.accumulated_value_and_grad(loss, w, data, 1)
-    (v4, _), g4 = train.accumulated_value_and_grad(loss, w, data, 4)
+    (v1, _), g1 = step.accumulated_value_and_grad(loss, w, data, 1)
+    (v4, _), g4 = step.accumulated_value_and_grad(loss, w, data, 4)
     np.testing.assert_allclose(v4, v1, rtol=1e-6)
     np.testing.assert_allclose(g4["w"], g1["w"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g1["w"], jax.grad(lambda p: loss(p, data)[0])(w)["w"], rtol=1e-6)
@@ -150,29 +136,29 @@ def test_pretraining_resumes_bit_identically(tmp_path, monkeypatch):
     config = PretrainConfig(model=SMALLEST, steps=4, batch_size=B, checkpoint_every=2,
                             warmup_steps=1, cosine=True)
     key = jax.random.key(3)
-    whole = pretrain(images, labels, captions, config, key=key, seed=0,
+    whole = pretraining.pretrain(images, labels, captions, config, key=key, seed=0,
                      checkpoint=tmp_path / "a.run")
     # interrupt a second run after its third step (its checkpoint holds step 2), then resume
-    step, calls = train._pretrain_step, []
+    original, calls = pretraining._pretrain_step, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return step(*args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_pretrain_step", interrupted)
+    monkeypatch.setattr(pretraining, "_pretrain_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(images, labels, captions, config, key=key, seed=0,
-                 checkpoint=tmp_path / "b.run")
-    monkeypatch.setattr(train, "_pretrain_step", step)
-    _, _, at, _ = train.load_run(tmp_path / "b.run", (whole, None))
+        pretraining.pretrain(images, labels, captions, config, key=key, seed=0,
+                             checkpoint=tmp_path / "b.run")
+    monkeypatch.setattr(pretraining, "_pretrain_step", original)
+    _, at, _ = checkpoints.load_run(tmp_path / "b.run", (whole, None))
     assert at == 2
-    resumed = pretrain(images, labels, captions, config, key=key, seed=0,
+    resumed = pretraining.pretrain(images, labels, captions, config, key=key, seed=0,
                        checkpoint=tmp_path / "b.run")
     assert _max_diff(resumed, whole) == 0.0
     # save → load gives identical outputs
-    loaded, _, _, _ = train.load_run(tmp_path / "a.run", (whole, None))
+    (loaded, _), _, _ = checkpoints.load_run(tmp_path / "a.run", (whole, None))
     tokens = jnp.asarray(captions[:, 0])
     np.testing.assert_array_equal(np.asarray(loaded.embed_texts(tokens)),
                                   np.asarray(whole.embed_texts(tokens)))
@@ -196,17 +182,27 @@ def test_bad_configurations_and_batches_are_clear_errors(tiny):
 
 
 def test_linear_counterparts_share_the_deep_hyperparameters():
+    """``strategy.linear()`` gives the linear strategy the theory comparison always used: the
+    same λ, and for a moving teacher the exact finite-horizon dynamics of the same schedule over
+    the run's steps at half the stability bound."""
     with jax.enable_x64(True):
         problem = random_problem(d_img=12, n=6, d_txt=5, k=4, seed=0)
-        config = clip_config("tiny").finetune
-        assert linear_strategy(problem, dataclasses.replace(config, strategy="l2sp")) == L2SP(
-            config.l2_lam)
-        assert linear_strategy(problem, dataclasses.replace(config, strategy="static_sd",
-                                                            lam=0.3)) == StaticSD(0.3)
-        wma = linear_strategy(problem, dataclasses.replace(config, strategy="wma_sd"))
-        assert isinstance(wma, TeacherSD) and wma.steps == config.steps
-        with pytest.raises(ValueError, match="no linear counterpart"):
-            linear_strategy(problem, dataclasses.replace(config, strategy="lp_ft"))
+        steps = clip_config("tiny").finetune.steps
+        registry = {name: entry.strategy for name, entry in S.REGISTRY.items()}
+        assert registry["direct"].linear(problem, steps) == linear.DirectFT()
+        assert registry["l2sp"].linear(problem, steps) == linear.L2SP(10.0)
+        assert registry["weight_decay"].linear(problem, steps) == linear.WeightDecay(1e-4)
+        static = dataclasses.replace(registry["static_sd"], lam=0.3)
+        assert static.linear(problem, steps) == linear.StaticSD(0.3)
+        sigma_max_sq = float(np.linalg.svd(np.asarray(problem.x_img), compute_uv=False)[0]) ** 2
+        for name, expected in (("wma_sd", tt.wma_teacher(steps)), ("ema_sd", tt.ema_teacher(0.99))):
+            got = registry[name].linear(problem, steps)
+            assert isinstance(got, TeacherSD) and got.steps == steps and got.lam == 1.0
+            np.testing.assert_array_equal(got.schedule.weights(steps), expected.weights(steps))
+            assert got.lr == pytest.approx(0.5 * 2 / (sigma_max_sq * 2.0), rel=1e-12)
+        for name in ("lp_ft", "low_lr", "proj_only", "data_hybrid"):
+            with pytest.raises(ValueError, match="no counterpart in the linear theory"):
+                registry[name].linear(problem, steps)
 
 
 def test_compare_ranks_like_scipy_and_a_hand_example():

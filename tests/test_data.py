@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tracer_theory.deep import data as D
+from tracer_theory.deep.data import mnist as D
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 

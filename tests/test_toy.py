@@ -3,6 +3,7 @@ in quick mode."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -11,16 +12,24 @@ import numpy as np
 import pytest
 
 from tracer_theory import cli
-from tracer_theory.deep.experiment import (
-    TABLE_COLUMNS,
-    ToyData,
-    quick_config,
-    run_toy,
-    wise_ft,
+from tracer_theory.deep.data.prompts import MAX_TOKENS, TRAIN_TEMPLATES, prompt_tokens, tokenize
+from tracer_theory.deep.finetune import (
+    REGISTRY,
+    FinetuneConfig,
+    Finetunee,
+    finetune,
+    strategies as S,
 )
-from tracer_theory.deep.model import ToyCLIP
-from tracer_theory.deep.prompts import MAX_TOKENS, TRAIN_TEMPLATES, prompt_tokens, tokenize
-from tracer_theory.deep.train import STRATEGIES, FinetuneConfig, Finetunee, finetune
+from tracer_theory.deep.finetune.finetunee import image_tower
+from tracer_theory.deep.metrics import parameter_distance
+from tracer_theory.deep.models import ToyCLIP
+from tracer_theory.deep.studies.evaluation import wise_ft
+from tracer_theory.deep.studies.experiment import TABLE_COLUMNS, quick_config, run_experiment
+from tracer_theory.deep.studies.protocols import PAPER_EPOCHS, Paper
+
+#: The quick runs' numbers from the implementation before strategies became values (commit
+#: f1a0cd2, same seeds and x64 test settings); the refactor must reproduce them.
+REFERENCE = Path(__file__).parent / "data" / "reference_quick.json"
 
 METRICS = ("gray_acc", "gray_ece", "id_acc", "id_ece", "ood_flipped_acc", "ood_flipped_ece",
            "ood_neutral_acc", "ood_neutral_ece", "zs_id_images_id_prompts",
@@ -33,7 +42,7 @@ def test_pipeline_json_holds_every_strategy_and_metric(quick_run):
     config, out, payload = quick_run
     on_disk = json.loads((out / f"{config.name}.json").read_text())
     assert on_disk["summary"] == payload["summary"]
-    for strategy in STRATEGIES:
+    for strategy in REGISTRY:
         record = on_disk["runs"][strategy]["0"]
         missing = [m for m in METRICS if m not in record]
         assert not missing, f"{strategy} lacks {missing}"
@@ -52,19 +61,53 @@ def test_forgetting_is_computed_from_the_measured_accuracies(quick_run):
         assert record["forgetting"] == pytest.approx(before - record["gray_acc"]), strategy
 
 
-def test_static_teacher_stays_at_the_pretrained_model(quick_run):
+def test_quick_runs_reproduce_the_previous_implementation(quick_run):
     _, _, payload = quick_run
-    curves = payload["runs"]["static_sd"]["0"]["gap"]["curves"]
-    direct = payload["runs"]["direct"]["0"]
-    assert direct["proj_task_change"] == pytest.approx(0.0, abs=1e-7)  # head objective
-    assert curves["param_distance"][-1] > 0  # the student moved away from the fixed teacher
+    reference = json.loads(REFERENCE.read_text())["fair_head_quick"]
+    assert set(payload["summary"]) == set(reference["summary"])
+    for strategy, metrics in reference["summary"].items():
+        for key, (mean, _) in metrics.items():
+            assert payload["summary"][strategy][key][0] == pytest.approx(
+                mean, rel=1e-5, abs=1e-4), (strategy, key)
+    for strategy, curves in reference["gap"].items():
+        got = payload["runs"][strategy]["0"]["gap"]["curves"]
+        for key, values in curves.items():
+            np.testing.assert_allclose(got[key], values, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{strategy} {key}")
+
+
+def _short_run(strategy, steps=4):
+    config = quick_config()
+    data = config.data()
+    key = jax.random.key(0)
+    model = Finetunee(ToyCLIP(key=key), eqx.nn.Linear(128, 10, dtype=jnp.float32, key=key))
+    class_emb = model.clip.class_embeddings(jnp.asarray(data.captions))
+    ft = dataclasses.replace(config.finetune, steps=steps, log_every=steps)
+    tuned, curves = finetune(model, data.color_train, data.train_labels, strategy, ft,
+                             class_emb=class_emb, probe=data.probe()[:16], hybrid=data.hybrid(),
+                             seed=0)
+    return model, tuned, curves
+
+
+def test_static_teacher_stays_at_the_pretrained_model():
+    """The logged student–teacher distance of static SD is the student's distance to the
+    pretrained image tower (the teacher never moved); an EMA teacher's is smaller (it moved)."""
+    for name, stays in (("static_sd", True), ("ema_sd", False)):
+        start, tuned, curves = _short_run(REGISTRY[name].strategy)
+        to_start = float(parameter_distance(eqx.filter(image_tower(tuned), eqx.is_array),
+                                            eqx.filter(image_tower(start), eqx.is_array)))
+        assert to_start > 0
+        if stays:
+            assert curves["param_distance"][-1] == pytest.approx(to_start, rel=1e-5)
+        else:
+            assert curves["param_distance"][-1] < 0.999 * to_start
 
 
 def test_resume_reuses_finished_runs(quick_run):
     config, out, payload = quick_run
     files = sorted((out / config.name).glob("seed0_*.json"))
     stamps = [f.stat().st_mtime_ns for f in files]
-    again = run_toy(config, out, progress=False)
+    again = run_experiment(config, out, progress=False)
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert again["summary"] == payload["summary"]
     assert not list(out.rglob("*.tmp"))
@@ -84,30 +127,20 @@ def test_cli_toy_quick_prints_the_table_and_writes_figures(quick_run, tmp_path, 
 
 
 def test_paper_protocol_recipe():
-    from tracer_theory.deep.experiment import PAPER_STRATEGIES, ToyConfig, strategy_config
-
-    config = ToyConfig(protocol="paper")
+    plan = Paper().plan(FinetuneConfig(), n_train=3000, quick=False)
     steps_per_epoch = 3000 // 128
-    direct = strategy_config(config, "direct", 3000)
-    assert (direct.lr, direct.weight_decay, direct.steps) == (1e-4, 0.1, 20 * steps_per_epoch)
-    l2 = strategy_config(config, "l2sp", 3000)
-    assert (l2.l2_lam, l2.penalize_head, l2.steps) == (1e-3, True, 2 * steps_per_epoch)
-    sd = strategy_config(config, "static_sd", 3000)
-    assert (sd.distill, sd.temperature, sd.lam) == ("kl", 0.2, 2.0)
-    ema = strategy_config(config, "ema_sd", 3000)
-    assert (ema.momentum, ema.temperature) == (0.99999, 1.1)
-    assert config.strategies() == PAPER_STRATEGIES
+    assert list(plan) == ["direct", "l2sp", "static_sd", "ema_sd"]
+    for name, (_, ft) in plan.items():
+        assert (ft.lr, ft.weight_decay, ft.steps) == (1e-4, 0.1,
+                                                      PAPER_EPOCHS[name] * steps_per_epoch)
+    assert PAPER_EPOCHS == {"direct": 20, "l2sp": 2, "static_sd": 10, "ema_sd": 10}
+    assert plan["l2sp"][0] == S.L2SP(1e-3, penalize_head=True)
+    assert plan["static_sd"][0] == S.SelfDistill(2.0, S.Static(), S.KLDistill(0.2))
+    assert plan["ema_sd"][0] == S.SelfDistill(2.0, S.EMA(0.99999), S.KLDistill(1.1))
 
 
 def test_text_tower_is_frozen_and_wise_ft_interpolates():
-    config = quick_config()
-    data = ToyData(config)
-    key = jax.random.key(0)
-    model = Finetunee(ToyCLIP(key=key), eqx.nn.Linear(128, 10, dtype=jnp.float32, key=key))
-    class_emb = model.clip.class_embeddings(jnp.asarray(data.captions))
-    tuned, _ = finetune(model, data.color_train, data.train_labels,
-                        dataclasses.replace(config.finetune, strategy="wma_sd"),
-                        class_emb=class_emb, probe=data.color_val[:16], hybrid=None, seed=0)
+    model, tuned, _ = _short_run(REGISTRY["wma_sd"].strategy, steps=6)
     for a, b in zip(jax.tree.leaves((model.clip.text, model.clip.text_proj)),
                     jax.tree.leaves((tuned.clip.text, tuned.clip.text_proj)), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -131,14 +164,23 @@ def test_prompts_and_model_shapes():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(strategy="nope"), "strategy must be one of"),
     (dict(objective="both"), "objective must be 'head' or 'prompts'"),
     (dict(steps=0), "steps must be >= 1"),
     (dict(lr=0.0), "lr must be > 0"),
-    (dict(momentum=1.0), r"momentum must be in \[0, 1\)"),
-    (dict(lam=-1.0), "lam must be >= 0"),
-    (dict(hybrid=1.0), r"hybrid must be in \[0, 1\)"),
+    (dict(weight_decay=-1.0), "weight_decay must be >= 0"),
 ])
 def test_finetune_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FinetuneConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: S.L2SP(-1.0), "lam must be >= 0"),
+    (lambda: S.SelfDistill(1.0, rho=-1.0), "rho must be >= 0"),
+    (lambda: S.DataHybrid(1.0), r"fraction must be in \[0, 1\)"),
+    (lambda: S.LPFT(probe_fraction=1.0), r"probe_fraction must be in \(0, 1\)"),
+    (lambda: S.LowLR(0.0), "divisor must be > 0"),
+])
+def test_strategy_validation(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -162,25 +162,31 @@ class KernelSchedule(Schedule):
 
     (Should a prefix ``κ(τ_0..τ_t)`` be all zero, ``ω_t = 0`` there: the teacher stays at
     ``W_0`` until the first positive weight, from which on the identity above holds.)
-    ``horizon`` is a static Python int; each call costs O(horizon). For a traced horizon use
-    ``kernel_weights``.
+    ``horizon`` is a static Python int. The table ``ω_0..ω_horizon`` is computed once, at
+    construction (O(horizon)), in the default float dtype of that moment, so a call costs O(1);
+    under a different default dtype (``jax.enable_x64``) it is recomputed in that dtype. For a
+    traced horizon use ``kernel_weights``.
     """
 
     kernel: Callable[[Array], Array]
     horizon: int = eqx.field(static=True)
+    table: Float[Array, " horizon+1"] = eqx.field(repr=False)
 
     def __init__(self, horizon: int, kernel: Callable[[Array], Array]):
         self.horizon = _static_horizon(horizon)
         if not callable(kernel):
             raise TypeError(f"kernel must be a callable τ -> weight, got {kernel!r}")
         self.kernel = kernel
-        if not any(is_traced(leaf) for leaf in jax.tree.leaves(kernel)):
-            _omegas(kernel, self.horizon, self.horizon)  # fail now, not in training
+        if any(is_traced(leaf) for leaf in jax.tree.leaves(kernel)):
+            self.table = _kernel_table(kernel, self.horizon, self.horizon)[0]
+        else:
+            self.table = _omegas(kernel, self.horizon, self.horizon)  # fail now, not in training
 
     def _table(self) -> Float[Array, " horizon+1"]:
-        # One compiled program computes the table for both __call__ and weights (outside an
-        # enclosing jit), so the two agree bit for bit; the rest only moves data.
-        return _kernel_table(self.kernel, self.horizon, self.horizon)[0]
+        # One table serves both __call__ and weights, so the two agree bit for bit.
+        if self.table.dtype != _float_dtype():
+            return _kernel_table(self.kernel, self.horizon, self.horizon)[0]
+        return self.table
 
     def __call__(self, step):
         return _look_up(self._table(), jnp.asarray(step))

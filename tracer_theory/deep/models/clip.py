@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from .._validation import ensure, is_traced
-from .model import DTYPE, DualEncoder, normalize
-from .prompts import MAX_TOKENS, PAD, VOCAB, tokenize
+from ..._validation import ensure, is_traced
+from ..data.prompts import MAX_TOKENS, PAD, VOCAB, tokenize
+from .base import DTYPE, DualEncoder, normalize
 
 #: End-of-text id: one past the last word id, hence the largest id.
 EOT = len(VOCAB)

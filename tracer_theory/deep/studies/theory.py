@@ -1,10 +1,11 @@
-"""The forgetting experiment on a transformer CLIP, and the linear theory against it.
+"""The linear theory against the measured forgetting, for any model and any strategy that has a
+linear counterpart (``Strategy.linear``).
 
-``run_clip`` is the toy experiment (``experiment.run_toy``: same data, strategies, losses,
-schedules, metrics, resumable per-run JSON and checkpoints) with a ViT + text-transformer CLIP
-preset in place of the toy CNN, trained with AdamW under warm-up + cosine schedules, data
-parallel over a device mesh. It then runs a λ grid and compares the closed forms with the
-measured forgetting (``theory_vs_measured``):
+``run_with_theory`` runs the experiment (``experiment.run_experiment``: same data, strategies,
+losses, schedules, metrics, resumable per-run JSON and checkpoints), then a λ grid, and compares
+the closed forms with the measured forgetting. ``clip_config`` is its configuration for a ViT +
+text-transformer CLIP preset (AdamW under warm-up + cosine schedules, data parallel over a
+device mesh). The comparison:
 
 linearize at the pretrained model (THEORY §1): ``X_I`` the image features (before
 ``image_proj``) of the finetuning images, ``W⁰`` the image projection, ``W_T⁰ X_T`` the projected
@@ -28,31 +29,29 @@ import numpy as np
 import scipy.stats
 from tqdm.auto import tqdm
 
-from .._io import write_json_atomic
-from ..dynamics.schedules import ema_teacher, wma_teacher
-from ..dynamics.spectral import TeacherSD, stability_bound
-from ..linear.closed_forms import solve
-from ..linear.problem import LinearProblem
-from ..linear.spectrum import spectrum
-from ..linear.strategies import L2SP, DirectFT, StaticSD, Strategy, WeightDecay
-from .experiment import ToyConfig, ToyData, _pretrained, evaluate, run_toy, strategy_config
-from .parallel import Mesh
-from .train import SD_STRATEGIES, FinetuneConfig, Finetunee, PretrainConfig, finetune
+from ..._io import write_json_atomic
+from ...linear.closed_forms import solve
+from ...linear.problem import LinearProblem
+from ..finetune.config import FinetuneConfig, PretrainConfig
+from ..finetune.finetunee import Finetunee
+from ..finetune.loop import finetune
+from ..finetune.strategies import Strategy, describe
+from ..parallel import Mesh
+from .arrays import ExperimentData
+from .evaluation import evaluate
+from .experiment import ExperimentConfig, pretrained_model, run_experiment
 
-#: The strategy × λ grid of the comparison, beyond each strategy's default λ (the config field
-#: that holds it, and the extra values run).
-LAMBDA_GRID: dict[str, tuple[str, tuple[float, ...]]] = {
-    "l2sp": ("l2_lam", (1.0, 100.0)),
-    "static_sd": ("lam", (0.3, 3.0)),
-    "wma_sd": ("lam", (0.3, 3.0)),
+#: The λ grid of the comparison beyond each strategy's default λ, by registered name.
+LAMBDA_GRID: dict[str, tuple[float, ...]] = {
+    "l2sp": (1.0, 100.0),
+    "static_sd": (0.3, 3.0),
+    "wma_sd": (0.3, 3.0),
 }
-#: Strategies with a linear counterpart (THEORY §3–§4).
-LINEAR = ("direct", "l2sp", "weight_decay", "static_sd", "ema_sd", "wma_sd")
 
 
 def clip_config(preset: str = "tiny", *, seeds: tuple[int, ...] = (0, 1), mnist: str | None = None,
                 objective: str = "head", quick: bool = False,
-                compute_dtype: str = "float32", accumulate: int = 1) -> ToyConfig:
+                compute_dtype: str = "float32", accumulate: int = 1) -> ExperimentConfig:
     """The experiment's configuration for a CLIP ``preset``: pretraining 300 steps (AdamW 1e-3,
     30 warm-up steps, cosine), finetuning with the toy's validation-chosen values (lr 3e-3 and
     the λs) under 10 warm-up steps and cosine decay. ``quick`` shrinks everything for tests."""
@@ -65,11 +64,11 @@ def clip_config(preset: str = "tiny", *, seeds: tuple[int, ...] = (0, 1), mnist:
                               warmup_steps=1 if quick else 10, cosine=True,
                               log_every=2 if quick else 10, compute_dtype=compute_dtype,
                               accumulate=accumulate)
-    return ToyConfig(protocol="fair", objective=objective, seeds=seeds, mnist=mnist,
-                     pretrain=pretrain, finetune=finetune, quick=quick)
+    return ExperimentConfig(objective=objective, seeds=seeds, mnist=mnist, pretrain=pretrain,
+                            finetune=finetune, quick=quick)
 
 
-def linear_problem(pretrained: Finetunee, data: ToyData, n: int = 500) -> LinearProblem:
+def linear_problem(pretrained: Finetunee, data: ExperimentData, n: int = 500) -> LinearProblem:
     """The linearization at ``pretrained`` on ``n`` finetuning images (float64; call inside
     ``jax.enable_x64(True)``): ``X_I`` (width, n), ``X_T`` (text_width, n), ``W⁰``, ``W_T⁰``."""
     clip = pretrained.clip
@@ -83,25 +82,6 @@ def linear_problem(pretrained: Finetunee, data: ToyData, n: int = 500) -> Linear
                          np.asarray(clip.text_proj.weight, np.float64), contrast="centered")
 
 
-def linear_strategy(problem: LinearProblem, config: FinetuneConfig) -> Strategy:
-    """The linear counterpart of a finetuning config (same λ, steps and teacher schedule)."""
-    if config.strategy == "direct":
-        return DirectFT()
-    if config.strategy == "l2sp":
-        return L2SP(config.l2_lam)
-    if config.strategy == "weight_decay":
-        return WeightDecay(config.wd_lam)
-    if config.strategy == "static_sd":
-        return StaticSD(config.lam)
-    if config.strategy in ("ema_sd", "wma_sd"):
-        sigma_max_sq = spectrum(problem).sigma_sq[0]
-        lr = 0.5 * float(stability_bound(sigma_max_sq, config.lam))
-        schedule = (ema_teacher(config.momentum) if config.strategy == "ema_sd"
-                    else wma_teacher(config.steps))
-        return TeacherSD(config.lam, schedule, steps=config.steps, lr=lr)
-    raise ValueError(f"strategy {config.strategy!r} has no linear counterpart; one of {LINEAR}")
-
-
 class ZeroShotProbe(NamedTuple):
     """What the predicted forgetting needs from the pretrained model, computed once per seed:
     the gray test images' features (N, width) and the class embeddings (10, dim), float64."""
@@ -111,7 +91,7 @@ class ZeroShotProbe(NamedTuple):
     labels: np.ndarray
 
     @classmethod
-    def of(cls, pretrained: Finetunee, data: ToyData) -> ZeroShotProbe:
+    def of(cls, pretrained: Finetunee, data: ExperimentData) -> ZeroShotProbe:
         clip = pretrained.clip
         features = np.concatenate([np.asarray(clip.image_features(jnp.asarray(
             data.gray_test[i:i + 500])), np.float64) for i in range(0, len(data.gray_test), 500)])
@@ -135,69 +115,78 @@ def predicted_forgetting(probe: ZeroShotProbe, w0: np.ndarray, w: np.ndarray
                                             / np.linalg.norm(before))}
 
 
-def _grid(config: ToyConfig) -> list[tuple[str, str, float]]:
-    """(strategy, λ field, λ) of every point of the comparison: defaults, then the grid."""
-    points = [(s, *_lam_of(config.finetune, s)) for s in LINEAR]
-    for strategy, (field, values) in LAMBDA_GRID.items():
-        points += [(strategy, field, v) for v in values]
+def _grid(config: ExperimentConfig, n_train: int
+          ) -> list[tuple[str, Strategy, FinetuneConfig, bool]]:
+    """(name, strategy, training config, is the main run) of every point of the comparison:
+    the protocol's strategies, then the λ grid (``LAMBDA_GRID``)."""
+    plan = config.plan(n_train)
+    points = [(name, strategy, ft, True) for name, (strategy, ft) in plan.items()]
+    for name, values in LAMBDA_GRID.items():
+        if name in plan:
+            strategy, ft = plan[name]
+            points += [(name, dataclasses.replace(strategy, lam=v), ft, False) for v in values]
     return points
 
 
-def _lam_of(config: FinetuneConfig, strategy: str) -> tuple[str, float]:
-    field = {"l2sp": "l2_lam", "weight_decay": "wd_lam"}.get(
-        strategy, "lam" if strategy in SD_STRATEGIES else "")
-    return field, float(getattr(config, field)) if field else 0.0
+def _lam(strategy: Strategy) -> tuple[str, float]:
+    """("lam", λ) of a strategy with a λ, else ("", 0)."""
+    return ("lam", float(strategy.lam)) if hasattr(strategy, "lam") else ("", 0.0)
 
 
-def run_clip(config: ToyConfig, out_dir: str | Path = "results/clip", *, progress: bool = True,
-             mesh: Mesh | None = None) -> dict[str, Any]:
-    """Every strategy on the CLIP preset (``run_toy``), the λ grid, and the comparison with
-    the linear theory; returns the payload and writes ``<out_dir>/<name>.json``."""
+def run_with_theory(config: ExperimentConfig, out_dir: str | Path = "results/clip", *,
+             progress: bool = True, mesh: Mesh | None = None) -> dict[str, Any]:
+    """Every strategy of the experiment (``run_experiment``), the λ grid, and the comparison
+    with the linear theory (strategies without a linear counterpart are left out of it);
+    returns the payload and writes ``<out_dir>/<name>.json`` with the comparison under
+    ``"theory"``."""
     out_dir = Path(out_dir)
-    data = ToyData(config)
-    payload = run_toy(config, out_dir, progress=progress, mesh=mesh, data=data)
+    data = config.data()
+    payload = run_experiment(config, out_dir, progress=progress, mesh=mesh, data=data)
     run_dir = out_dir / config.name
     rows = []
     for seed in config.seeds:
-        pretrained = _pretrained(config, data, out_dir, seed, progress, mesh)
+        pretrained = pretrained_model(config, data, out_dir, seed, progress, mesh)
         with jax.enable_x64(True):
             problem = linear_problem(pretrained, data)
         probe = ZeroShotProbe.of(pretrained, data)
         class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
-        for strategy, field, lam in tqdm(_grid(config), desc=f"theory seed {seed}",
-                                         leave=False, disable=not progress):
-            main = strategy_config(config, strategy, len(data.train_labels))
-            ft = dataclasses.replace(main, **{field: lam}) if field else main
-            measured = _measured(payload, run_dir, ft, ft == main, seed, field, lam,
-                                 pretrained, data, class_emb, progress, mesh)
+        for name, strategy, ft, main in tqdm(_grid(config, len(data.train_labels)),
+                                             desc=f"theory seed {seed}", leave=False,
+                                             disable=not progress):
+            try:
+                linear = strategy.linear(problem, ft.steps)
+            except ValueError:  # no linear counterpart (LP-FT, data hybrid, ...): not compared
+                continue
+            field, lam = _lam(strategy)
+            if main:
+                measured = float(payload["runs"][name][str(seed)]["forgetting"])
+            else:
+                measured = _measured(payload, run_dir / f"seed{seed}_{name}_lam={lam:g}.json",
+                                     name, strategy, ft, seed, pretrained, data, class_emb,
+                                     progress, mesh)
             with jax.enable_x64(True):
-                w = np.asarray(solve(problem, linear_strategy(problem, ft)))
+                w = np.asarray(solve(problem, linear))
                 predicted = predicted_forgetting(probe, np.asarray(problem.w0), w)
-            rows.append({"seed": seed, "strategy": strategy, "lam_field": field, "lam": lam,
+            rows.append({"seed": seed, "strategy": name, "lam_field": field, "lam": lam,
                          "measured_forgetting": measured, **predicted})
     payload["theory"] = compare(rows)
     write_json_atomic(out_dir / f"{config.name}.json", payload)
     return payload
 
 
-def _measured(payload, run_dir: Path, ft: FinetuneConfig, main: bool, seed: int, field: str,
-              lam: float, pretrained, data, class_emb, progress, mesh) -> float:
-    """Measured forgetting of one grid point: from the main run when ``ft`` is its config
-    (``main``), else from the point's own (resumable) run."""
-    if main:
-        return float(payload["runs"][ft.strategy][str(seed)]["forgetting"])
-    path = run_dir / f"seed{seed}_{ft.strategy}_{field}={lam:g}.json"
+def _measured(payload, path: Path, name: str, strategy: Strategy, ft: FinetuneConfig, seed: int,
+              pretrained, data: ExperimentData, class_emb, progress, mesh) -> float:
+    """Measured forgetting of one λ-grid point, from its own (resumable) run at ``path``."""
     if path.exists():
         return float(json.loads(path.read_text())["forgetting"])
-    hybrid = (data.gray_train, data.captions[data.train_labels, 0], data.train_labels)
-    model, _ = finetune(pretrained, data.color_train, data.train_labels, ft,
-                        class_emb=class_emb, probe=data.color_val[:256], hybrid=hybrid,
+    model, _ = finetune(pretrained, data.color_train, data.train_labels, strategy, ft,
+                        class_emb=class_emb, probe=data.probe(), hybrid=data.hybrid(),
                         seed=seed, mesh=mesh,
-                        progress=f"seed {seed} {ft.strategy} {field}={lam:g}" if progress
-                        else None)
+                        progress=f"seed {seed} {name} λ={strategy.lam:g}" if progress else None)
     before = payload["pretrained"][str(seed)]["gray_acc"]
     after = evaluate(model, data, ft.objective)
-    record = {"config": dataclasses.asdict(ft), **after, "forgetting": before - after["gray_acc"]}
+    record = {"config": {"strategy": describe(strategy), "training": dataclasses.asdict(ft)},
+              **after, "forgetting": before - after["gray_acc"]}
     write_json_atomic(path, record)
     return float(record["forgetting"])
 

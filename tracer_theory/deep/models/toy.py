@@ -2,22 +2,18 @@
 projection heads into a shared normalized embedding space and a learnable logit scale.
 
 The image projection ``image_proj`` plays ``W_I`` of THEORY §1 and the image features before it
-play ``X_I``; ``text_proj`` plays ``W_T``. Parameters are float32 whatever ``jax_enable_x64``
-says, like the float32 images they see.
+play ``X_I``; ``text_proj`` plays ``W_T``.
 """
 
 from __future__ import annotations
-
-import abc
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .prompts import PAD, VOCAB
-
-DTYPE = jnp.float32
+from ..data.prompts import PAD, VOCAB
+from .base import DTYPE, DualEncoder, normalize
 
 
 class ImageEncoder(eqx.Module):
@@ -57,43 +53,6 @@ class TextEncoder(eqx.Module):
         return jax.nn.relu(self.dense(mean))
 
 
-class DualEncoder(eqx.Module):
-    """What every CLIP here shares: image and text towers with bias-free projections into one
-    normalized space and a learnable logit scale. Subclasses hold the fields ``image_proj``,
-    ``text_proj`` and ``log_scale`` and give ``image_features`` and ``embed_texts``; the
-    zero-shot classifier and the logits are written once, here. (The fields are not declared
-    here: a base declaration would move them first in the subclass's field order and so change
-    the leaf order of saved checkpoints.)"""
-
-    @abc.abstractmethod
-    def image_features(self, images: Float[Array, "B C H W"]) -> Float[Array, "B width"]:
-        """``X_I``: image features before the projection, batch-first."""
-
-    @abc.abstractmethod
-    def embed_texts(self, tokens: Int[Array, "B L"]) -> Float[Array, "B dim"]:
-        """Normalized text embeddings."""
-
-    def embed_images(self, images: Float[Array, "B C H W"]) -> Float[Array, "B dim"]:
-        """Normalized image embeddings, shape (B, dim)."""
-        return normalize(jax.vmap(self.image_proj)(self.image_features(images)))
-
-    def class_embeddings(self, prompts: Int[Array, "C P L"]) -> Float[Array, "C dim"]:
-        """Zero-shot classifier: the normalized mean of each class's prompt embeddings."""
-        c, p, length = prompts.shape
-        emb = self.embed_texts(prompts.reshape(c * p, length)).reshape(c, p, -1)
-        return normalize(emb.mean(axis=1))
-
-    @property
-    def scale(self) -> Float[Array, ""]:
-        """The logit scale ``exp(log_scale)``, clipped at 100 as in CLIP."""
-        return jnp.minimum(jnp.exp(self.log_scale), jnp.asarray(100.0, self.log_scale.dtype))
-
-    def zero_shot_logits(self, images: Float[Array, "B C H W"],
-                         prompts: Int[Array, "C P L"]) -> Float[Array, "B C"]:
-        """``scale · image embedding · class embedding`` for every image and class; (B, C)."""
-        return self.scale * self.embed_images(images) @ self.class_embeddings(prompts).T
-
-
 class ToyCLIP(DualEncoder):
     """Image and text towers with projections into a ``dim``-dimensional embedding space."""
 
@@ -122,8 +81,3 @@ class ToyCLIP(DualEncoder):
     def embed_texts(self, tokens: Int[Array, "B L"]) -> Float[Array, "B dim"]:
         """Normalized text embeddings."""
         return normalize(jax.vmap(lambda t: self.text_proj(self.text(t)))(tokens))
-
-
-def normalize(x: Float[Array, "B D"]) -> Float[Array, "B D"]:
-    """Rows scaled to unit L2 norm (safe at 0)."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -1,0 +1,48 @@
+"""Checkpoints, written atomically: a finished model (``save_model``/``load_model``) and an
+interrupted run with its step and sampler state (``save_run``/``load_run``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+from jaxtyping import PyTree
+
+from ..._io import write_atomic
+
+
+def save_model(path: str | os.PathLike, tree: PyTree) -> Path:
+    """Atomically write the array leaves of ``tree`` (an equinox model)."""
+    return write_atomic(path, lambda f: eqx.tree_serialise_leaves(f, tree), binary=True)
+
+
+def load_model(path: str | os.PathLike, like: PyTree) -> PyTree:
+    """The tree ``save_model`` wrote; ``like`` gives its structure."""
+    return eqx.tree_deserialise_leaves(path, like)
+
+
+def save_run(path: str | os.PathLike, tree: PyTree, step: int,
+             rng: np.random.Generator) -> Path:
+    """Atomically write ``tree`` (equinox leaves) with the step and the sampler's state."""
+
+    def write(f):
+        header = json.dumps({"step": step, "rng": rng.bit_generator.state}).encode()
+        f.write(len(header).to_bytes(8, "little") + header)
+        eqx.tree_serialise_leaves(f, tree)
+
+    return write_atomic(path, write, binary=True)
+
+
+def load_run(path: str | os.PathLike, like: PyTree) -> tuple[Any, int, np.random.Generator]:
+    """The ``(tree, step, rng)`` that ``save_run`` wrote; ``like`` gives the structure."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        tree = eqx.tree_deserialise_leaves(f, like)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = header["rng"]
+    return tree, int(header["step"]), rng

@@ -1,0 +1,371 @@
+"""Finetuning strategies as values (THEORY §3, §4, §6).
+
+A strategy is a small immutable equinox module that owns everything that sets it apart from
+plain finetuning:
+
+* ``regularizer(inputs)``: the term added to the task loss, and its logged parts;
+* ``phases(steps)``: which parameters train, for how many steps, at which learning-rate divisor;
+* ``schedule(steps)``: its teacher schedule (self-distillation only), or ``None``;
+* ``hybrid_size(batch_size)``: how many gray pretraining images each batch mixes in;
+* ``linear(problem, steps)``: its counterpart in the linear theory, or a ``ValueError``.
+
+The jitted step and the loop call these methods and never look at a strategy's name, so a new
+strategy is a new subclass written anywhere (see the README). ``REGISTRY`` names the strategies
+the experiments, tables and figures know, with their validation-chosen defaults
+(``experiments/toy_selection_head.json``), labels and colors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PyTree
+
+from ...dynamics.schedules import Schedule, StaticSchedule, ema_teacher, static_teacher, wma_teacher
+from ...dynamics.spectral import TeacherSD, stability_bound
+from ...linear import strategies as linear_strategies
+from ...linear.problem import LinearProblem
+from ...linear.spectrum import spectrum
+from ..losses import clip_loss, cross_frobenius, kl_distillation, multi_view_distillation
+from ..metrics import squared_distance
+from ..models import normalize
+from .finetunee import Finetunee, class_logits, embed_with, image_tower
+
+
+class LossInputs(NamedTuple):
+    """What a regularizer may use, computed once per step by the loss: the student ``model`` (a
+    ``Finetunee``), the ``batch``, the student's image ``features`` (B, width) and task
+    ``logits`` (B, C), the ``pretrained`` model, the teacher's image tower and head, the frozen
+    class embeddings (C, dim) and the objective (``"head"`` or ``"prompts"``)."""
+
+    model: Finetunee
+    batch: Any
+    features: Float[Array, "B W"]
+    logits: Float[Array, "B C"]
+    pretrained: Finetunee
+    teacher_tower: PyTree
+    teacher_head: eqx.nn.Linear
+    class_emb: Float[Array, "C D"]
+    objective: str
+
+
+# --- which parameters train -------------------------------------------------------------------
+
+def head(model) -> tuple:
+    """The new linear classifier alone (a linear probe)."""
+    return (model.head,)
+
+
+def image_side(model) -> tuple:
+    """The classifier, the image tower and the image projection (the text tower stays frozen)."""
+    return (model.head, model.clip.image, model.clip.image_proj)
+
+
+def projection_side(model) -> tuple:
+    """The classifier, the image projection and the image tower's last layer."""
+    return (model.head, model.clip.image_proj, model.clip.last_layer())
+
+
+class Phase(NamedTuple):
+    """``steps`` optimizer steps on the leaves ``trainable(model)`` selects, at the run's
+    learning rate divided by ``lr_divisor``."""
+
+    steps: int
+    trainable: Callable[[Any], tuple] = image_side
+    lr_divisor: float = 1.0
+
+
+def _floats(tree: PyTree) -> PyTree:
+    return eqx.filter(tree, eqx.is_inexact_array)
+
+
+# --- the strategies ---------------------------------------------------------------------------
+
+class Strategy(eqx.Module):
+    """Plain finetuning of the image side; subclasses override what they change."""
+
+    def regularizer(self, inputs: LossInputs) -> tuple[Float[Array, ""], dict[str, Array]]:
+        """``(term, logged parts)`` added to the task loss; here 0."""
+        return jnp.zeros((), inputs.logits.dtype), {}
+
+    def phases(self, steps: int) -> tuple[Phase, ...]:
+        """The run's phases; here one phase of ``steps`` on the image side."""
+        return (Phase(steps),)
+
+    def schedule(self, steps: int) -> Schedule | None:
+        """The teacher schedule over a run of ``steps`` (``None``: no teacher)."""
+        return None
+
+    def hybrid_size(self, batch_size: int) -> int:
+        """Gray pretraining images per batch of ``batch_size``; here 0."""
+        return 0
+
+    def linear(self, problem: LinearProblem, steps: int) -> linear_strategies.Strategy:
+        """The linear-theory strategy with the same λ (and teacher over ``steps``)."""
+        raise ValueError(f"{type(self).__name__} has no counterpart in the linear theory")
+
+    def describe(self) -> dict[str, Any]:
+        """The strategy as JSON-ready values (its type and fields)."""
+        return describe(self)
+
+
+class Direct(Strategy):
+    """Direct finetuning: the task loss alone."""
+
+    def linear(self, problem, steps):
+        return linear_strategies.DirectFT()
+
+
+class L2SP(Strategy):
+    """``λ/2 ‖θ − θ⁰‖²`` on the image tower (and the new head when ``penalize_head``, as the
+    original toy does, anchored at its initialization)."""
+
+    lam: float = 10.0
+    penalize_head: bool = False
+
+    def __check_init__(self):
+        _non_negative("lam", self.lam)
+
+    def regularizer(self, inputs):
+        params, anchor = image_tower(inputs.model), image_tower(inputs.pretrained)
+        if self.penalize_head:
+            params, anchor = (params, inputs.model.head), (anchor, inputs.pretrained.head)
+        return 0.5 * self.lam * squared_distance(_floats(params), _floats(anchor)), {}
+
+    def linear(self, problem, steps):
+        return linear_strategies.L2SP(self.lam)
+
+
+class WeightDecay(Strategy):
+    """``λ/2 ‖θ‖²`` on the image tower (decay toward 0, not toward the pretrained weights)."""
+
+    lam: float = 1e-4
+
+    def __check_init__(self):
+        _non_negative("lam", self.lam)
+
+    def regularizer(self, inputs):
+        params = _floats(image_tower(inputs.model))
+        return 0.5 * self.lam * squared_distance(params, jax.tree.map(jnp.zeros_like, params)), {}
+
+    def linear(self, problem, steps):
+        return linear_strategies.WeightDecay(self.lam)
+
+
+class MultiView(eqx.Module):
+    """TRACER's distillation in the embedding space: FD + CRD + ICL + CKD between the student's
+    and the teacher's image embeddings, paired with the frozen class text embeddings."""
+
+    def __call__(self, inputs: LossInputs) -> tuple[Array, dict[str, Array]]:
+        model, batch = inputs.model, inputs.batch
+        student = normalize(jax.vmap(model.clip.image_proj)(inputs.features))
+        teacher = jax.lax.stop_gradient(embed_with(inputs.teacher_tower, batch.images))
+        text = jax.lax.stop_gradient(inputs.class_emb[batch.labels])  # frozen text tower
+        return multi_view_distillation((student, text), (teacher, text),
+                                       jax.lax.stop_gradient(model.clip.scale),
+                                       labels=batch.labels)
+
+
+class KLDistill(eqx.Module):
+    """KL from the teacher's task logits (teacher tower and the never-trained head) to the
+    student's at ``temperature``: the original toy's distillation."""
+
+    temperature: float = 1.0
+
+    def __call__(self, inputs: LossInputs) -> tuple[Array, dict[str, Array]]:
+        teacher_model = eqx.tree_at(lambda m: (m.clip.image, m.clip.image_proj, m.head),
+                                    inputs.model, (*inputs.teacher_tower, inputs.teacher_head))
+        t_logits = jax.lax.stop_gradient(class_logits(teacher_model, inputs.batch.images,
+                                                      inputs.class_emb, inputs.objective))
+        return kl_distillation(inputs.logits, t_logits, self.temperature), {}
+
+
+class Static(eqx.Module):
+    """A teacher that stays at the pretrained model (``static_teacher``)."""
+
+    def __call__(self, steps: int) -> Schedule:
+        return static_teacher()
+
+
+class EMA(eqx.Module):
+    """An EMA teacher of ``momentum`` (``ema_teacher``), built in the dtype of the run."""
+
+    momentum: float = 0.99
+
+    def __call__(self, steps: int) -> Schedule:
+        return ema_teacher(self.momentum)
+
+
+class WMA(eqx.Module):
+    """TRACER's WMA teacher over the whole run: a Beta(a, b) kernel (``wma_teacher``)."""
+
+    a: float = 0.5
+    b: float = 0.5
+
+    def __call__(self, steps: int) -> Schedule:
+        return wma_teacher(steps, self.a, self.b)
+
+
+class SelfDistill(Strategy):
+    """Self-distillation toward a teacher: ``λ·distill(student, teacher)`` (+ ``ρ`` times the
+    cross-Frobenius term). The teacher is the shared ``tracer_theory.teacher`` driven by
+    ``teacher``: a function ``steps -> Schedule`` of the run's length (``Static()``,
+    ``EMA(m)``, ``WMA(a, b)``, or e.g. ``lambda T: kernel_teacher(T, my_kernel)``) or a ready
+    ``Schedule``. Static, EMA, WMA and any kernel teacher are this one strategy with different
+    schedules."""
+
+    lam: float = 1.0
+    teacher: Schedule | Callable[[int], Schedule] = dataclasses.field(default_factory=Static)
+    distill: Callable[[LossInputs], tuple[Array, dict]] = dataclasses.field(
+        default_factory=MultiView)
+    rho: float = 0.0
+
+    def __check_init__(self):
+        _non_negative("lam", self.lam)
+        _non_negative("rho", self.rho)
+
+    def schedule(self, steps):
+        return self.teacher if isinstance(self.teacher, Schedule) else self.teacher(steps)
+
+    def regularizer(self, inputs):
+        reg, parts = self.distill(inputs)
+        reg = self.lam * reg
+        if self.rho > 0:
+            clip = inputs.model.clip
+            reg = reg + self.rho * cross_frobenius(clip.image_proj.weight, clip.text_proj.weight)
+        return reg, parts
+
+    def linear(self, problem, steps):
+        schedule = self.schedule(steps)
+        if isinstance(schedule, StaticSchedule):
+            return linear_strategies.StaticSD(self.lam)
+        lr = 0.5 * float(stability_bound(spectrum(problem).sigma_sq[0], self.lam))
+        return TeacherSD(self.lam, schedule, steps=steps, lr=lr)
+
+
+class LPFT(Strategy):
+    """Linear probe, then finetuning: the head alone for ``probe_fraction`` of the steps, then
+    the image side at the learning rate divided by ``lr_divisor``."""
+
+    probe_fraction: float = 0.5
+    lr_divisor: float = 10.0
+
+    def __check_init__(self):
+        if not 0 < self.probe_fraction < 1:
+            raise ValueError(f"probe_fraction must be in (0, 1), got {self.probe_fraction}")
+        _positive("lr_divisor", self.lr_divisor)
+
+    def phases(self, steps):
+        probe = max(1, int(self.probe_fraction * steps))
+        return (Phase(probe, head), Phase(steps - probe, image_side, self.lr_divisor))
+
+
+class LowLR(Strategy):
+    """Plain finetuning at the learning rate divided by ``divisor``."""
+
+    divisor: float = 10.0
+
+    def __check_init__(self):
+        _positive("divisor", self.divisor)
+
+    def phases(self, steps):
+        return (Phase(steps, image_side, self.divisor),)
+
+
+class ProjectionOnly(Strategy):
+    """Only the classifier, the image projection and the image tower's last layer train."""
+
+    def phases(self, steps):
+        return (Phase(steps, projection_side),)
+
+
+class DataHybrid(Strategy):
+    """A ``fraction`` of every batch is gray pretraining images with their captions, trained
+    with the pretraining contrastive loss (replay)."""
+
+    fraction: float = 0.25
+
+    def __check_init__(self):
+        if not 0 <= self.fraction < 1:
+            raise ValueError(f"fraction must be in [0, 1), got {self.fraction}")
+
+    def hybrid_size(self, batch_size):
+        return round(self.fraction * batch_size)
+
+    def regularizer(self, inputs):
+        clip, batch = inputs.model.clip, inputs.batch
+        img = clip.embed_images(batch.hybrid_images)
+        txt = jax.lax.stop_gradient(clip.embed_texts(batch.hybrid_tokens))
+        return clip_loss(img, txt, clip.scale, labels=batch.hybrid_labels), {}
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def describe(value: Any) -> Any:
+    """JSON-ready description of a strategy (or any equinox value): type and fields,
+    recursively; arrays become numbers or lists, functions their qualified name."""
+    if isinstance(value, eqx.Module):
+        fields = {f.name: describe(getattr(value, f.name)) for f in dataclasses.fields(value)
+                  if f.repr}
+        return {"type": type(value).__name__, **fields}
+    if isinstance(value, jax.Array | np.ndarray):
+        return np.asarray(value).tolist()
+    if callable(value):
+        return getattr(value, "__qualname__", type(value).__name__)
+    return value
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+class Entry(NamedTuple):
+    """A registered strategy: its value (with the default hyperparameters), display label and
+    color (one color per strategy in every figure)."""
+
+    strategy: Strategy
+    label: str
+    color: str
+
+
+#: Every strategy the experiments, the CLI, the tables and the figures know, by name. The λs
+#: were chosen on the validation split (head objective, seed 0) by `tracer-theory toy --select`.
+REGISTRY: dict[str, Entry] = {
+    "direct": Entry(Direct(), "Direct FT", "#d62728"),
+    "l2sp": Entry(L2SP(10.0), "L2-SP", "#8c564b"),
+    "weight_decay": Entry(WeightDecay(1e-4), "weight decay", "#7f7f7f"),
+    "static_sd": Entry(SelfDistill(1.0, Static()), "static SD", "#9467bd"),
+    "ema_sd": Entry(SelfDistill(1.0, EMA(0.99)), "EMA SD", "#1f77b4"),
+    "wma_sd": Entry(SelfDistill(1.0, WMA()), "WMA SD", "#2ca02c"),
+    "lp_ft": Entry(LPFT(), "LP-FT", "#e377c2"),
+    "low_lr": Entry(LowLR(), "low lr", "#bcbd22"),
+    "proj_only": Entry(ProjectionOnly(), "projection only", "#17becf"),
+    "data_hybrid": Entry(DataHybrid(), "data hybrid", "#aec7e8"),
+}
+
+
+def registered(names: tuple[str, ...] | None = None) -> dict[str, Strategy]:
+    """``{name: strategy}`` of the registry (all, or ``names`` in that order)."""
+    names = tuple(REGISTRY) if names is None else tuple(names)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}; known: {list(REGISTRY)}")
+    return {n: REGISTRY[n].strategy for n in names}
+
+
+def has_teacher(strategy: Strategy) -> bool:
+    """Whether ``strategy`` distills from a teacher (its records carry the gap curves)."""
+    return strategy.schedule(1) is not None
+

@@ -1,0 +1,2 @@
+"""The studies: the forgetting experiment (protocols, data arrays, evaluation, geometry,
+hyperparameter selection) and the linear theory against the measured forgetting."""

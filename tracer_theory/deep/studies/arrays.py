@@ -1,0 +1,61 @@
+"""The experiment's arrays, built once from the fixed splits: gray and colored images of every
+split, labels, and the caption and prompt tokens (THEORY §6)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.mnist import colorize, mnist_splits, to_rgb
+from ..data.prompts import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, prompt_tokens
+from ..models import preset
+from ..models.clip import clip_tokens, resize_images
+
+#: ColoredMNIST's color–label agreement: finetuning and the ID test, flipped OOD, neutral OOD.
+P_TRAIN, P_FLIPPED, P_NEUTRAL = 0.95, 0.05, 0.5
+#: Split sizes of a quick run.
+QUICK_SIZES = {"train": 600, "val": 200, "test": 200}
+
+
+class ExperimentData:
+    """Every array the experiment needs, built once from the fixed splits (split seed 0).
+
+    ``mnist``: an MNIST path (``None``: the shipped subset); ``model``: ``"toy"`` or a CLIP
+    preset, whose tokens (end-of-text) and image size the arrays take; ``quick``: subsets of
+    ``QUICK_SIZES``."""
+
+    def __init__(self, mnist: str | None = None, model: str = "toy", quick: bool = False):
+        splits = mnist_splits(mnist, seed=0)
+        if quick:
+            splits = {k: _subset(v, QUICK_SIZES[k]) for k, v in splits.items()}
+        self.source = splits["train"].source
+        train, val, test = splits["train"], splits["val"], splits["test"]
+        self.train_labels, self.val_labels, self.test_labels = (
+            np.asarray(s.labels) for s in (train, val, test))
+        self.gray_train, self.gray_val, self.gray_test = (to_rgb(s.images)
+                                                          for s in (train, val, test))
+        self.color_train = colorize(train.images, train.labels, P_TRAIN, seed=1)[0]
+        self.color_val = colorize(val.images, val.labels, P_TRAIN, seed=2)[0]
+        self.color_test = {p: colorize(test.images, test.labels, p, seed=3)[0]
+                           for p in (P_TRAIN, P_FLIPPED, P_NEUTRAL)}
+        self.captions = prompt_tokens(TRAIN_TEMPLATES)
+        self.held_out = prompt_tokens(HELD_OUT_TEMPLATES)
+        if model != "toy":  # CLIP: end-of-text tokens, the preset's image size
+            self.captions, self.held_out = clip_tokens(self.captions), clip_tokens(self.held_out)
+            size = preset(model).image_size
+            for name in ("gray_train", "gray_val", "gray_test", "color_train", "color_val"):
+                setattr(self, name, resize_images(getattr(self, name), size))
+            self.color_test = {p: resize_images(x, size) for p, x in self.color_test.items()}
+
+    def hybrid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The gray training images with their first caption and labels (replay batches)."""
+        return self.gray_train, self.captions[self.train_labels, 0], self.train_labels
+
+    def probe(self) -> np.ndarray:
+        """The fixed batch on which the teacher–student gap is logged (256 colored val images)."""
+        return self.color_val[:256]
+
+
+def _subset(split, n):
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(split.labels), size=min(n, len(split.labels)), replace=False))
+    return split._replace(images=split.images[idx], labels=split.labels[idx])

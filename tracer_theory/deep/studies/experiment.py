@@ -1,0 +1,217 @@
+"""The MNIST → ColoredMNIST forgetting experiment (THEORY §6), end to end, for the toy CNN CLIP
+or a transformer CLIP preset.
+
+``run_experiment(config, out_dir)``: fixed stratified splits; per seed, contrastive pretraining
+on gray digits (cached as an equinox checkpoint); every strategy of the protocol finetuned on
+ColoredMNIST (p = 0.95) with its metrics written to one JSON file per (seed, strategy), so an
+interrupted run resumes where it stopped; WiSE-FT evaluated post hoc from Direct FT; then the
+summary (mean ± std over seeds) written atomically to ``<out_dir>/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..._io import write_json_atomic
+from ..finetune.checkpoints import load_model, save_model
+from ..finetune.config import FinetuneConfig, PretrainConfig
+from ..finetune.finetunee import Finetunee
+from ..finetune.loop import finetune
+from ..finetune.pretraining import pretrain
+from ..finetune.strategies import Direct, Strategy, describe, has_teacher
+from ..models import make_model, preset
+from ..parallel import Mesh
+from .arrays import ExperimentData
+from .evaluation import evaluate, gap_summary, wise_ft
+from .geometry import decomposition, task_bases
+from .protocols import PROTOCOLS, Fair, Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: protocol, objective, seeds, data, budgets. ``finetune`` is the base
+    training config the protocol builds each strategy's from; ``quick`` shrinks everything for
+    tests (a 1,000-digit subset, tiny budgets, one seed)."""
+
+    protocol: Protocol = dataclasses.field(default_factory=Fair)
+    objective: Literal["head", "prompts"] = "head"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    mnist: str | None = None
+    pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    wise_alphas: tuple[float, ...] = (0.25, 0.5, 0.75)
+    quick: bool = False
+
+    @property
+    def name(self) -> str:
+        model = "" if self.pretrain.model == "toy" else f"{preset(self.pretrain.model).name}_"
+        return f"{model}{self.protocol.name}_{self.objective}" + ("_quick" if self.quick else "")
+
+    def plan(self, n_train: int) -> dict[str, tuple[Strategy, FinetuneConfig]]:
+        """``{name: (strategy, training config)}`` of every run, from the protocol."""
+        base = dataclasses.replace(self.finetune, objective=self.objective)
+        return self.protocol.plan(base, n_train, self.quick)
+
+    def data(self) -> ExperimentData:
+        """The experiment's arrays."""
+        return ExperimentData(self.mnist, self.pretrain.model, self.quick)
+
+    def describe(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values (strategies by ``describe``)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["protocol"] = self.protocol.name
+        fields["strategies"] = {name: describe(strategy)
+                                for name, (strategy, _) in self.plan(1).items()}
+        for key in ("pretrain", "finetune"):
+            fields[key] = dataclasses.asdict(fields[key])
+        return json.loads(json.dumps(fields, default=str))
+
+
+def quick_config(**overrides: Any) -> ExperimentConfig:
+    """A configuration that runs the whole pipeline in well under a minute."""
+    base = dict(seeds=(0,), quick=True, pretrain=PretrainConfig(steps=30, batch_size=64),
+                finetune=FinetuneConfig(steps=6, batch_size=64, log_every=3))
+    return ExperimentConfig(**(base | overrides))
+
+
+#: The toy experiment's three tables, as (protocol, objective).
+TOY_PLAN = (("fair", "head"), ("paper", "head"), ("fair", "prompts"))
+
+
+def toy_configs(plan: Sequence[tuple[str, str]], *, quick: bool, seeds: Sequence[int],
+                mnist: str | None = None) -> list[ExperimentConfig]:
+    """One configuration per (protocol name, objective) of ``plan``: ``quick_config`` (one
+    seed) or the full budgets over ``seeds``."""
+    return [quick_config(protocol=PROTOCOLS[p], objective=o, mnist=mnist) if quick
+            else ExperimentConfig(protocol=PROTOCOLS[p], objective=o, mnist=mnist,
+                                  seeds=tuple(seeds))
+            for p, o in plan]
+
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy", *,
+                   progress: bool = True, mesh: Mesh | None = None,
+                   data: ExperimentData | None = None) -> dict[str, Any]:
+    """Run (or resume) the experiment; returns and writes ``<out_dir>/<name>.json``.
+
+    ``config.pretrain.model`` picks the toy CNN CLIP or a transformer CLIP preset; ``mesh`` (a
+    ``parallel.data_mesh``) splits every batch over its devices; ``data`` the experiment's
+    arrays when the caller has already built them."""
+    out_dir = Path(out_dir)
+    run_dir = out_dir / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = config.data() if data is None else data
+    plan = config.plan(len(data.train_labels))
+    results: dict[str, Any] = {"pretrained": {}, "runs": {}}
+    for seed in config.seeds:
+        pretrained = pretrained_model(config, data, out_dir, seed, progress, mesh)
+        before = evaluate(pretrained, data, config.objective)
+        bases = task_bases(pretrained, data)
+        results["pretrained"][str(seed)] = before
+        class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
+        for name, (strategy, ft_config) in plan.items():
+            path = run_dir / f"seed{seed}_{name}.json"
+            if path.exists():
+                results["runs"].setdefault(name, {})[str(seed)] = json.loads(path.read_text())
+                continue
+            model, curves = finetune(pretrained, data.color_train, data.train_labels, strategy,
+                                     ft_config, class_emb=class_emb, probe=data.probe(),
+                                     hybrid=data.hybrid(), seed=seed, mesh=mesh,
+                                     progress=f"seed {seed} {name}" if progress else None)
+            after = evaluate(model, data, config.objective)
+            record = {"config": {"strategy": describe(strategy),
+                                 "training": dataclasses.asdict(ft_config)},
+                      **after, "forgetting": before["gray_acc"] - after["gray_acc"],
+                      **decomposition(pretrained, model, bases)}
+            if has_teacher(strategy):
+                record["gap"] = gap_summary(curves)
+            if isinstance(strategy, Direct):  # WiSE-FT interpolates Direct FT post hoc
+                record["wise_ft"] = {}
+                for alpha in config.wise_alphas:
+                    mixed = evaluate(wise_ft(pretrained, model, alpha), data, config.objective)
+                    record["wise_ft"][f"{alpha:g}"] = {
+                        **mixed, "forgetting": before["gray_acc"] - mixed["gray_acc"]}
+            write_json_atomic(path, record)
+            results["runs"].setdefault(name, {})[str(seed)] = record
+        # WiSE-FT rows, from fresh and resumed Direct-FT records alike
+        for per_seed in list(results["runs"].values()):
+            for alpha, rec in per_seed.get(str(seed), {}).get("wise_ft", {}).items():
+                results["runs"].setdefault(f"wise_ft({alpha})", {})[str(seed)] = rec
+    summary = summarize(results)
+    payload = {"config": config.describe(), "data": data.source,
+               "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
+                               "python": platform.python_version(),
+                               "machine": platform.machine()},
+               **results, "summary": summary}
+    write_json_atomic(out_dir / f"{config.name}.json", payload)
+    return payload
+
+
+def summarize(results: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """``{strategy: {metric: [mean, std]}}`` over seeds for every scalar metric."""
+    summary: dict[str, dict[str, list[float]]] = {}
+    rows = {"pretrained": results["pretrained"], **results["runs"]}
+    for strategy, per_seed in rows.items():
+        metrics: dict[str, list[float]] = {}
+        for record in per_seed.values():
+            for key, value in record.items():
+                if isinstance(value, int | float):
+                    metrics.setdefault(key, []).append(float(value))
+        summary[strategy] = {k: [float(np.mean(v)), float(np.std(v))]
+                             for k, v in metrics.items()}
+    return summary
+
+
+TABLE_COLUMNS = ("forgetting", "gray_acc", "id_acc", "ood_flipped_acc", "ood_neutral_acc",
+                 "gray_ece", "id_ece")
+
+
+def format_table(payload: dict[str, Any], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
+    """The strategy × metric table, mean ± std over seeds."""
+    summary = payload["summary"]
+    width = max(len(s) for s in summary) + 2
+    head = "strategy".ljust(width) + "".join(c.rjust(17) for c in columns)
+    lines = [head, "-" * len(head)]
+    for strategy, metrics in summary.items():
+        cells = [f"{metrics[c][0]:.2f} ± {metrics[c][1]:.2f}" if c in metrics else "—"
+                 for c in columns]
+        lines.append(strategy.ljust(width) + "".join(c.rjust(17) for c in cells))
+    return "\n".join(lines)
+
+
+def _pretrain_key(config: ExperimentConfig) -> str:
+    """A short hash of what pretraining depends on, so protocols share one checkpoint per seed."""
+    text = json.dumps([dataclasses.asdict(config.pretrain), config.mnist, config.quick])
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def pretrained_model(config: ExperimentConfig, data: ExperimentData, out_dir: Path, seed: int,
+                     progress: bool, mesh: Mesh | None = None) -> Finetunee:
+    """The seed's pretrained model with a fresh 10-class head, from its checkpoint in
+    ``out_dir`` or pretrained now and saved (an interrupted pretraining resumes from its
+    ``.run`` checkpoint)."""
+    key = jax.random.key(seed)
+    ckpt = out_dir / f"pretrained_{_pretrain_key(config)}_seed{seed}.eqx"
+    clip = make_model(config.pretrain.model, key=key, width=config.pretrain.width,
+                      dim=config.pretrain.dim)
+    skeleton = Finetunee(clip, eqx.nn.Linear(clip.image_proj.in_features, 10,
+                                             dtype=jnp.float32, key=jax.random.fold_in(key, 1)))
+    if ckpt.exists():
+        return load_model(ckpt, skeleton)
+    clip = pretrain(data.gray_train, data.train_labels, data.captions, config.pretrain,
+                    key=key, seed=seed, progress=f"pretrain seed {seed}" if progress else None,
+                    mesh=mesh, checkpoint=ckpt.with_suffix(".run"))
+    pretrained = eqx.tree_at(lambda m: m.clip, skeleton, clip)
+    save_model(ckpt, pretrained)
+    ckpt.with_suffix(".run").unlink(missing_ok=True)
+    return pretrained
