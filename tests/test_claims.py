@@ -14,8 +14,12 @@ def test_claim(claim_id, case):
     assert not failed, "\n".join(failed)
 
 
-def test_registry_knows_linear_claims():
-    assert {"C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8"} <= set(claims())
+def test_registry_lists_each_claim_once_in_order():
+    from tracer_theory.claims.registry import CLAIMS
+
+    ids = [c.id for c in CLAIMS]
+    assert len(set(ids)) == len(ids) and list(claims()) == ids
+    assert {"C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8"} <= set(ids)
 
 
 def test_row_relations():

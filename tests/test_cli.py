@@ -1,6 +1,8 @@
 """`tracer-theory verify`: the table, the JSON rows and the exit code."""
 
 import json
+import subprocess
+import sys
 
 from tracer_theory import cli
 from tracer_theory.claims import registry
@@ -35,3 +37,20 @@ def test_verify_exits_1_on_a_failing_claim(monkeypatch, capsys):
 def test_unknown_claim_is_a_clear_error(capsys):
     assert cli.main(["verify", "--claims", "C99", "--quiet"]) == 2
     assert "unknown claim ids ['C99']" in capsys.readouterr().err
+
+
+def test_verify_imports_neither_matplotlib_nor_the_figures():
+    """`tracer-theory verify` needs no plotting: in a fresh interpreter, importing the CLI and
+    verifying a claim loads neither matplotlib nor tracer_theory.report."""
+    code = "\n".join([
+        "import sys",
+        "import tracer_theory.cli",
+        "assert tracer_theory.cli.main(['verify', '--claims', 'C6', '--quiet']) == 0",
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'",
+        "                or m.startswith('tracer_theory.report'))",
+        "assert 'matplotlib' not in sys.modules and not loaded, loaded",
+    ])
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    assert "C6" in run.stdout and "FAIL" not in run.stdout

@@ -6,6 +6,7 @@ import jupytext
 import nbclient
 import pytest
 
+from tracer_theory._paths import reference_toy_results
 from tracer_theory.report import registry, toy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def test_theory_notebook_runs_headless_and_writes_its_figures(path, tmp_path, mo
 
 
 def test_toy_notebook_reads_the_toy_results(tmp_path, monkeypatch):
-    results = ROOT / registry.REFERENCE_TOY_RESULTS
+    results = reference_toy_results()
     text = _execute(NOTEBOOKS[2], {"TRACER_QUICK": "1", "TRACER_FIGURES": str(tmp_path),
                                    "TRACER_TOY_RESULTS": str(results)}, monkeypatch)
     assert "results in" in text

@@ -18,6 +18,7 @@ from tracer_theory.deep.finetune import (
     FinetuneConfig,
     Finetunee,
     finetune,
+    step,
     strategies as S,
 )
 from tracer_theory.deep.finetune.finetunee import image_tower
@@ -25,7 +26,7 @@ from tracer_theory.deep.metrics import parameter_distance
 from tracer_theory.deep.models import ToyCLIP
 from tracer_theory.deep.studies.evaluation import wise_ft
 from tracer_theory.deep.studies.experiment import TABLE_COLUMNS, quick_config, run_experiment
-from tracer_theory.deep.studies.protocols import PAPER_EPOCHS, Paper
+from tracer_theory.deep.studies.protocols import Paper
 
 #: The quick runs' numbers from the implementation before strategies became values (commit
 #: f1a0cd2, same seeds and x64 test settings); the refactor must reproduce them.
@@ -127,16 +128,20 @@ def test_cli_toy_quick_prints_the_table_and_writes_figures(quick_run, tmp_path, 
 
 
 def test_paper_protocol_recipe():
+    """The original toy's recipe as THEORY §6.2 documents it: AdamW 1e-4, weight decay 0.1,
+    20 / 2 / 10 / 10 epochs, L2 1e-3 on the head too, KL distillation at T = 0.2 (static) and
+    1.1 (EMA 0.99999) with λ = 2."""
     plan = Paper().plan(FinetuneConfig(), n_train=3000, quick=False)
     steps_per_epoch = 3000 // 128
-    assert list(plan) == ["direct", "l2sp", "static_sd", "ema_sd"]
+    epochs = {"direct": 20, "l2sp": 2, "static_sd": 10, "ema_sd": 10}
+    assert list(plan) == list(epochs)
     for name, (_, ft) in plan.items():
-        assert (ft.lr, ft.weight_decay, ft.steps) == (1e-4, 0.1,
-                                                      PAPER_EPOCHS[name] * steps_per_epoch)
-    assert PAPER_EPOCHS == {"direct": 20, "l2sp": 2, "static_sd": 10, "ema_sd": 10}
+        assert (ft.lr, ft.weight_decay, ft.steps) == (1e-4, 0.1, epochs[name] * steps_per_epoch)
     assert plan["l2sp"][0] == S.L2SP(1e-3, penalize_head=True)
     assert plan["static_sd"][0] == S.SelfDistill(2.0, S.Static(), S.KLDistill(0.2))
     assert plan["ema_sd"][0] == S.SelfDistill(2.0, S.EMA(0.99999), S.KLDistill(1.1))
+    quick = Paper().plan(FinetuneConfig(steps=6), n_train=3000, quick=True)
+    assert {ft.steps for _, ft in quick.values()} == {6}
 
 
 def test_text_tower_is_frozen_and_wise_ft_interpolates():
@@ -184,3 +189,31 @@ def test_finetune_config_validation(kwargs, message):
 def test_strategy_validation(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_strategies_train_the_parts_they_name():
+    """Projection-only finetuning leaves the convolutions untouched and moves the last layer;
+    LP-FT's probe phase trains the head alone, and its phases cover the run."""
+    start, tuned, _ = _short_run(REGISTRY["proj_only"].strategy)
+    for layer in ("conv1", "conv2"):
+        np.testing.assert_array_equal(getattr(start.clip.image, layer).weight,
+                                      getattr(tuned.clip.image, layer).weight)
+    assert not np.array_equal(start.clip.image.dense.weight, tuned.clip.image.dense.weight)
+    lpft = REGISTRY["lp_ft"].strategy
+    probe, main = lpft.phases(10)
+    assert (probe.steps, main.steps, main.lr_divisor) == (5, 5, 10.0)
+    mask = step.trainable_mask(start, probe)
+    trained = [path for path, on in jax.tree_util.tree_leaves_with_path(mask) if on]
+    assert trained and all(jax.tree_util.keystr(p).startswith(".head") for p in trained)
+
+
+def test_data_hybrid_mixes_pretraining_images_into_each_batch():
+    hybrid = REGISTRY["data_hybrid"].strategy
+    assert hybrid.hybrid_size(128) == 32 and REGISTRY["direct"].strategy.hybrid_size(128) == 0
+    with pytest.raises(ValueError, match="pass hybrid="):
+        config = quick_config()
+        data = config.data()
+        key = jax.random.key(0)
+        model = Finetunee(ToyCLIP(key=key), eqx.nn.Linear(128, 10, dtype=jnp.float32, key=key))
+        finetune(model, data.color_train, data.train_labels, hybrid, config.finetune,
+                 class_emb=jnp.zeros((10, 64)), probe=data.probe()[:4], hybrid=None, seed=0)

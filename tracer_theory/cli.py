@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from ._io import write_json_atomic
+from ._paths import TOY_RESULTS_IN_REPO
 from .claims.registry import Row, claim_cases, claims, run_claims
-from .report.registry import REFERENCE_TOY_RESULTS
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(run=_verify)
 
     toy = sub.add_parser("toy", help="the MNIST → ColoredMNIST forgetting experiment (THEORY §6)")
-    toy.add_argument("--protocol", choices=["fair", "paper", "all"], default=None,
-                     help="'all' (the default): fair/head, paper/head and fair/prompts; with "
-                          "--quick the default is 'fair' only")
+    toy.add_argument("--protocol", default=None,
+                     help="fair, paper, or all (the default: fair/head, paper/head and "
+                          "fair/prompts; with --quick the default is 'fair' only)")
     toy.add_argument("--objective", choices=["head", "prompts"], default=None,
                      help="finetuning objective (with --protocol fair or paper)")
     toy.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     figures = sub.add_parser("figures", help="regenerate every figure of the notebooks "
                                              "(PNG + PDF) and figures/README.md")
     figures.add_argument("--out", default="figures", help="output folder (default: figures)")
-    figures.add_argument("--toy-results", default=REFERENCE_TOY_RESULTS, metavar="DIR",
+    figures.add_argument("--toy-results", default=None, metavar="DIR",
                          help="toy experiment results to plot (default: the committed 3-seed "
-                              f"run in {REFERENCE_TOY_RESULTS})")
+                              f"run in {TOY_RESULTS_IN_REPO} of the repository holding the "
+                              "package)")
     figures.add_argument("--quick", action="store_true", help="shorter horizons (for tests)")
     figures.add_argument("--quiet", action="store_true", help="no progress bar")
     figures.set_defaults(run=_figures)
@@ -132,16 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _toy(args: argparse.Namespace) -> int:
-    from .deep.experiment import (
-        TOY_PLAN,
-        format_table,
-        run_toy,
-        select_hyperparameters,
-        toy_configs,
-    )
+    from .deep.studies.experiment import TOY_PLAN, format_table, run_experiment, toy_configs
+    from .deep.studies.protocols import PROTOCOLS
+    from .deep.studies.selection import select_hyperparameters
     from .report.style import save
     from .report.toy import summary_figure
 
+    if args.protocol not in (None, *PROTOCOLS, "all"):
+        raise ValueError(f"--protocol must be one of {[*PROTOCOLS, 'all']}, "
+                         f"got {args.protocol!r}")
     if args.select:
         config, = toy_configs([("fair", args.objective or "head")], quick=args.quick,
                               seeds=args.seeds, mnist=args.mnist)
@@ -159,8 +159,8 @@ def _toy(args: argparse.Namespace) -> int:
     else:
         plan = [(args.protocol, args.objective or "head")]
     for config in toy_configs(plan, quick=args.quick, seeds=args.seeds, mnist=args.mnist):
-        payload = run_toy(config, args.out, progress=not args.quiet)
-        print(f"\n== protocol {config.protocol}, objective {config.objective}, "
+        payload = run_experiment(config, args.out, progress=not args.quiet)
+        print(f"\n== protocol {config.protocol.name}, objective {config.objective}, "
               f"seeds {list(config.seeds)}, "
               f"data: {payload['data']}")
         print(format_table(payload))
@@ -171,9 +171,9 @@ def _toy(args: argparse.Namespace) -> int:
 
 
 def _clip(args: argparse.Namespace) -> int:
-    from .deep.clip_experiment import clip_config, format_comparison, run_clip
-    from .deep.experiment import format_table
     from .deep.parallel import data_mesh
+    from .deep.studies.experiment import format_table
+    from .deep.studies.theory import clip_config, format_comparison, run_with_theory
     from .report.clip import theory_figure
     from .report.style import save
     from .report.toy import summary_figure
@@ -183,7 +183,7 @@ def _clip(args: argparse.Namespace) -> int:
                          quick=args.quick, compute_dtype="bfloat16" if args.bf16 else "float32",
                          accumulate=args.accumulate)
     mesh = data_mesh(args.devices)
-    payload = run_clip(config, args.out, progress=not args.quiet, mesh=mesh)
+    payload = run_with_theory(config, args.out, progress=not args.quiet, mesh=mesh)
     print(f"\n== CLIP preset {args.preset}, {mesh.shape['data']} device(s) "
           f"({mesh.devices.flat[0].platform}), seeds {list(config.seeds)}, data: "
           f"{payload['data']}")
@@ -198,7 +198,7 @@ def _clip(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .deep.experiment import TOY_PLAN, format_table, run_toy, toy_configs
+    from .deep.studies.experiment import TOY_PLAN, format_table, run_experiment, toy_configs
     from .report.registry import FIGURES, generate, summary_lines
 
     stages = tqdm(total=len(claim_cases()) + len(TOY_PLAN) + len(FIGURES), desc="reproduce",
@@ -208,7 +208,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     payloads = []
     for config in toy_configs(TOY_PLAN, quick=args.quick, seeds=args.seeds, mnist=args.mnist):
         stages.set_postfix_str(f"toy {config.name}")
-        payloads.append((config, run_toy(config, args.toy_out, progress=not args.quiet)))
+        payloads.append((config, run_experiment(config, args.toy_out,
+                                                progress=not args.quiet)))
         stages.update(1)
     figures = []
     for figure, result, paths in generate(args.figures, quick=args.quick,
@@ -251,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"tracer-theory {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -12,6 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from ..cases import (
+    DYNAMICS_CASES,
+    EXPONENT_TOL,
+    GAP_FRACTION,
+    HORIZONS,
+    LAMBDAS,
+    dynamics_problem,
+    power_law_exponent,
+    rel,
+    safe_lr,
+)
 from ..dynamics.schedules import (
     beta_kernel,
     ema_teacher,
@@ -24,41 +35,14 @@ from ..dynamics.spectral import TeacherSD, fixed_point, spectral_dynamics, two_b
 from ..dynamics.sweep import sweep
 from ..dynamics.teacher import teacher
 from ..linear.closed_forms import filter_factors, solve
-from ..linear.problem import LinearProblem, contrastive_target
-from ..linear.random import random_problem
+from ..linear.problem import contrastive_target
 from ..linear.spectrum import spectrum
 from ..linear.strategies import DirectFT, StaticSD
-from .registry import Row, claim
+from .claim import Claim, Row
 
-#: Seeded problems of the dynamics claims.
-DYNAMICS_CASES: dict[str, dict] = {
-    "n<d_I": dict(d_img=40, n=16, d_txt=12, k=8, seed=11),
-    "n>d_I": dict(d_img=16, n=40, d_txt=12, k=8, seed=12),
-    "rank-deficient": dict(d_img=24, n=32, d_txt=12, k=8, rank=10, seed=13),
-}
-LAMBDAS = (0.25, 1.0, 4.0)
-#: C5: horizons of the power-law fit and the fraction of its peak the WMA gap must keep.
-HORIZONS = tuple(int(h) for h in np.round(np.logspace(2, 5, 10)))
-GAP_FRACTION = 0.01
-EXPONENT_TOL = 0.02
 TOL_RATE = 0.01      # C4: relative error of the measured log-rate
 TOL_EXACT = 1e-10    # C6–C8
 TOL_LIMIT = 1e-8     # C4: EMA-SD equals Direct FT
-
-
-def dynamics_problem(case: str) -> LinearProblem:
-    return random_problem(**DYNAMICS_CASES[case], dtype="float64")
-
-
-def safe_lr(problem: LinearProblem, lam: float, fraction: float = 0.5) -> float:
-    """``fraction`` of the student's stability bound 2/(σ_max²(1 + λ)), from numpy's SVD."""
-    sigma_max_sq = np.linalg.norm(np.asarray(problem.x_img), 2) ** 2
-    return fraction * 2.0 / (sigma_max_sq * (1 + lam))
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def fitted_rate(gap: np.ndarray, start: int, stop: int) -> float:
@@ -66,13 +50,6 @@ def fitted_rate(gap: np.ndarray, start: int, stop: int) -> float:
     return float(np.exp((np.log(gap[stop]) - np.log(gap[start])) / (stop - start)))
 
 
-def power_law_exponent(horizons, values) -> float:
-    """Least-squares slope of ``log values`` against ``log horizons``."""
-    return float(np.polyfit(np.log(horizons), np.log(values), 1)[0])
-
-
-@claim("C4", "EMA collapse: the teacher–student gap decays at the 2×2 recursion's spectral "
-             "radius and EMA-SD ends at Direct FT", cases=("m=0.9", "m=0.99"))
 def check_c4(case: str) -> list[Row]:
     momentum = float(case.split("=")[1])
     problem, lam = dynamics_problem("n<d_I"), 1.0
@@ -96,9 +73,11 @@ def check_c4(case: str) -> list[Row]:
     ]
 
 
-@claim("C5", "WMA persistence: the gap stays a fraction of its peak over the horizon; the "
-             "task-subspace bias falls with the horizon as a power law T^(−1/(2(1+λ))) [ours]",
-       cases=tuple(f"λ={lam:g}" for lam in LAMBDAS))
+C4 = Claim("C4", "EMA collapse: the teacher–student gap decays at the 2×2 recursion's spectral "
+                 "radius and EMA-SD ends at Direct FT",
+           cases=("m=0.9", "m=0.99"), check=check_c4)
+
+
 def check_c5(case: str) -> list[Row]:
     lam = float(case.split("=")[1])
     problem = dynamics_problem("n<d_I")
@@ -141,13 +120,16 @@ def check_c5(case: str) -> list[Row]:
     return rows
 
 
+C5 = Claim("C5", "WMA persistence: the gap stays a fraction of its peak over the horizon; the "
+                 "task-subspace bias falls with the horizon as a power law T^(−1/(2(1+λ))) [ours]",
+           cases=tuple(f"λ={lam:g}" for lam in LAMBDAS), check=check_c5)
+
+
 def _beta_pdf_weights(horizon: int, a: float, b: float) -> np.ndarray:
     tau = (np.arange(horizon + 1) + 0.5) / (horizon + 1)
     return scipy.stats.beta.pdf(tau, a, b)
 
 
-@claim("C6", "the WMA teacher equals the kernel-weighted average of the student trajectory",
-       cases=("Beta(0.5,0.5)", "Beta(2,5)"))
 def check_c6(case: str) -> list[Row]:
     a, b = (float(v) for v in case[5:-1].split(","))
     problem, lam, horizon = dynamics_problem("n<d_I"), 1.0, 200
@@ -180,9 +162,10 @@ def check_c6(case: str) -> list[Row]:
     ]
 
 
-@claim("C7", "static-SD anchor bias: λ/(1+λ) in every direction at convergence and at every "
-             "fixed-point step; finite-step GD follows 1 − (1 − (1 − s(1+λ))^t)/(1+λ)",
-       cases=tuple(f"λ={lam:g}" for lam in LAMBDAS))
+C6 = Claim("C6", "the WMA teacher equals the kernel-weighted average of the student trajectory",
+           cases=("Beta(0.5,0.5)", "Beta(2,5)"), check=check_c6)
+
+
 def check_c7(case: str) -> list[Row]:
     lam = float(case.split("=")[1])
     problem = dynamics_problem("n<d_I")
@@ -219,8 +202,11 @@ def check_c7(case: str) -> list[Row]:
     return rows
 
 
-@claim("C8", "spectral reduction: the per-direction solution equals the full matrix simulation",
-       cases=tuple(DYNAMICS_CASES))
+C7 = Claim("C7", "static-SD anchor bias: λ/(1+λ) in every direction at convergence and at every "
+                 "fixed-point step; finite-step GD follows 1 − (1 − (1 − s(1+λ))^t)/(1+λ)",
+           cases=tuple(f"λ={lam:g}" for lam in LAMBDAS), check=check_c7)
+
+
 def check_c8(case: str) -> list[Row]:
     problem, lam = dynamics_problem(case), 1.0
     lr = safe_lr(problem, lam)
@@ -241,3 +227,7 @@ def check_c8(case: str) -> list[Row]:
         rows.append(Row("C8", case, f"{name}: final W and T, spectral vs matrix", matrix_err,
                         TOL_EXACT))
     return rows
+
+
+C8 = Claim("C8", "spectral reduction: the per-direction solution equals the full matrix simulation",
+           cases=tuple(DYNAMICS_CASES), check=check_c8)

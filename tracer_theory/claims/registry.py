@@ -1,85 +1,26 @@
-"""The claims registry: each claim of THEORY §5 written once, run by pytest and the CLI alike.
+"""The claims of THEORY §5, listed once: pytest and ``tracer-theory verify`` run this list.
 
-A claim is a function ``case -> list[Row]``: it builds its seeded problem for the named case,
-measures errors against independent references and states the tolerance of each row. Claims run
-in float64 inside ``jax.enable_x64(True)``, a scoped switch that leaves the caller's setting alone.
+A claim's check is a function ``case -> list[Row]`` (``claims/linear.py`` for C1–C3,
+``claims/dynamics.py`` for C4–C8): it builds the seeded problem of the named case
+(``tracer_theory.cases``), measures errors against independent references and states the
+tolerance of each row.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
-import jax
+from .claim import Claim as Claim, Row as Row
+from .dynamics import C4, C5, C6, C7, C8
+from .linear import C1, C2, C3
 
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One measured line of a claim: PASS when ``value <= bound`` (``relation="<="``, an error
-    against its tolerance) or ``value >= bound`` (``relation=">="``, a quantity that must stay
-    large)."""
-
-    claim: str
-    case: str
-    quantity: str
-    value: float
-    bound: float
-    note: str = ""
-    relation: str = "<="
-
-    def __post_init__(self) -> None:  # numpy scalars in, plain floats out (JSON-ready)
-        object.__setattr__(self, "value", float(self.value))
-        object.__setattr__(self, "bound", float(self.bound))
-        if self.relation not in ("<=", ">="):
-            raise ValueError(f"relation must be '<=' or '>=', got {self.relation!r}")
-
-    @property
-    def passed(self) -> bool:
-        if not math.isfinite(self.value):
-            return False
-        return self.value <= self.bound if self.relation == "<=" else self.value >= self.bound
-
-    def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "passed": self.passed}
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    """A claim: id (``"C1"``), one-line statement, the cases it runs on, and its check."""
-
-    id: str
-    statement: str
-    cases: tuple[str, ...]
-    check: Callable[[str], list[Row]]
-
-    def run(self, case: str) -> list[Row]:
-        if case not in self.cases:
-            raise ValueError(f"claim {self.id} has no case {case!r}; cases: {self.cases}")
-        with jax.enable_x64(True):
-            return self.check(case)
-
-
-_REGISTRY: dict[str, Claim] = {}
-
-
-def claim(id: str, statement: str, cases: Sequence[str]) -> Callable:
-    """Decorator registering ``check(case) -> list[Row]`` as claim ``id``."""
-
-    def register(check: Callable[[str], list[Row]]) -> Callable[[str], list[Row]]:
-        if id in _REGISTRY:
-            raise ValueError(f"claim {id} is registered twice")
-        _REGISTRY[id] = Claim(id, statement, tuple(cases), check)
-        return check
-
-    return register
+#: Every claim, in order.
+CLAIMS: tuple[Claim, ...] = (C1, C2, C3, C4, C5, C6, C7, C8)
 
 
 def claims() -> dict[str, Claim]:
-    """All registered claims, ordered by id (C1, C2, …)."""
-    from . import dynamics, linear  # noqa: F401  (register C1–C3, C4–C8)
-
-    return dict(sorted(_REGISTRY.items(), key=lambda item: (len(item[0]), item[0])))
+    """Every claim by id, in the order of ``CLAIMS`` (C1, C2, …)."""
+    return {c.id: c for c in CLAIMS}
 
 
 def claim_cases(ids: Iterable[str] | None = None) -> list[tuple[str, str]]:

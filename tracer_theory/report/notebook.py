@@ -3,7 +3,8 @@ them headless in quick mode) and one call that makes, saves and shows a figure w
 
 ``TRACER_QUICK=1`` shortens horizons; ``TRACER_FIGURES`` is the output folder (default
 ``<repo>/figures``); ``TRACER_TOY_RESULTS`` the toy results folder (default: the committed
-reference run, or ``<repo>/results/toy`` in quick mode).
+reference run, or ``<repo>/results/toy`` in quick mode). ``<repo>`` is the folder holding the
+package (``tracer_theory/..``), wherever the notebook runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from .registry import REFERENCE_TOY_RESULTS, show
+from .._paths import REPO_ROOT, TOY_RESULTS_IN_REPO
+from .registry import show
 from .result import Result
 
 
@@ -22,21 +24,11 @@ class Settings(NamedTuple):
     toy_results: Path
 
 
-def repo_root() -> Path:
-    """The folder holding ``pyproject.toml``: the working directory or one of its parents."""
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").exists() and (folder / "tracer_theory").is_dir():
-            return folder
-    return here
-
-
 def settings() -> Settings:
     """The notebook's settings from ``TRACER_QUICK``, ``TRACER_FIGURES``, ``TRACER_TOY_RESULTS``."""
-    root = repo_root()
     quick = os.environ.get("TRACER_QUICK", "0") == "1"
-    default_toy = root / ("results/toy" if quick else REFERENCE_TOY_RESULTS)
-    return Settings(quick, Path(os.environ.get("TRACER_FIGURES", root / "figures")),
+    default_toy = REPO_ROOT / ("results/toy" if quick else TOY_RESULTS_IN_REPO)
+    return Settings(quick, Path(os.environ.get("TRACER_FIGURES", REPO_ROOT / "figures")),
                     Path(os.environ.get("TRACER_TOY_RESULTS", default_toy)))
 
 

@@ -7,18 +7,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .._paths import TOY_RESULTS_IN_REPO, reference_toy_results
 from . import theory, toy
 from .result import Result
 from .style import save
-
-#: The committed reference run of the toy experiment (3 seeds; `tracer-theory toy` output).
-REFERENCE_TOY_RESULTS = "experiments/results/toy"
 
 
 class FigureSpec(NamedTuple):
     """A figure: its file stem, the notebook showing it, one line on what it shows, and how it
     is made: ``make(quick)`` for a theory figure, ``make(payload)`` for a toy figure (``payload``
-    the toy results named by ``toy_results``)."""
+    the toy results named by ``toy_results``). Functions taking a ``toy_results`` folder read
+    the committed reference run (``reference_toy_results()``) when it is ``None``."""
 
     name: str
     notebook: str
@@ -72,31 +71,33 @@ def spec(name: str) -> FigureSpec:
     raise ValueError(f"unknown figure {name!r}; figures: {[f.name for f in FIGURES]}")
 
 
-def make(name: str, *, quick: bool = False,
-         toy_results: str | Path = REFERENCE_TOY_RESULTS) -> Result:
+def make(name: str, *, quick: bool = False, toy_results: str | Path | None = None) -> Result:
     """Build one figure (not saved): a theory figure from scratch, a toy figure from the toy
-    results folder."""
+    results folder (default: the committed reference run)."""
     figure = spec(name)
     if figure.toy_results is None:
         return figure.make(quick)
-    return figure.make(toy.load_payload(toy_results, figure.toy_results))
+    folder = reference_toy_results() if toy_results is None else toy_results
+    return figure.make(toy.load_payload(folder, figure.toy_results))
 
 
 def show(name: str, *, quick: bool = False, out: str | Path = "figures",
-         toy_results: str | Path = REFERENCE_TOY_RESULTS) -> tuple[Result, list[Path]]:
+         toy_results: str | Path | None = None) -> tuple[Result, list[Path]]:
     """For notebooks: make figure ``name``, save it under ``out`` and return it with its paths."""
     result = make(name, quick=quick, toy_results=toy_results)
     return result, save(result.figure, Path(out) / name)
 
 
 def generate(out: str | Path = "figures", *, quick: bool = False,
-             toy_results: str | Path = REFERENCE_TOY_RESULTS, names: tuple[str, ...] | None = None
+             toy_results: str | Path | None = None, names: tuple[str, ...] | None = None
              ) -> Iterator[tuple[FigureSpec, Result, list[Path]]]:
     """Make and save each figure (PNG and PDF under ``out``), yielding ``(spec, result, paths)``
-    as it goes; then write ``out/README.md``. Toy figures whose results are missing raise."""
-    for figure in FIGURES:
-        if names is not None and figure.name not in names:
-            continue
+    as it goes; then write ``out/README.md``. Toy figures whose results are missing raise (a
+    missing reference run before any figure is made)."""
+    selected = [f for f in FIGURES if names is None or f.name in names]
+    if toy_results is None and any(f.toy_results is not None for f in selected):
+        toy_results = reference_toy_results()
+    for figure in selected:
         yield figure, *show(figure.name, quick=quick, out=out, toy_results=toy_results)
     if names is None:
         (Path(out) / "README.md").write_text(readme())
@@ -125,7 +126,7 @@ def readme() -> str:
         "do not edit by hand).",
         "Theory figures are computed from seeded problems in float64; toy figures are read from "
         f"the toy experiment's results (default: the committed 3-seed run in "
-        f"`{REFERENCE_TOY_RESULTS}`, `--toy-results results/toy` for your own run).",
+        f"`{TOY_RESULTS_IN_REPO}`, `--toy-results results/toy` for your own run).",
         "",
         "| file | notebook | what it shows | made by |",
         "|---|---|---|---|",

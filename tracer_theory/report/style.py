@@ -7,28 +7,14 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-#: One color per strategy, shared by the linear-theory, toy and CLIP figures.
-COLORS: dict[str, str] = {
-    "direct": "#d62728",
-    "stopped_gd": "#ff7f0e",
-    "l2sp": "#8c564b",
-    "weight_decay": "#7f7f7f",
-    "static_sd": "#9467bd",
-    "ema_sd": "#1f77b4",
-    "wma_sd": "#2ca02c",
-    "lp_ft": "#e377c2",
-    "low_lr": "#bcbd22",
-    "proj_only": "#17becf",
-    "data_hybrid": "#aec7e8",
-    "wise_ft": "#ff9896",
-    "pretrained": "#000000",
-}
-LABELS: dict[str, str] = {
-    "direct": "Direct FT", "stopped_gd": "stopped GD", "l2sp": "L2-SP",
-    "weight_decay": "weight decay", "static_sd": "static SD", "ema_sd": "EMA SD",
-    "wma_sd": "WMA SD", "lp_ft": "LP-FT", "low_lr": "low lr", "proj_only": "projection only",
-    "data_hybrid": "data hybrid", "wise_ft": "WiSE-FT", "pretrained": "pretrained",
-}
+from ..deep.finetune.strategies import REGISTRY
+
+#: One color and one label per strategy, shared by the linear-theory, toy and CLIP figures: the
+#: deep strategies' from their registry, plus the rows that are no registered strategy.
+COLORS: dict[str, str] = {name: entry.color for name, entry in REGISTRY.items()} | {
+    "stopped_gd": "#ff7f0e", "wise_ft": "#ff9896", "pretrained": "#000000"}
+LABELS: dict[str, str] = {name: entry.label for name, entry in REGISTRY.items()} | {
+    "stopped_gd": "stopped GD", "wise_ft": "WiSE-FT", "pretrained": "pretrained"}
 #: Colors of the teacher kernels (THEORY §4) in the kernel comparisons.
 KERNEL_COLORS: dict[str, str] = {"Beta(0.5,0.5)": COLORS["wma_sd"], "uniform": "#17becf",
                                  "linear ramp": "#bcbd22", "Beta(2,2)": "#e377c2"}

@@ -17,7 +17,15 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from ..claims.dynamics import HORIZONS, LAMBDAS, dynamics_problem, power_law_exponent, safe_lr
+from ..cases import (
+    EXPONENT_TOL,
+    GAP_FRACTION,
+    HORIZONS,
+    LAMBDAS,
+    dynamics_problem,
+    power_law_exponent,
+    safe_lr,
+)
 from ..dynamics.schedules import (
     beta_kernel,
     ema_teacher,
@@ -125,7 +133,7 @@ def closed_forms_figure(quick: bool = False) -> Result:
         finals[name] = dist[-1]
         ax.loglog(checkpoints, dist, color=color(name), label=label(name))
     ax.set(xlabel="gradient-descent steps", ylabel="‖W_t − W_closed‖ / ‖W_closed‖",
-           title="gradient descent → closed form, per strategy (λ = 1, weight decay 0.1)")
+           title=f"gradient descent → closed form (λ = {LAM:g}, weight decay 0.1)")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
@@ -156,8 +164,9 @@ def decomposition_figure(quick: bool = False) -> Result:
     """Task-subspace vs orthogonal change of every strategy (THEORY §3, C3)."""
     problem = _problem()
     steps = 200 if quick else 2_000
-    names, task, orth = [], [], []
+    names, task, orth, outside = [], [], [], []
     for name, strategy in _linear_strategies(problem, steps).items():
+        outside.append(strategy.orthogonal_curvature() is not None)  # acts on (I − P) too
         parts = decompose(problem, solve(problem, strategy))
         names.append(name)
         task.append(float(parts.task_norm))
@@ -178,8 +187,8 @@ def decomposition_figure(quick: bool = False) -> Result:
     fig.suptitle(f"geometric decomposition (λ = {LAM:g}, weight decay 0.1, teachers over "
                  f"{steps} steps)")
     fig.tight_layout()
-    keep = [o for n, o in zip(names, orth, strict=True) if n != "weight_decay"]
-    wd = orth[names.index("weight_decay")]
+    keep = [o for o, out in zip(orth, outside, strict=True) if not out]
+    wd = max(o for o, out in zip(orth, outside, strict=True) if out)
     return Result(fig, "only weight decay changes the orthogonal complement; every other "
                        "strategy acts inside the task subspace (THEORY §3)",
                   f"orthogonal change {max(keep):.1e} at most for the others, {wd:.3f} for "
@@ -194,13 +203,15 @@ def filter_factors_figure(quick: bool = False) -> Result:
     spec = spectrum(problem)
     sigma_sq = np.asarray(spec.sigma_sq)
     steps = 500 if quick else 2_000
+    strategies = {name: s for name, s in _linear_strategies(problem, steps).items()
+                  if s.orthogonal_curvature() is None}  # weight decay's f_i are relative to YX⁺
     curves = {name: np.asarray(filter_factors(problem, s, spectrum=spec))
-              for name, s in _linear_strategies(problem, steps).items() if name != "weight_decay"}
+              for name, s in strategies.items()}
     l2 = {lam: np.asarray(filter_factors(problem, L2SP(lam), spectrum=spec))
           for lam in (0.01, 0.1, 10.0)}
     fig, ax = subplots(figsize=(7.5, 4.8))
     for name, f in curves.items():
-        lam_text = f" λ = {LAM:g}" if name in ("l2sp", "static_sd") else ""
+        lam_text = f" λ = {LAM:g}" if isinstance(strategies[name], L2SP | StaticSD) else ""
         ax.semilogx(sigma_sq, f, "o-", ms=3, color=color(name), label=label(name) + lam_text)
     for (lam, f), style in zip(l2.items(), (":", "-.", "--"), strict=True):
         ax.semilogx(sigma_sq, f, style, color=color("l2sp"), label=f"L2-SP λ = {lam:g}")
@@ -246,6 +257,7 @@ def wma_kernel_figure(quick: bool = False) -> Result:
     tau = (np.arange(horizon + 1) + 0.5) / (horizon + 1)
     kappa = np.asarray(beta_kernel(0.5, 0.5)(jnp.asarray(tau)))
     schedules = {"wma_sd": wma_teacher(horizon), "ema_sd": ema_teacher(0.99)}
+    names = {"wma_sd": label("wma_sd"), "ema_sd": "EMA (m = 0.99)"}
     omegas = {k: np.asarray(s.weights(horizon)) for k, s in schedules.items()}
     weights = {k: effective_weights(w) for k, w in omegas.items()}
     c6 = float(np.max(np.abs(weights["wma_sd"] - kappa / kappa.sum())))
@@ -254,15 +266,13 @@ def wma_kernel_figure(quick: bool = False) -> Result:
     axes[0].set(xlabel="τ = relative position in the run", ylabel="κ(τ)",
                 title="Beta(0.5, 0.5) kernel (U-shaped)")
     for key, w in omegas.items():
-        axes[1].semilogy(np.arange(1, horizon + 1), w, color=color(key),
-                         label=label(key) if key == "wma_sd" else "EMA (m = 0.99)")
+        axes[1].semilogy(np.arange(1, horizon + 1), w, color=color(key), label=names[key])
     axes[1].set(xlabel="steps", ylabel="ω_t (teacher update weight)",
                 title="teacher update weights")
     for key, w in weights.items():
-        axes[2].semilogy(np.arange(horizon + 1), np.maximum(w, 1e-30), color=color(key),
-                         label=label(key) if key == "wma_sd" else "EMA (m = 0.99)")
+        axes[2].semilogy(np.arange(horizon + 1), w, color=color(key), label=names[key])
     axes[2].set(xlabel="student step s", ylabel="weight of W_s in the final teacher",
-                title=f"effective weights at T = {horizon}", ylim=(1e-30, 1))
+                title=f"effective weights at T = {horizon}")
     for ax in axes[1:]:
         ax.legend()
         ax.grid(alpha=0.3, which="both")
@@ -285,16 +295,17 @@ def teacher_gap_figure(quick: bool = False) -> Result:
     problem = _problem()
     lr, steps = safe_lr(problem, LAM), 2_000 if quick else 10_000
     every = max(1, steps // 500)
-    runs = {"static_sd": static_teacher(), "ema_sd(0.9)": ema_teacher(0.9),
-            "ema_sd(0.99)": ema_teacher(0.99), "wma_sd": wma_teacher(steps)}
+    runs = {"static_sd": (static_teacher(), "-"), "ema_sd(0.9)": (ema_teacher(0.9), "--"),
+            "ema_sd(0.99)": (ema_teacher(0.99), "-"), "wma_sd": (wma_teacher(steps), "-")}
     gaps = {}
     fig, ax = subplots(figsize=(7, 4.5))
-    for name, schedule in runs.items():
+    for name, (schedule, style) in runs.items():
         run = spectral_dynamics(problem, LAM, schedule, steps=steps, lr=lr, record_every=every)
-        gap = np.asarray(run.summary.gap)
+        gap, steps_at = np.asarray(run.summary.gap), np.asarray(run.steps)
         gaps[name] = gap
-        ax.semilogy(np.asarray(run.steps), np.maximum(gap, 1e-300), color=color(name),
-                    ls="--" if name == "ema_sd(0.9)" else "-", label=label(name).replace(
+        shown = gap > 0  # the gap is exactly 0 at step 0 (T_0 = W_0): off a log axis
+        ax.semilogy(steps_at[shown], gap[shown], color=color(name),
+                    ls=style, label=label(name).replace(
                         "EMA SD (", "EMA SD (m = "))
     ax.set(xlabel="steps", ylabel="‖(W_t − T_t) X_I‖_F",
            title=f"teacher–student gap (λ = {LAM:g}, lr = half the stability bound)")
@@ -307,7 +318,7 @@ def teacher_gap_figure(quick: bool = False) -> Result:
                        "geometrically) while a WMA teacher keeps a gap over its horizon "
                        "(THEORY §4, C4–C5)",
                   f"EMA(0.99) gap at T = {steps:,} is {ema:.1e} of its peak; WMA gap at T/2 is "
-                  f"{wma:.2f} of its peak", ema < 1e-3 and wma > 0.01,
+                  f"{wma:.2f} of its peak", ema < 1e-3 and wma > GAP_FRACTION,
                   {"gaps": gaps})
 
 
@@ -362,7 +373,7 @@ def bias_vs_horizon_figure(quick: bool = False) -> Result:
     return Result(fig, "the WMA-SD bias falls with the horizon as T^(−1/(2(1+λ))) "
                        "(THEORY §4, C5 [ours])",
                   f"fitted exponents over T = {horizons[tail][0]:,}..{horizons[-1]:,}: {text}",
-                  max(errors) < 0.02, {"horizons": horizons, "fits": fits})
+                  max(errors) < EXPONENT_TOL, {"horizons": horizons, "fits": fits})
 
 
 @_float64
@@ -391,7 +402,7 @@ def sweep_heatmap_figure(quick: bool = False) -> Result:
                   f"bias falls with T at every λ: {falls}; bias ranges "
                   f"{bias.min():.3g}..{bias.max():.3g}; gap at T/2 keeps "
                   f"{half.min():.2f}..{half.max():.2f} of its peak",
-                  falls and half.min() > 0.01, {"lams": lams, "horizons": horizons,
+                  falls and half.min() > GAP_FRACTION, {"lams": lams, "horizons": horizons,
                                                 "bias": bias, "gap_at_half": half})
 
 
@@ -421,7 +432,8 @@ def kernels_figure(quick: bool = False) -> Result:
                                 lr=lr, record_every=max(1, horizon // 500))
         gap = np.asarray(run.summary.gap)
         half_gap[name] = float(gap[len(gap) // 2] / gap.max())
-        axes[1].semilogy(np.asarray(run.steps), np.maximum(gap / gap.max(), 1e-300), color=c,
+        shown = gap > 0  # 0 at step 0 (T_0 = W_0)
+        axes[1].semilogy(np.asarray(run.steps)[shown], gap[shown] / gap.max(), color=c,
                          label=name)
         final_bias[name] = float(bias[-1])
         axes[2].loglog(horizons, bias, "o-", color=c, label=name)
