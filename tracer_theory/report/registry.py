@@ -97,6 +97,8 @@ def generate(out: str | Path = "figures", *, quick: bool = False,
     selected = [f for f in FIGURES if names is None or f.name in names]
     if toy_results is None and any(f.toy_results is not None for f in selected):
         toy_results = reference_toy_results()
+    for stem in {f.toy_results for f in selected if f.toy_results is not None}:
+        toy.load_payload(toy_results, stem)  # bad or missing results fail before any figure
     for figure in selected:
         yield figure, *show(figure.name, quick=quick, out=out, toy_results=toy_results)
     if names is None:

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..deep.finetune.strategies import REGISTRY, WeightDecay
+from ..errors import InputError
 from .result import Result
 from .style import color, label, subplots
 
@@ -44,11 +45,21 @@ MATCH_STDS = 2.0
 
 def load_payload(results: str | Path, name: str) -> dict[str, Any]:
     """``<results>/<name>.json``, or the quick run's ``<name>_quick.json`` when only that exists;
-    FileNotFoundError naming both otherwise."""
+    FileNotFoundError naming both otherwise, ``InputError`` naming the file when it is not a
+    toy results file."""
     results = Path(results)
     for candidate in (results / f"{name}.json", results / f"{name}_quick.json"):
         if candidate.exists():
-            return json.loads(candidate.read_text())
+            try:
+                payload = json.loads(candidate.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as err:
+                raise InputError(f"{candidate} is not readable JSON ({err})") from None
+            missing = [k for k in ("config", "summary", "runs", "pretrained")
+                       if not isinstance(payload, dict) or k not in payload]
+            if missing:
+                raise InputError(f"{candidate} is not a results file of `tracer-theory toy` "
+                                 f"(no {', '.join(missing)})")
+            return payload
     raise FileNotFoundError(f"no toy results {name}.json (or {name}_quick.json) in {results}; "
                             "run `tracer-theory toy` (or `tracer-theory toy --quick`) first, or "
                             "pass --toy-results DIR (notebooks: TRACER_TOY_RESULTS=DIR)")

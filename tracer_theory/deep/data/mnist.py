@@ -20,6 +20,8 @@ from typing import NamedTuple
 import numpy as np
 from jaxtyping import Float32, Int, Int64, UInt8
 
+from ...errors import InputError
+
 #: IDX magic numbers: two zero bytes, type 0x08 (unsigned byte), number of dimensions.
 IDX_LABELS = 0x00000801
 IDX_IMAGES = 0x00000803
@@ -49,22 +51,22 @@ def _validated(images: np.ndarray, labels: np.ndarray, where: str, source: str) 
     """Check shapes, lengths and value ranges; ``where`` (the file names) prefixes every error."""
     images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"{where}: images must have shape (N, 28, 28), got {images.shape}")
+        raise InputError(f"{where}: images must have shape (N, 28, 28), got {images.shape}")
     if labels.ndim != 1:
-        raise ValueError(f"{where}: labels must have shape (N,), got {labels.shape}")
+        raise InputError(f"{where}: labels must have shape (N,), got {labels.shape}")
     if len(images) != len(labels):
-        raise ValueError(f"{where}: {len(images)} images but {len(labels)} labels; "
+        raise InputError(f"{where}: {len(images)} images but {len(labels)} labels; "
                          "they must have the same length")
     if len(labels) == 0:
-        raise ValueError(f"{where}: contains no digits")
+        raise InputError(f"{where}: contains no digits")
     if images.dtype != np.uint8:
         if (images.dtype.kind not in "iuf" or not np.all(np.isfinite(images))
                 or images.min() < 0 or images.max() > 255 or np.any(images != np.round(images))):
-            raise ValueError(f"{where}: images must be pixel values 0..255 (uint8), got dtype "
+            raise InputError(f"{where}: images must be pixel values 0..255 (uint8), got dtype "
                              f"{images.dtype} with range {images.min()}..{images.max()}")
     if labels.dtype.kind not in "iuf" or np.any(labels != np.round(labels)) \
             or labels.min() < 0 or labels.max() > 9:
-        raise ValueError(f"{where}: labels must be digits 0..9, got dtype {labels.dtype} with "
+        raise InputError(f"{where}: labels must be digits 0..9, got dtype {labels.dtype} with "
                          f"range {labels.min()}..{labels.max()}")
     return MNIST(images.astype(np.uint8), labels.astype(np.int64), source)
 
@@ -108,26 +110,26 @@ def read_idx(path: str | Path) -> UInt8[np.ndarray, "..."]:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
-            raise ValueError(f"{path}: corrupt gzip data ({err})") from None
+            raise InputError(f"{path}: corrupt gzip data ({err})") from None
     if len(raw) < 4:
-        raise ValueError(f"{path}: corrupt IDX header: the file has only {len(raw)} bytes")
+        raise InputError(f"{path}: corrupt IDX header: the file has only {len(raw)} bytes")
     magic = int.from_bytes(raw[:4], "big")
     if magic >> 8 != 0x08:  # two zero bytes, then type 0x08 = unsigned byte
-        raise ValueError(f"{path}: corrupt IDX header: bad magic number {magic:#010x}; expected "
+        raise InputError(f"{path}: corrupt IDX header: bad magic number {magic:#010x}; expected "
                          f"{IDX_LABELS:#010x} (labels) or {IDX_IMAGES:#010x} (images)")
     ndim = magic & 0xFF
     if ndim not in (1, 3):
-        raise ValueError(f"{path}: corrupt IDX header: {ndim} dimensions (magic {magic:#010x}); "
+        raise InputError(f"{path}: corrupt IDX header: {ndim} dimensions (magic {magic:#010x}); "
                          "MNIST labels have 1 and images 3")
     start = 4 + 4 * ndim
     if len(raw) < start:
-        raise ValueError(f"{path}: corrupt IDX header: truncated inside the {ndim} dimension "
+        raise InputError(f"{path}: corrupt IDX header: truncated inside the {ndim} dimension "
                          "sizes")
     dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     expected, found = math.prod(dims), len(raw) - start
     if found != expected:
         problem = "truncated payload" if found < expected else "trailing bytes after the payload"
-        raise ValueError(f"{path}: corrupt IDX file ({problem}): the header says {dims} = "
+        raise InputError(f"{path}: corrupt IDX file ({problem}): the header says {dims} = "
                          f"{expected} bytes but the payload has {found}")
     return np.frombuffer(raw, np.uint8, offset=start).reshape(dims).copy()
 
@@ -143,10 +145,10 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 def _load_idx_pair(images_path: Path, labels_path: Path, split: str) -> MNIST:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3:
-        raise ValueError(f"{images_path}: expected an images file (3 dimensions, magic "
+        raise InputError(f"{images_path}: expected an images file (3 dimensions, magic "
                          f"{IDX_IMAGES:#010x}), got {images.ndim} dimension(s)")
     if labels.ndim != 1:
-        raise ValueError(f"{labels_path}: expected a labels file (1 dimension, magic "
+        raise InputError(f"{labels_path}: expected a labels file (1 dimension, magic "
                          f"{IDX_LABELS:#010x}), got {labels.ndim} dimensions")
     where = f"{images_path} + {labels_path.name}"
     return _validated(images, labels, where, f"MNIST {split} set from {where}")
@@ -157,18 +159,18 @@ def _load_npz(path: Path) -> dict[str, MNIST]:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: cannot read as a .npz file ({err})") from None
+        raise InputError(f"{path}: cannot read as a .npz file ({err})") from None
     parts = {}
     for split in ("train", "test"):
         x, y = f"x_{split}", f"y_{split}"
         if (x in arrays) != (y in arrays):
             have, lack = (x, y) if x in arrays else (y, x)
-            raise ValueError(f"{path}: npz has {have} but no {lack}")
+            raise InputError(f"{path}: npz has {have} but no {lack}")
         if x in arrays:
             parts[split] = _validated(arrays[x], arrays[y], f"{path} [{x}, {y}]",
                                       f"MNIST {split} set from {path} [{x}, {y}]")
     if not parts:
-        raise ValueError(f"{path}: npz needs keys x_train + y_train and/or x_test + y_test; "
+        raise InputError(f"{path}: npz needs keys x_train + y_train and/or x_test + y_test; "
                          f"found {sorted(arrays)}")
     return parts
 
@@ -188,7 +190,7 @@ def load_mnist_files(path: str | Path) -> dict[str, MNIST]:
     if path.is_file():
         if path.suffix == ".npz" or zipfile.is_zipfile(path):
             return _load_npz(path)
-        raise ValueError(f"{path}: expected a folder of MNIST IDX files or a Keras-style "
+        raise InputError(f"{path}: expected a folder of MNIST IDX files or a Keras-style "
                          "mnist.npz file")
     parts = {}
     for split, (images_stem, labels_stem) in _IDX_PAIRS.items():

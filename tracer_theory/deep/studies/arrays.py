@@ -3,6 +3,8 @@ split, labels, and the caption and prompt tokens (THEORY §6)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from ..data.mnist import colorize, mnist_splits, to_rgb
@@ -28,6 +30,12 @@ class ExperimentData:
         if quick:
             splits = {k: _subset(v, QUICK_SIZES[k]) for k, v in splits.items()}
         self.source = splits["train"].source
+        digest = hashlib.sha256()
+        for split in (splits[k] for k in ("train", "val", "test")):
+            digest.update(np.ascontiguousarray(split.images).tobytes())
+            digest.update(np.ascontiguousarray(split.labels).tobytes())
+        #: A fingerprint of the digits and labels of every split (what the results depend on).
+        self.fingerprint = digest.hexdigest()[:16]
         train, val, test = splits["train"], splits["val"], splits["test"]
         self.train_labels, self.val_labels, self.test_labels = (
             np.asarray(s.labels) for s in (train, val, test))

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..._io import write_json_atomic
+from ...errors import InputError, ResumeMismatch
 from ..finetune.checkpoints import load_model, save_model
 from ..finetune.config import FinetuneConfig, PretrainConfig
 from ..finetune.finetunee import Finetunee
@@ -52,6 +53,18 @@ class ExperimentConfig:
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     wise_alphas: tuple[float, ...] = (0.25, 0.5, 0.75)
     quick: bool = False
+
+    def __post_init__(self) -> None:
+        seeds = tuple(self.seeds)
+        if not seeds:
+            raise ValueError("seeds must name at least one seed")
+        for seed in seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not (
+                    0 <= seed < 2**32):
+                raise ValueError(f"seeds must be integers in [0, 2**32), got {seed!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+        object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
 
     @property
     def name(self) -> str:
@@ -89,29 +102,77 @@ def quick_config(**overrides: Any) -> ExperimentConfig:
 TOY_PLAN = (("fair", "head"), ("paper", "head"), ("fair", "prompts"))
 
 
-def toy_configs(plan: Sequence[tuple[str, str]], *, quick: bool, seeds: Sequence[int],
-                mnist: str | None = None) -> list[ExperimentConfig]:
-    """One configuration per (protocol name, objective) of ``plan``: ``quick_config`` (one
-    seed) or the full budgets over ``seeds``."""
-    return [quick_config(protocol=PROTOCOLS[p], objective=o, mnist=mnist) if quick
-            else ExperimentConfig(protocol=PROTOCOLS[p], objective=o, mnist=mnist,
-                                  seeds=tuple(seeds))
-            for p, o in plan]
+def toy_configs(plan: Sequence[tuple[str, str]], *, quick: bool,
+                seeds: Sequence[int] | None = None, mnist: str | None = None
+                ) -> list[ExperimentConfig]:
+    """One configuration per (protocol name, objective) of ``plan``: ``quick_config`` or the
+    full budgets, over ``seeds`` (default: seed 0 when ``quick``, else seeds 0, 1, 2)."""
+    seeds = ((0,) if quick else (0, 1, 2)) if seeds is None else tuple(seeds)
+    make = quick_config if quick else ExperimentConfig
+    return [make(protocol=PROTOCOLS[p], objective=o, mnist=mnist, seeds=seeds) for p, o in plan]
+
+
+def run_key(config: ExperimentConfig, data: ExperimentData, seed: int, strategy: Strategy,
+            training: FinetuneConfig) -> dict[str, Any]:
+    """Everything one run's result depends on, JSON-ready: the data's fingerprint, the seed,
+    pretraining, the strategy and its training (and the WiSE-FT α grid for Direct FT). A
+    result file is reused only when its key equals this."""
+    key = {"data": data.fingerprint, "seed": seed,
+           "pretrain": dataclasses.asdict(config.pretrain), "strategy": describe(strategy),
+           "training": dataclasses.asdict(training)}
+    if isinstance(strategy, Direct):
+        key["wise_alphas"] = list(config.wise_alphas)
+    return json.loads(json.dumps(key, default=str))
+
+
+def resumed(path: Path, key: dict[str, Any], overwrite: bool = False) -> dict[str, Any] | None:
+    """The record at ``path`` if it was written for ``key``; ``None`` if there is none (or
+    ``overwrite``). A record written for another key is a ``ResumeMismatch`` that says what
+    differs."""
+    if overwrite or not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        found = record["config"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"cannot resume from {path}: not a result file of this toolkit "
+                         f"({type(err).__name__}: {err}); use a fresh --out folder or "
+                         "--overwrite") from None
+    if found != key:
+        changes = "; ".join(f"{k}: {a} → {b}" for k, a, b in _differences(found, key)[:6])
+        raise ResumeMismatch(f"{path} was written for other settings ({changes}); use a fresh "
+                             "--out folder, or --overwrite to replace it")
+    return record
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` where two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [(prefix.rstrip(".") or "record", old, new)]
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy", *,
                    progress: bool = True, mesh: Mesh | None = None,
-                   data: ExperimentData | None = None) -> dict[str, Any]:
+                   data: ExperimentData | None = None, overwrite: bool = False
+                   ) -> dict[str, Any]:
     """Run (or resume) the experiment; returns and writes ``<out_dir>/<name>.json``.
 
     ``config.pretrain.model`` picks the toy CNN CLIP or a transformer CLIP preset; ``mesh`` (a
     ``parallel.data_mesh``) splits every batch over its devices; ``data`` the experiment's
-    arrays when the caller has already built them."""
+    arrays when the caller has already built them. A finished (seed, strategy) file in
+    ``out_dir`` is reused only when it was written for the same data and configuration
+    (``run_key``), else ``ResumeMismatch``; ``overwrite`` reruns and replaces it. Folders are
+    created with the first result, so a run that fails early leaves nothing behind."""
     out_dir = Path(out_dir)
     run_dir = out_dir / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
     data = config.data() if data is None else data
     plan = config.plan(len(data.train_labels))
+    for seed in config.seeds:  # refuse a folder of other settings before any training
+        for name, (strategy, ft_config) in plan.items():
+            resumed(run_dir / f"seed{seed}_{name}.json",
+                    run_key(config, data, seed, strategy, ft_config), overwrite)
     results: dict[str, Any] = {"pretrained": {}, "runs": {}}
     for seed in config.seeds:
         pretrained = pretrained_model(config, data, out_dir, seed, progress, mesh)
@@ -121,17 +182,17 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy"
         class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
         for name, (strategy, ft_config) in plan.items():
             path = run_dir / f"seed{seed}_{name}.json"
-            if path.exists():
-                results["runs"].setdefault(name, {})[str(seed)] = json.loads(path.read_text())
+            key = run_key(config, data, seed, strategy, ft_config)
+            done = resumed(path, key, overwrite)
+            if done is not None:
+                results["runs"].setdefault(name, {})[str(seed)] = done
                 continue
             model, curves = finetune(pretrained, data.color_train, data.train_labels, strategy,
                                      ft_config, class_emb=class_emb, probe=data.probe(),
                                      hybrid=data.hybrid(), seed=seed, mesh=mesh,
                                      progress=f"seed {seed} {name}" if progress else None)
             after = evaluate(model, data, config.objective)
-            record = {"config": {"strategy": describe(strategy),
-                                 "training": dataclasses.asdict(ft_config)},
-                      **after, "forgetting": before["gray_acc"] - after["gray_acc"],
+            record = {"config": key, **after, "forgetting": before["gray_acc"] - after["gray_acc"],
                       **decomposition(pretrained, model, bases)}
             if has_teacher(strategy):
                 record["gap"] = gap_summary(curves)
@@ -189,9 +250,10 @@ def format_table(payload: dict[str, Any], columns: tuple[str, ...] = TABLE_COLUM
     return "\n".join(lines)
 
 
-def _pretrain_key(config: ExperimentConfig) -> str:
-    """A short hash of what pretraining depends on, so protocols share one checkpoint per seed."""
-    text = json.dumps([dataclasses.asdict(config.pretrain), config.mnist, config.quick])
+def _pretrain_key(config: ExperimentConfig, data: ExperimentData) -> str:
+    """A short hash of what pretraining depends on (its config and the data's fingerprint), so
+    protocols share one checkpoint per seed and other data never reuse it."""
+    text = json.dumps([dataclasses.asdict(config.pretrain), data.fingerprint], default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -201,7 +263,7 @@ def pretrained_model(config: ExperimentConfig, data: ExperimentData, out_dir: Pa
     ``out_dir`` or pretrained now and saved (an interrupted pretraining resumes from its
     ``.run`` checkpoint)."""
     key = jax.random.key(seed)
-    ckpt = out_dir / f"pretrained_{_pretrain_key(config)}_seed{seed}.eqx"
+    ckpt = out_dir / f"pretrained_{_pretrain_key(config, data)}_seed{seed}.eqx"
     clip = make_model(config.pretrain.model, key=key, width=config.pretrain.width,
                       dim=config.pretrain.dim)
     skeleton = Finetunee(clip, eqx.nn.Linear(clip.image_proj.in_features, 10,

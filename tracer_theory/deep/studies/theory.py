@@ -19,7 +19,6 @@ features held at their pretrained values.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,11 +34,11 @@ from ...linear.problem import LinearProblem
 from ..finetune.config import FinetuneConfig, PretrainConfig
 from ..finetune.finetunee import Finetunee
 from ..finetune.loop import finetune
-from ..finetune.strategies import Strategy, describe
+from ..finetune.strategies import Strategy
 from ..parallel import Mesh
 from .arrays import ExperimentData
 from .evaluation import evaluate
-from .experiment import ExperimentConfig, pretrained_model, run_experiment
+from .experiment import ExperimentConfig, pretrained_model, resumed, run_experiment, run_key
 
 #: The λ grid of the comparison beyond each strategy's default λ, by registered name.
 LAMBDA_GRID: dict[str, tuple[float, ...]] = {
@@ -134,14 +133,16 @@ def _lam(strategy: Strategy) -> tuple[str, float]:
 
 
 def run_with_theory(config: ExperimentConfig, out_dir: str | Path = "results/clip", *,
-             progress: bool = True, mesh: Mesh | None = None) -> dict[str, Any]:
+                    progress: bool = True, mesh: Mesh | None = None,
+                    overwrite: bool = False) -> dict[str, Any]:
     """Every strategy of the experiment (``run_experiment``), the λ grid, and the comparison
     with the linear theory (strategies without a linear counterpart are left out of it);
     returns the payload and writes ``<out_dir>/<name>.json`` with the comparison under
     ``"theory"``."""
     out_dir = Path(out_dir)
     data = config.data()
-    payload = run_experiment(config, out_dir, progress=progress, mesh=mesh, data=data)
+    payload = run_experiment(config, out_dir, progress=progress, mesh=mesh, data=data,
+                             overwrite=overwrite)
     run_dir = out_dir / config.name
     rows = []
     for seed in config.seeds:
@@ -162,8 +163,9 @@ def run_with_theory(config: ExperimentConfig, out_dir: str | Path = "results/cli
                 measured = float(payload["runs"][name][str(seed)]["forgetting"])
             else:
                 measured = _measured(payload, run_dir / f"seed{seed}_{name}_lam={lam:g}.json",
-                                     name, strategy, ft, seed, pretrained, data, class_emb,
-                                     progress, mesh)
+                                     run_key(config, data, seed, strategy, ft), name, strategy,
+                                     ft, seed, pretrained, data, class_emb, progress, mesh,
+                                     overwrite)
             with jax.enable_x64(True):
                 w = np.asarray(solve(problem, linear))
                 predicted = predicted_forgetting(probe, np.asarray(problem.w0), w)
@@ -174,19 +176,20 @@ def run_with_theory(config: ExperimentConfig, out_dir: str | Path = "results/cli
     return payload
 
 
-def _measured(payload, path: Path, name: str, strategy: Strategy, ft: FinetuneConfig, seed: int,
-              pretrained, data: ExperimentData, class_emb, progress, mesh) -> float:
+def _measured(payload, path: Path, key: dict[str, Any], name: str, strategy: Strategy,
+              ft: FinetuneConfig, seed: int, pretrained, data: ExperimentData, class_emb,
+              progress, mesh, overwrite: bool) -> float:
     """Measured forgetting of one λ-grid point, from its own (resumable) run at ``path``."""
-    if path.exists():
-        return float(json.loads(path.read_text())["forgetting"])
+    done = resumed(path, key, overwrite)
+    if done is not None:
+        return float(done["forgetting"])
     model, _ = finetune(pretrained, data.color_train, data.train_labels, strategy, ft,
                         class_emb=class_emb, probe=data.probe(), hybrid=data.hybrid(),
                         seed=seed, mesh=mesh,
                         progress=f"seed {seed} {name} λ={strategy.lam:g}" if progress else None)
     before = payload["pretrained"][str(seed)]["gray_acc"]
     after = evaluate(model, data, ft.objective)
-    record = {"config": {"strategy": describe(strategy), "training": dataclasses.asdict(ft)},
-              **after, "forgetting": before - after["gray_acc"]}
+    record = {"config": key, **after, "forgetting": before - after["gray_acc"]}
     write_json_atomic(path, record)
     return float(record["forgetting"])
 

@@ -1,0 +1,13 @@
+"""The errors a user can act on, beyond ``ValueError`` for a bad argument value."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A file, folder or data set given to the toolkit cannot be used as it is (missing,
+    unreadable, malformed, or results written for other settings). The message names it."""
+
+
+class ResumeMismatch(InputError):
+    """A results folder holds runs made with another configuration or other data: resuming
+    from it would mislabel them."""
