@@ -53,7 +53,8 @@ def test_missing_reference_results_name_the_path_and_the_flag(tmp_path, monkeypa
     figure, naming the path it looked for and the flag that replaces it."""
     monkeypatch.setattr(_paths, "REPO_ROOT", tmp_path / "site-packages")
     missing = tmp_path / "site-packages" / _paths.TOY_RESULTS_IN_REPO
-    assert cli.main(["figures", "--quick", "--quiet", "--out", str(tmp_path / "figs")]) == 3  # an input error
+    code = cli.main(["figures", "--quick", "--quiet", "--out", str(tmp_path / "figs")])
+    assert code == 3  # an input error
     err = capsys.readouterr().err
     assert str(missing) in err and "--toy-results" in err
     assert not (tmp_path / "figs").exists()
