@@ -239,3 +239,119 @@ def test_fixed_point_bias_exponent_is_minus_a_over_one_plus_lambda(problem, a):
                    steps=30_000, rule="fixed_point")
     slope = np.polyfit(np.log(horizons), np.log(np.asarray(out["bias"])), 1)[0]
     assert slope == pytest.approx(-a / (1 + lam), abs=0.02)
+
+
+# --- inputs that once ran without a word ---------------------------------------------------
+
+def _ema10(c):
+    return tt.ema_teacher(0.9).weights(10)
+
+
+@pytest.mark.parametrize(("configs", "make_omegas", "message"), [
+    ({"lam": np.ones(2), "lr": np.array([0.1, -0.1])}, _ema10,
+     r"configs\['lr'\] must be finite and > 0, got configs\['lr'\]\[1\] = -0\.1"),
+    ({"lam": np.ones(2), "lr": np.array([0.1, np.nan])}, _ema10,
+     r"configs\['lr'\] must be finite and > 0, got configs\['lr'\]\[1\] = nan"),
+    ({"lam": np.ones(1), "lr": np.array([0.1])}, lambda c: jnp.full(10, jnp.nan),
+     r"make_omegas must return weights ω_t in \[0, 1\]; configuration 0 gives weights in "
+     r"\[nan, nan\]"),
+    ({"lam": np.ones(2), "lr": np.full(2, 0.1), "m": np.array([0.5, -0.5])},
+     lambda c: 1 - c["m"] * jnp.ones(10),
+     r"make_omegas must return weights ω_t in \[0, 1\]; configuration 1 gives weights in "
+     r"\[1\.5, 1\.5\]"),
+    ({"lam": np.ones(1), "lr": np.array([0.1])}, lambda c: jnp.full(10, 0.5 + 0j),
+     "make_omegas must return real weights ω_t, got dtype complex128"),
+    ({"lam": np.ones(1), "lr": np.array([0.1])}, lambda c: jnp.full(9, 0.5),
+     r"make_omegas must return ω_1\.\.ω_steps, shape \(10,\), got shape \(9,\)"),
+    ({"lam": np.array([1 + 0j]), "lr": np.array([0.1])}, _ema10,
+     r"configs\['lam'\] must be real numbers, got dtype complex128"),
+    ({"lam": np.ones(2), "lr": np.full(2, 0.1), "horizon": np.array([2.0, 3.0])}, _ema10,
+     r"configs\['horizon'\] must be integers in \[1, steps=10\], got dtype float64"),
+    ({"lam": np.ones(0), "lr": np.ones(0)}, _ema10, "at least one configuration"),
+])
+def test_sweep_refuses_bad_values(configs, make_omegas, message):
+    problem = tt.random_problem(6, 5, 4, 3, seed=3)  # lr = 0.1 is stable for it
+    with pytest.raises(ValueError, match=message):
+        tt.sweep(problem, configs, make_omegas, steps=10)
+
+
+def test_sweep_names_the_unstable_configuration(problem):
+    lr = lr_for(problem, 1.0)
+    with pytest.raises(ValueError, match=r"configs\['lr'\]\[1\] = .* with configs\['lam'\]\[1\] "
+                                         r"= 1\.0: the bound is"):
+        tt.sweep(problem, {"lam": np.ones(2), "lr": np.array([lr, 10 * lr])}, _ema10, steps=10)
+
+
+def test_sweep_with_traced_configs_checks_at_run_time(problem):
+    lr = lr_for(problem, 1.0)
+    run = jax.jit(lambda lrs: tt.sweep(problem, {"lam": jnp.ones(2), "lr": lrs}, _ema10,
+                                       steps=10)["bias"])
+    assert np.all(np.isfinite(np.asarray(run(jnp.array([lr, lr])))))
+    with pytest.raises(Exception, match=r"configs\['lr'\] must be finite and > 0"):
+        jax.block_until_ready(run(jnp.array([lr, -lr])))
+
+
+def test_collapse_diagnostics_of_a_diverged_curve_are_nan():
+    gap = jnp.array([[0.0, 1.0, jnp.nan, 0.5], [0.0, 1.0, 0.4, 0.2], [0.0, 2.0, 1.0, jnp.inf]])
+    d = tt.collapse_diagnostics(gap, jnp.arange(4))
+    for field in ("peak", "peak_step", "half_life", "normalized_auc", "final"):
+        values = np.asarray(getattr(d, field))
+        assert np.isnan(values[0]) and np.isnan(values[2]), field  # never "fully collapsed"
+        assert np.isfinite(values[1]), field
+    # a NaN past `stop` is ignored
+    stopped = tt.collapse_diagnostics(gap[2], jnp.arange(4), stop=2)
+    assert float(stopped.final) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((jnp.ones(4), jnp.array([0, 1, 1, 2])), r"steps must be finite and strictly increasing"),
+    ((jnp.ones(4), jnp.array([0.0, 1.0, np.nan, 3.0])), r"steps must be finite"),
+    ((jnp.ones(4), jnp.arange(4), -1.0), r"stop must be finite and >= steps\[0\]"),
+    ((jnp.ones(4) + 0j, jnp.arange(4)), r"gap must be a real array, got dtype complex128"),
+    ((jnp.ones((2, 4)), jnp.arange(4), jnp.ones(3)), r"stop must be a scalar or one value per"),
+])
+def test_collapse_diagnostics_bad_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        tt.collapse_diagnostics(*args)
+
+
+class _Overshoot(tt.Schedule):
+    """A user's schedule with ω = 1.5: outside [0, 1]."""
+
+    def __call__(self, step):
+        return jnp.full(jnp.shape(step), 1.5)
+
+
+@pytest.mark.parametrize("solver", [tt.spectral_dynamics, tt.simulate, tt.fixed_point])
+def test_solvers_refuse_a_schedule_outside_the_unit_interval(problem, solver):
+    kwargs = {} if solver is tt.fixed_point else {"lr": lr_for(problem, 1.0)}
+    with pytest.raises(ValueError, match=r"schedule _Overshoot must give teacher weights ω_t in "
+                                         r"\[0, 1\]: ω_1 = 1\.5"):
+        solver(problem, 1.0, _Overshoot(), steps=5, **kwargs)
+    with pytest.raises(ValueError, match="schedule _Overshoot must give teacher weights"):
+        tt.TeacherSD(1.0, _Overshoot(), steps=5, lr=0.1)
+
+
+@pytest.mark.parametrize("solver", [tt.spectral_dynamics, tt.simulate])
+def test_dynamics_that_overflow_are_refused(problem, solver):
+    arrays = {k: np.asarray(getattr(problem, k)) for k in ("x_img", "x_txt", "w0", "w_txt")}
+    arrays["x_txt"] = arrays["x_txt"] / np.abs(arrays["x_txt"]).max() * 1e308
+    with pytest.raises(ValueError, match=f"{solver.__name__}: the contrastive target Y = W_T⁰ "
+                                         "X_T C is not finite: it overflowed float64"):
+        solver(tt.LinearProblem(**arrays), 1.0, tt.wma_teacher(5), steps=5,
+               lr=lr_for(problem, 1.0))
+    with pytest.raises(ValueError, match="sweep: the contrastive target Y"):
+        tt.sweep(tt.LinearProblem(**arrays), {"lam": np.ones(1),
+                 "lr": np.array([lr_for(problem, 1.0)])}, _ema10, steps=10)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: tt.stability_bound(0.0, 1.0), "sigma_max_sq must be finite > 0, got 0.0"),
+    (lambda: tt.stability_bound(1.0, -1.0), "lam must be finite >= 0, got -1.0"),
+    (lambda: tt.two_by_two_rate(0.1, 1.0, 1.5), r"omega must be in \[0, 1\], got 1\.5"),
+    (lambda: tt.two_by_two_rate(np.array([0.1, np.nan]), 1.0, 0.5), "s must be finite"),
+    (lambda: tt.two_by_two_rate(0.1 + 0j, 1.0, 0.5), "s must be real numbers"),
+])
+def test_rate_helpers_check_their_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -313,3 +313,81 @@ def test_non_callable_arguments():
         kernel_teacher(3, 1.0)
     with pytest.raises(TypeError, match="schedule must be a callable"):
         teacher(0.5)
+
+
+# --- inputs that once gave silent wrong weights ------------------------------------------------
+
+GRID = r"the grid τ_k = \(k \+ 0\.5\)/\(horizon \+ 1\), k = 0\.\.horizon"
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: kernel_teacher(5, lambda tau: (1 + 1j) * tau),
+     f"kernel must return real weights on {GRID}, got dtype complex128"),
+    (lambda: kernel_teacher(5, lambda tau: jnp.full_like(tau, 1e-310)),
+     r"kernel weights are too small to normalize in float64: the first positive one, "
+     r"κ\(τ_0\) = 1e-310, is subnormal \(below 2\.23e-308, the smallest normal float64\)"),
+    (lambda: kernel_teacher(5, lambda tau: jnp.where(tau < 0.3, 1e-310, 1.0)),
+     r"too small to normalize .* κ\(τ_0\) = 1e-310"),
+    (lambda: kernel_teacher(5, lambda tau: jnp.full_like(tau, 1e308)),
+     f"the sum of the kernel weights on {GRID} overflows float64 "
+     r"\(largest weight 1e\+308\); scale the kernel down"),
+    (lambda: kernel_teacher(5, lambda tau: jnp.ones(3)),
+     r"kernel must map the grid τ of shape \(6,\) to weights of the same shape, got shape "
+     r"\(3,\)"),
+    (lambda: kernel_teacher(5, lambda tau: jnp.where(tau > 0.5, jnp.nan, 1.0)),
+     r"kernel must return finite weights on .*; got κ\(τ_3\) = nan"),
+    (lambda: ema_teacher(0.9, warmup_from=0.5),
+     r"warmup_from = 0\.5 was given without warmup_steps; pass warmup_steps \(the number of "
+     r"warm-up updates\) too, or neither"),
+    (lambda: ema_teacher(0.9, warmup_steps=5),
+     r"warmup_steps = 5 was given without warmup_from; pass warmup_from \(the momentum at "
+     r"update 1\) too, or neither"),
+    (lambda: ema_teacher(0.9, warmup_from=0.5, warmup_steps=4)(-10),
+     r"step must be >= 1 \(teacher updates are numbered 1, 2, …\), got -10"),
+    (lambda: ema_teacher(0.9).momentum_at(0), "step must be >= 1"),
+    (lambda: wma_teacher(5)(jnp.array([3, 0])), r"step must be >= 1 .*, got 0"),
+    (lambda: static_teacher()(-1), "step must be >= 1"),
+    (lambda: wma_teacher(5)(1.5), "step must be an integer, got dtype float64"),
+    (lambda: wma_teacher(5)(True), "step must be an integer, got True"),
+    (lambda: mix(jnp.ones(2), jnp.zeros(2), 1.5), r"omega must be in \[0, 1\], got 1\.5"),
+    (lambda: mix(jnp.ones(2), jnp.zeros(2), float("nan")), r"omega must be in \[0, 1\], got nan"),
+    (lambda: mix(jnp.ones(2), jnp.zeros(2), -0.1), r"omega must be in \[0, 1\]"),
+    (lambda: mix(jnp.ones(2), jnp.zeros(2), 0.5 + 0j), "omega must be a real number"),
+])
+def test_silently_wrong_inputs_are_refused(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_negative_ema_step_no_longer_gives_omega_above_one():
+    schedule = ema_teacher(0.9, warmup_from=0.5, warmup_steps=4)
+    weights = np.asarray(schedule.weights(10))
+    assert np.all((weights >= 0) & (weights <= 1))
+    # warmup_steps = 0 with warmup_from is an explicit empty warm-up: the constant momentum
+    assert float(ema_teacher(0.9, warmup_from=0.5, warmup_steps=0)(1)) == pytest.approx(0.1)
+
+
+def test_sharp_beta_kernel_gives_weights_in_the_unit_interval():
+    # κ_0 ≈ e^-722 of the largest weight: subnormal, so 0 (as XLA would flush it); the teacher
+    # then jumps to W_1 (ω_1 = 1) and averages from there.
+    weights = np.asarray(wma_teacher(1000, 96.0, 1.0).weights(1000))
+    assert np.all(np.isfinite(weights)) and np.all((weights >= 0) & (weights <= 1))
+    assert weights[0] == 1 and 0 < weights[-1] < 1
+
+
+def test_traced_bad_step_and_omega_fail_at_run_time():
+    schedule = wma_teacher(5)
+    run = jax.jit(lambda t: schedule(t))
+    assert float(run(jnp.int32(2))) > 0
+    with pytest.raises(Exception, match="step must be >= 1"):
+        jax.block_until_ready(run(jnp.int32(0)))
+    mixed = jax.jit(lambda w: mix(jnp.ones(2), jnp.zeros(2), w))
+    np.testing.assert_array_equal(mixed(0.25), np.full(2, 0.75))
+    with pytest.raises(Exception, match=r"omega must be in \[0, 1\]"):
+        jax.block_until_ready(mixed(1.5))
+
+
+def test_teacher_update_refuses_a_custom_schedule_outside_the_unit_interval():
+    pair = teacher(lambda step: 2.0)
+    with pytest.raises(ValueError, match=r"omega must be in \[0, 1\], got 2\.0"):
+        pair.update(jnp.ones(2), pair.init(jnp.zeros(2)))

@@ -346,3 +346,125 @@ def test_gradient_descent_checks_init_and_until_arguments(problem):
 def test_random_problem_refuses_negative_decay():
     with pytest.raises(ValueError, match="decay must be >= 0"):
         tt.random_problem(4, 3, 2, 2, decay=-1.0)
+
+
+# --- a spectrum belongs to one problem and one dtype -----------------------------------------
+
+def test_spectrum_of_other_data_of_the_same_shape_is_refused():
+    p, q = tt.random_problem(8, 6, 5, 3, seed=0), tt.random_problem(8, 6, 5, 3, seed=1)
+    foreign = tt.spectrum(q)
+    for entry, args in [(tt.solve, (p, tt.DirectFT())), (tt.filter_factors, (p, tt.L2SP(1.0))),
+                        (tt.decompose, (p, p.w0))]:
+        message = _raises_naming("spectrum", "spectrum is not the SVD of this problem's x_img",
+                                 entry, *args, spectrum=foreign)
+        assert "pass spectrum=tt.spectrum(problem)" in message
+    lr = 0.5 * float(tt.stability_bound(tt.spectrum(p).sigma_max_sq, 1.0))
+    for solver in (tt.spectral_dynamics, tt.simulate):
+        _raises_naming("spectrum", "is not the SVD", solver, p, 1.0, tt.static_teacher(),
+                       steps=4, lr=lr, spectrum=foreign)
+    _raises_naming("spectrum", "is not the SVD", tt.sweep, p, {"lam": np.ones(1),
+                   "lr": np.array([lr])}, lambda c: jnp.zeros(4), steps=4, spectrum=foreign)
+    # its own spectrum, and one of the same data rebuilt, are accepted
+    rebuilt = tt.LinearProblem(*(np.asarray(a) for a in (p.x_img, p.x_txt, p.w0, p.w_txt)))
+    np.testing.assert_array_equal(tt.solve(p, tt.DirectFT(), spectrum=tt.spectrum(rebuilt)),
+                                  tt.solve(p, tt.DirectFT()))
+
+
+def test_spectrum_of_another_dtype_is_refused():
+    p = tt.random_problem(8, 6, 5, 3, seed=0)
+    p32 = tt.LinearProblem(*(np.asarray(a, np.float32) for a in (p.x_img, p.x_txt, p.w0,
+                                                                  p.w_txt)))
+    _raises_naming("spectrum", "spectrum has dtype float32 but the problem's x_img has dtype "
+                   "float64", tt.solve, p, tt.DirectFT(), spectrum=tt.spectrum(p32))
+    _raises_naming("spectrum", "spectrum has dtype float64 but the problem's x_img has dtype "
+                   "float32", tt.solve, p32, tt.DirectFT(), spectrum=tt.spectrum(p))
+
+
+def test_foreign_spectrum_under_jit_fails_at_run_time():
+    p, q = tt.random_problem(8, 6, 5, 3, seed=0), tt.random_problem(8, 6, 5, 3, seed=1)
+    run = jax.jit(lambda problem, spec: tt.solve(problem, tt.DirectFT(), spectrum=spec))
+    np.testing.assert_allclose(run(p, tt.spectrum(p)), tt.solve(p, tt.DirectFT()), rtol=1e-12)
+    with pytest.raises(Exception) as info:  # equinox runtime error
+        jax.block_until_ready(run(p, tt.spectrum(q)))
+    assert "spectrum is not the SVD of this problem's x_img" in _runtime_error_text(info)
+
+
+def test_shared_spectrum_still_vmaps_over_lambda():
+    p = tt.random_problem(8, 6, 5, 3, seed=0)
+    spec = tt.spectrum(p)
+    lams = jnp.array([0.1, 1.0, 5.0])
+    batched = jax.vmap(lambda lam: tt.solve(p, tt.L2SP(lam), spectrum=spec))(lams)
+    for i, lam in enumerate(lams):
+        np.testing.assert_allclose(batched[i], tt.solve(p, tt.L2SP(float(lam))), rtol=1e-12)
+
+
+# --- results that overflow are refused, naming what overflowed --------------------------------
+
+@pytest.mark.parametrize(("field", "scale", "expected"), [
+    ("x_txt", 1e308, "solve: the contrastive target Y = W_T⁰ X_T C is not finite: it "
+                     "overflowed float64; rescale x_txt or w_txt"),
+    ("w_txt", 1e308, "the contrastive target Y = W_T⁰ X_T C is not finite"),
+    ("x_img", 1e200, "x_img is too large: its largest squared singular value σ_max² overflows "
+                     "float64; rescale x_img"),
+])
+def test_overflowing_solve_is_refused(problem, field, scale, expected):
+    arrays = {k: np.asarray(getattr(problem, k)) for k in ARG_NAMES}
+    arrays[field] = arrays[field] / np.abs(arrays[field]).max() * scale  # all still finite
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        tt.solve(tt.LinearProblem(**arrays), tt.DirectFT())
+
+
+def test_overflowing_solution_is_refused(problem):
+    big = tt.LinearProblem(problem.x_img * 1e-160, problem.x_txt * 1e150, problem.w0,
+                           problem.w_txt)  # Y X⁺ ~ 1e310
+    _raises_naming("x_img", r"solve: the DirectFT solution W is not finite: it overflowed "
+                   "float64", tt.solve, big, tt.DirectFT())
+
+
+def test_custom_strategy_with_non_finite_filter_is_refused(problem):
+    class Broken(tt.Strategy):
+        def filter(self, sigma_sq):
+            return jnp.log(sigma_sq - sigma_sq)  # -inf
+
+    message = "filter_factors: a filter factor of Broken is not finite"
+    with pytest.raises(ValueError, match=message):
+        tt.filter_factors(problem, Broken())
+    with pytest.raises(ValueError, match="solve: a filter factor of Broken is not finite"):
+        tt.solve(problem, Broken())
+
+
+def test_overflow_under_jit_fails_at_run_time(problem):
+    run = jax.jit(lambda x_txt: tt.solve(_build(x_txt=x_txt), tt.DirectFT()))
+    with pytest.raises(Exception) as info:  # equinox runtime error
+        jax.block_until_ready(run(np.asarray(problem.x_txt) / 10 * 1e308))
+    assert "the contrastive target Y = W_T⁰ X_T C is not finite" in _runtime_error_text(info)
+
+
+def test_decompose_and_losses_refuse_overflow(problem):
+    huge = np.full(problem.w0.shape, 1e300)
+    _raises_naming("w", "decompose: the task/orthogonal split of w − w0 .* is not finite",
+                   tt.decompose, problem, huge)
+    for loss in (tt.fit_loss, tt.mmcl_loss_lstsq, tt.mmcl_loss_trace):
+        _raises_naming("w", "the loss is not finite: it overflowed float64; rescale w",
+                       loss, problem, huge)
+    _raises_naming("w", r"must have the shape \(3, 6\)", tt.fit_loss, problem, huge[:, :2])
+
+
+def test_diverging_gradient_descent_is_refused(problem, sigma_max_sq):
+    _raises_naming("lr", "gradient_descent: the iterate W is not finite: .* gradient descent "
+                   "diverged", tt.gradient_descent, problem, tt.DirectFT(), steps=2000,
+                   lr=10 / sigma_max_sq)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(cond=np.inf), "cond must be >= 1 and finite, got inf"),
+    (dict(decay=np.nan), "decay must be >= 0 and finite, got nan"),
+    (dict(seed=-1), "seed must be a non-negative int, got -1"),
+    (dict(dtype="float16"), "dtype must be 'float32' or 'float64', got 'float16'"),
+    (dict(rank=1.5), "rank must be an int, got 1.5"),
+    (dict(d_img=4.0), "d_img must be an int, got 4.0"),
+])
+def test_random_problem_names_bad_arguments(kwargs, message):
+    args = dict(d_img=4, n=3, d_txt=2, k=2) | kwargs
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tt.random_problem(**args)

@@ -7,11 +7,13 @@ condition is attached to the value with ``eqx.error_if`` and fails when the comp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike
+from jaxtyping import Array, ArrayLike, PyTree
 
 #: Floating dtypes the solvers support (LAPACK's SVD has no float16/bfloat16 kernels).
 SUPPORTED_FLOATS = (jnp.float32, jnp.float64)
@@ -40,6 +42,34 @@ def ensure(x: Array, ok: ArrayLike, message: str) -> Array:
     if not bool(np.all(np.asarray(ok))):
         raise ValueError(message)
     return x
+
+
+def ensure_each(x: PyTree, checks: Sequence[tuple[ArrayLike, str]]) -> PyTree:
+    """``ensure`` for several ``(ok, message)`` pairs at once; the first failing one is reported.
+
+    ``x`` may be any pytree (a result to return). Concrete conditions are fetched from the
+    device together, in one transfer, and raise a ``ValueError``; traced ones become a single
+    run-time check attached to every leaf of ``x``.
+    """
+    oks = [jnp.all(jnp.asarray(ok)) for ok, _ in checks]
+    messages = [message for _, message in checks]
+    if any(is_traced(ok) for ok in oks) or any(is_traced(leaf) for leaf in jax.tree.leaves(x)):
+        passed = jnp.stack(oks)
+        return eqx.branched_error_if(x, ~jnp.all(passed), jnp.argmin(passed), messages)
+    for ok, message in zip(np.asarray(jnp.stack(oks)), messages, strict=True):
+        if not ok:
+            raise ValueError(message)
+    return x
+
+
+def all_finite(x: ArrayLike) -> Array:
+    """True when every entry of ``x`` is finite (a 0-d boolean array)."""
+    return jnp.all(jnp.isfinite(x))
+
+
+def not_finite(what: str, dtype: object, hint: str) -> str:
+    """The message for a result that overflowed: names ``what`` and says what to rescale."""
+    return f"{what} is not finite: it overflowed {jnp.dtype(dtype).name}; {hint}"
 
 
 def _to_array(name: str, value: object, what: str) -> Array:
@@ -85,6 +115,17 @@ def as_scalar(name: str, value: ArrayLike, *, minimum: float | None = None,
     ``strict`` makes the bound exclusive (``value > minimum``). ``integer`` requires an integer
     value (a step count). Returns a 0-d array (weakly typed for Python numbers).
     """
+    arr = _real_scalar(name, value, integer=integer)
+    ok = jnp.isfinite(arr) if not integer else jnp.asarray(True)
+    relation = ""
+    if minimum is not None:
+        ok = ok & ((arr > minimum) if strict else (arr >= minimum))
+        relation = f" {'>' if strict else '>='} {minimum}"
+    return ensure(arr, ok, f"{name} must be finite{relation}, got {show(value)}")
+
+
+def _real_scalar(name: str, value: ArrayLike, *, integer: bool = False) -> Array:
+    """``value`` as a 0-d real (or ``integer``) array; refuses other shapes and dtypes."""
     kind = "an integer" if integer else "a real number"
     arr = _to_array(name, value, kind)
     if arr.ndim != 0:
@@ -93,12 +134,16 @@ def as_scalar(name: str, value: ArrayLike, *, minimum: float | None = None,
         raise ValueError(f"{name} must be {kind}, got {value!r} of dtype {arr.dtype}")
     if not (jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)):
         raise ValueError(f"{name} must be {kind}, got {value!r} of dtype {arr.dtype}")
-    ok = jnp.isfinite(arr) if not integer else jnp.asarray(True)
-    relation = ""
-    if minimum is not None:
-        ok = ok & ((arr > minimum) if strict else (arr >= minimum))
-        relation = f" {'>' if strict else '>='} {minimum}"
-    return ensure(arr, ok, f"{name} must be finite{relation}, got {show(value)}")
+    return arr
+
+
+def as_fraction(name: str, value: ArrayLike, *, closed: bool = True) -> Array:
+    """A real scalar in ``[0, 1]`` (``closed``) or ``[0, 1)``, e.g. a mixing weight; NaN and
+    ±Inf are outside and refused with the same message."""
+    arr = _real_scalar(name, value)
+    inside = (arr >= 0) & ((arr <= 1) if closed else (arr < 1))  # False for NaN
+    return ensure(arr, inside, f"{name} must be in [0, 1{']' if closed else ')'}, "
+                               f"got {show(value)}")
 
 
 def check_instance(name: str, value: object, cls: type) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
+
+from .._validation import ensure, is_traced
 
 
 class CollapseDiagnostics(eqx.Module):
@@ -15,6 +19,9 @@ class CollapseDiagnostics(eqx.Module):
     ``normalized_auc`` the area under the gap curve over steps, divided by ``peak × span``
     (1 for a gap that stays at its peak, → 0 for an instant collapse); ``final`` the last gap
     divided by the peak. Arrays carry any leading batch shape of the input.
+
+    A curve with a NaN or ±Inf among its records (a diverged run) has no meaningful
+    diagnostics: every field of that curve is NaN, never a number that reads as a collapse.
     """
 
     peak: Float[Array, "*b"]
@@ -29,16 +36,42 @@ def collapse_diagnostics(gap: Float[ArrayLike, "*b R"], steps: Float[ArrayLike, 
     """Diagnostics of ``gap`` (..., R) recorded at increasing ``steps`` (R,); see the class.
 
     ``stop`` (optional, one per curve) ignores the records after that step, for runs of
-    different lengths stacked into one array.
+    different lengths stacked into one array; it must be finite and at least ``steps[0]``.
+    ``steps`` must be finite and strictly increasing. Curves with a non-finite gap among their
+    records (up to ``stop``) get NaN diagnostics.
     """
-    gap, steps = jnp.asarray(gap), jnp.asarray(steps)
-    if steps.ndim != 1 or gap.shape[-1] != steps.shape[0] or steps.shape[0] < 2:
+    gap = _real("gap", gap)
+    if not jnp.issubdtype(gap.dtype, jnp.floating):
+        gap = gap.astype(jnp.result_type(float))
+    steps = _real("steps", steps)
+    if steps.ndim != 1 or gap.ndim < 1 or gap.shape[-1] != steps.shape[0] or steps.shape[0] < 2:
         raise ValueError(f"gap (..., R) and steps (R,) must agree with R >= 2, got gap "
                          f"{gap.shape} and steps {steps.shape}")
     steps = steps.astype(gap.dtype)
-    stop = steps[-1] if stop is None else jnp.asarray(stop, gap.dtype)
+    steps = ensure(steps, jnp.isfinite(steps) & jnp.concatenate(
+        [jnp.ones(1, bool), steps[1:] > steps[:-1]]),
+        f"steps must be finite and strictly increasing, got {_show_array(steps)}")
+    if stop is not None:
+        stop = _real("stop", stop).astype(gap.dtype)
+        try:
+            stop = jnp.broadcast_to(stop, gap.shape[:-1])
+        except ValueError:
+            raise ValueError(f"stop must be a scalar or one value per curve "
+                             f"{gap.shape[:-1]}, got shape {stop.shape}") from None
+        stop = ensure(stop, jnp.isfinite(stop) & (stop >= steps[0]),
+                      f"stop must be finite and >= steps[0], got {_show_array(stop)}")
+    return unchecked_collapse_diagnostics(gap, steps, stop)
+
+
+@eqx.filter_jit
+def unchecked_collapse_diagnostics(gap: Array, steps: Array,
+                                   stop: Array | None) -> CollapseDiagnostics:
+    """``collapse_diagnostics`` on checked arrays (also traced, e.g. inside ``sweep``)."""
+    stop = steps[-1] if stop is None else stop
     stop = jnp.broadcast_to(stop, gap.shape[:-1])[..., None]
     valid = jnp.broadcast_to(steps, gap.shape) <= stop  # (..., R)
+    broken = jnp.any(valid & ~jnp.isfinite(gap), axis=-1)  # a diverged curve: NaN diagnostics
+    gap = jnp.where(jnp.isfinite(gap), gap, 0)
     masked = jnp.where(valid, gap, -jnp.inf)
     i_peak = jnp.argmax(masked, axis=-1)
     peak = jnp.max(masked, axis=-1)
@@ -55,7 +88,25 @@ def collapse_diagnostics(gap: Float[ArrayLike, "*b R"], steps: Float[ArrayLike, 
     final_gap = jnp.take_along_axis(gap, last[..., None], axis=-1)[..., 0]
     ok = (peak > 0) & (span > 0)
     safe_peak = jnp.where(peak > 0, peak, 1.0)
-    return CollapseDiagnostics(
+    out = CollapseDiagnostics(
         peak=peak, peak_step=peak_step, half_life=half_life,
         normalized_auc=jnp.where(ok, area / (safe_peak * jnp.where(span > 0, span, 1.0)), 0.0),
         final=jnp.where(peak > 0, final_gap / safe_peak, 0.0))
+    return jax.tree.map(lambda x: jnp.where(broken, jnp.nan, x).astype(gap.dtype), out)
+
+
+def _real(name: str, value: ArrayLike) -> Array:
+    """``value`` as a real (integer or floating) jax array, else a ``ValueError`` naming it."""
+    if not is_traced(value):
+        try:
+            value = jnp.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be a real array, got {type(value).__name__}: "
+                             f"{err}") from None
+    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+        raise ValueError(f"{name} must be a real array, got dtype {value.dtype}")
+    return value
+
+
+def _show_array(x: Array) -> str:
+    return "<traced>" if is_traced(x) else np.array2string(np.asarray(x), threshold=8)

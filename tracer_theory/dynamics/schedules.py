@@ -27,16 +27,24 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._validation import as_scalar, ensure, is_traced, show
+from .._validation import as_fraction, as_scalar, ensure, is_traced, show
 
 _GRID = "the grid τ_k = (k + 0.5)/(horizon + 1), k = 0..horizon"
 
 
 class Schedule(eqx.Module):
-    """Base class: the teacher's mixing weight ``ω_t`` as a function of the step ``t ≥ 1``."""
+    """Base class: the teacher's mixing weight ``ω_t`` as a function of the step ``t ≥ 1``.
+
+    A subclass implements ``__call__``, returning ``ω_t ∈ [0, 1]``; the solvers check the
+    weights they use (``ω`` outside ``[0, 1]``, NaN or complex is refused).
+    """
 
     def __call__(self, step: Int[ArrayLike, "*s"]) -> Float[Array, "*s"]:
-        """``ω_step`` for an integer ``step ≥ 1`` (traced allowed; arrays act elementwise)."""
+        """``ω_step`` for an integer ``step ≥ 1`` (traced allowed; arrays act elementwise).
+
+        The built-in schedules refuse ``step < 1`` (a ``ValueError``; a run-time error when
+        traced) and non-integer steps.
+        """
         raise NotImplementedError
 
     def weights(self, num_steps: int) -> Float[Array, " num_steps"]:
@@ -48,7 +56,10 @@ class StaticSchedule(Schedule):
     """``ω_t = 0``: the teacher is frozen at ``W_0``."""
 
     def __call__(self, step):
-        return jnp.zeros(jnp.shape(step), _float_dtype())
+        return _at_steps(step, lambda t: jnp.zeros(jnp.shape(t), _float_dtype()))
+
+    def weights(self, num_steps):
+        return jnp.zeros(_static_count("num_steps", num_steps), _float_dtype())
 
 
 class EMASchedule(Schedule):
@@ -57,8 +68,10 @@ class EMASchedule(Schedule):
     ``m_t = (1 − r_t)·warmup_from + r_t·momentum`` with ``r_t = min((t − 1)/warmup_steps, 1)``:
     update 1 uses ``warmup_from``, the momentum grows linearly over the first ``warmup_steps``
     updates and equals ``momentum`` from update ``warmup_steps + 1`` on (the official TRACER
-    code's ``m_src → m_tar`` warm-up). ``warmup_steps = 0`` (or no ``warmup_from``) gives the
-    constant ``m_t = momentum``, for which ``T_t = m^t W_0 + Σ_{j=1..t} (1 − m) m^{t−j} W_j``.
+    code's ``m_src → m_tar`` warm-up). Without either argument (or with ``warmup_steps = 0``)
+    the momentum is the constant ``m_t = momentum``, for which
+    ``T_t = m^t W_0 + Σ_{j=1..t} (1 − m) m^{t−j} W_j``. ``warmup_from`` and ``warmup_steps``
+    go together: one without the other is refused (it would be silently ignored).
     """
 
     momentum: Float[Array, ""]
@@ -66,22 +79,34 @@ class EMASchedule(Schedule):
     warmup_steps: Int[Array, ""]
 
     def __init__(self, momentum: ArrayLike, *, warmup_from: ArrayLike | None = None,
-                 warmup_steps: ArrayLike = 0):
+                 warmup_steps: ArrayLike | None = None):
         self.momentum = _unit_interval("momentum", momentum)
-        steps = as_scalar("warmup_steps", warmup_steps, minimum=0, integer=True)
+        if (warmup_from is None) != (warmup_steps is None):
+            given, missing, meaning = (
+                ("warmup_from", "warmup_steps", "the number of warm-up updates")
+                if warmup_steps is None else
+                ("warmup_steps", "warmup_from", "the momentum at update 1"))
+            value = warmup_from if warmup_steps is None else warmup_steps
+            raise ValueError(f"{given} = {show(value)} was given without {missing}; pass "
+                             f"{missing} ({meaning}) too, or neither")
         if warmup_from is None:
             self.warmup_from = self.momentum
-            self.warmup_steps = jnp.zeros_like(steps)
+            self.warmup_steps = jnp.zeros_like(as_scalar("warmup_steps", 0, integer=True))
         else:
             self.warmup_from = _unit_interval("warmup_from", warmup_from)
-            self.warmup_steps = steps
+            self.warmup_steps = as_scalar("warmup_steps", warmup_steps, minimum=0,
+                                          integer=True)
 
     def momentum_at(self, step: Int[ArrayLike, "*s"]) -> Float[Array, "*s"]:
-        """``m_step`` (see the class docstring); arrays act elementwise."""
-        return _ema_momentum(self, jnp.asarray(step))
+        """``m_step`` for integer ``step ≥ 1`` (see the class docstring); elementwise."""
+        return _at_steps(step, lambda t: _ema_momentum(self, t))
 
     def __call__(self, step):
         return 1 - self.momentum_at(step)
+
+    def weights(self, num_steps):
+        steps = jnp.arange(1, _static_count("num_steps", num_steps) + 1)
+        return 1 - _ema_momentum(self, steps)
 
 
 @eqx.filter_jit
@@ -178,7 +203,7 @@ class KernelSchedule(Schedule):
             raise TypeError(f"kernel must be a callable τ -> weight, got {kernel!r}")
         self.kernel = kernel
         if any(is_traced(leaf) for leaf in jax.tree.leaves(kernel)):
-            self.table = _kernel_table(kernel, self.horizon, self.horizon)[0]
+            self.table = _kernel_table(kernel, self.horizon, self.horizon)[0]  # checked a, b
         else:
             self.table = _omegas(kernel, self.horizon, self.horizon)  # fail now, not in training
 
@@ -189,7 +214,7 @@ class KernelSchedule(Schedule):
         return self.table
 
     def __call__(self, step):
-        return _look_up(self._table(), jnp.asarray(step))
+        return _at_steps(step, lambda t: _look_up(self._table(), t))
 
     def weights(self, num_steps):
         return _pad(self._table(), _static_count("num_steps", num_steps))
@@ -216,11 +241,11 @@ def static_teacher() -> StaticSchedule:
 
 
 def ema_teacher(momentum: ArrayLike, *, warmup_from: ArrayLike | None = None,
-                warmup_steps: ArrayLike = 0) -> EMASchedule:
+                warmup_steps: ArrayLike | None = None) -> EMASchedule:
     """EMA teacher, ``ω_t = 1 − m_t``; ``momentum``, ``warmup_from`` in [0, 1).
 
     ``m_t`` warms up linearly from ``warmup_from`` to ``momentum`` over the first
-    ``warmup_steps`` updates (integer ≥ 0); see ``EMASchedule``.
+    ``warmup_steps`` updates (integer ≥ 0); give both or neither. See ``EMASchedule``.
     """
     return EMASchedule(momentum, warmup_from=warmup_from, warmup_steps=warmup_steps)
 
@@ -257,25 +282,60 @@ def kernel_weights(kernel: Callable[[Array], Array], horizon: Int[ArrayLike, ""]
 
 def _omegas(kernel, horizon, length: int) -> Float[Array, " length+1"]:
     """``ω_0..ω_length`` of the kernel teacher, with the kernel's values checked on the grid."""
-    omega, kappa = _kernel_table(kernel, horizon, length)
-    xp = jnp if is_traced(kappa) else np
-    kappa = kappa if is_traced(kappa) else np.asarray(kappa)
-    # Float reductions, not boolean all(): under vmap XLA constant-folds the latter for seconds.
-    total = xp.sum(kappa)
-    omega = ensure(omega, xp.isfinite(total),
-                   f"kernel must return finite weights on {_GRID}; got NaN or Inf")
-    omega = ensure(omega, xp.min(kappa) >= 0,
-                   f"kernel must return non-negative weights on {_GRID}; got a negative one")
-    return ensure(omega, total > 0,
-                  f"kernel weights must have a positive sum on {_GRID}; they are all zero")
+    omega, kappa, total = _kernel_table(kernel, horizon, length)
+    if is_traced(kappa):
+        # Float reductions, not boolean all(): under vmap XLA constant-folds the latter for
+        # seconds. (XLA reads subnormal weights as 0: an all-subnormal kernel is "all zero".)
+        checks = [
+            (jnp.isfinite(jnp.max(jnp.abs(kappa))),
+             f"kernel must return finite weights on {_GRID}; got NaN or Inf"),
+            (jnp.min(kappa) >= 0,
+             f"kernel must return non-negative weights on {_GRID}; got a negative one"),
+            (total > 0, f"kernel weights must have a positive sum on {_GRID}; they are all "
+                        "zero (or subnormal, which XLA flushes to zero)"),
+            (jnp.isfinite(total), f"the sum of the kernel weights on {_GRID} overflows; "
+                                  "scale the kernel down")]
+        for ok, message in checks:
+            omega = ensure(omega, ok, message)
+        return omega
+    _check_kernel_values(np.asarray(kappa), np.asarray(total))
+    return omega
+
+
+def _check_kernel_values(kappa: np.ndarray, total: np.ndarray) -> None:
+    """Eager ``ValueError``s for kernel weights ``κ_0..κ_length`` that cannot be normalized."""
+    where = f"on {_GRID}"
+    bad = ~np.isfinite(kappa)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"kernel must return finite weights {where}; got κ(τ_{k}) = "
+                         f"{float(kappa[k])!r}")
+    if (kappa < 0).any():
+        k = int(np.argmax(kappa < 0))
+        raise ValueError(f"kernel must return non-negative weights {where}; got κ(τ_{k}) = "
+                         f"{kappa[k]:.3g}")
+    if not (kappa > 0).any():
+        raise ValueError(f"kernel weights must have a positive sum {where}; they are all zero")
+    first = int(np.argmax(kappa > 0))
+    tiny = np.finfo(kappa.dtype).tiny
+    if kappa[first] < tiny:
+        raise ValueError(
+            f"kernel weights are too small to normalize in {kappa.dtype}: the first positive "
+            f"one, κ(τ_{first}) = {kappa[first]:.3g}, is subnormal (below {tiny:.3g}, the "
+            f"smallest normal {kappa.dtype}) and XLA flushes subnormals to 0, which would "
+            "freeze the teacher; scale the kernel up")
+    if not np.isfinite(total):
+        raise ValueError(f"the sum of the kernel weights {where} overflows {kappa.dtype} "
+                         f"(largest weight {np.max(kappa):.3g}); scale the kernel down")
 
 
 @eqx.filter_jit
 def _kernel_table(kernel, horizon, length: int):
-    """``(ω_0..ω_length, κ_0..κ_length)``; ``ω_0 = 1`` (``T_0 = W_0``). The one formula.
+    """``(ω_0..ω_length, κ_0..κ_length, Σ κ)``; ``ω_0 = 1`` (``T_0 = W_0``). The one formula.
 
-    ``κ_k = κ(τ_k)`` for ``k ≤ horizon`` (max-shifted in log space for a ``Kernel``), 0 past
-    it; ``ω_t = κ_t / Σ_{j≤t} κ_j`` with the prefix sums from ``lax.associative_scan``.
+    ``κ_k = κ(τ_k)`` for ``k ≤ horizon`` (max-shifted in log space for a ``Kernel``, with the
+    weights below the smallest normal number set to 0), 0 past it; ``ω_t = κ_t / Σ_{j≤t} κ_j``
+    with the prefix sums from ``lax.associative_scan``.
     """
     dtype = _float_dtype()
     k = jnp.arange(length + 1)
@@ -283,18 +343,63 @@ def _kernel_table(kernel, horizon, length: int):
     tau = (k.astype(dtype) + 0.5) / jnp.asarray(horizon + 1, dtype)
     tau = jnp.where(valid, tau, 0.5)  # keep the kernel inside (0, 1) where it is masked out
     if isinstance(kernel, Kernel):
-        log_kappa = jnp.where(valid, kernel.log(tau), -jnp.inf)
+        log_kappa = _real_weights(kernel.log(tau), tau.shape)
+        log_kappa = jnp.where(valid, log_kappa, -jnp.inf)
         shift = jax.lax.stop_gradient(jnp.max(log_kappa))
         kappa = jnp.exp(log_kappa - jnp.where(jnp.isfinite(shift), shift, 0))
+        # Weights below the smallest normal number (relative to the largest) are 0, whether or
+        # not XLA flushes them: the table is the same on every backend.
+        kappa = jnp.where(kappa >= jnp.finfo(kappa.dtype).tiny, kappa, 0)
     else:
-        kappa = jnp.broadcast_to(jnp.asarray(kernel(tau)), tau.shape)
+        kappa = _real_weights(kernel(tau), tau.shape)
         kappa = kappa.astype(jnp.promote_types(kappa.dtype, dtype))
         kappa = jnp.where(valid, kappa, 0)
     # A parallel prefix sum: jnp.cumsum lowers to a full-length reduce_window on CPU whose mask
     # XLA constant-folds for seconds at 10⁵ steps; this is O(n log n) with tree-ordered sums.
     total = jax.lax.associative_scan(jnp.add, kappa)
     positive = total > 0
-    return jnp.where(positive, kappa / jnp.where(positive, total, 1), 0), kappa
+    omega = jnp.where(positive, kappa / jnp.where(positive, total, 1), 0)
+    return omega, kappa, total[-1]
+
+
+def _real_weights(values: ArrayLike, shape: tuple[int, ...]) -> Array:
+    """The kernel's output on the grid, broadcast to ``shape``; refuses complex or other
+    non-real values, and shapes that do not broadcast (at trace time)."""
+    values = jnp.asarray(values)
+    if not (jnp.issubdtype(values.dtype, jnp.floating)
+            or jnp.issubdtype(values.dtype, jnp.integer) or values.dtype == jnp.bool_):
+        raise ValueError(f"kernel must return real weights on {_GRID}, got dtype "
+                         f"{values.dtype}")
+    try:
+        return jnp.broadcast_to(values, shape)
+    except ValueError:
+        raise ValueError(f"kernel must map the grid τ of shape {shape} to weights of the same "
+                         f"shape, got shape {values.shape}") from None
+
+
+def _at_steps(step: object, omega_fn: Callable[[Array], Array]) -> Array:
+    """``omega_fn(step)`` for integer steps ``≥ 1``: a ``ValueError`` for concrete bad steps, a
+    run-time check on the result for traced ones."""
+    message = "step must be >= 1 (teacher updates are numbered 1, 2, …)"
+    if isinstance(step, bool | np.bool_):
+        raise ValueError(f"step must be an integer, got {step!r}")
+    if isinstance(step, int | np.integer):
+        if step < 1:
+            raise ValueError(f"{message}, got {int(step)}")
+        return omega_fn(jnp.asarray(step))
+    if not is_traced(step):
+        try:
+            step = jnp.asarray(step)
+        except TypeError as err:
+            raise ValueError(f"step must be an integer, got {step!r}: {err}") from None
+    if not jnp.issubdtype(step.dtype, jnp.integer):
+        raise ValueError(f"step must be an integer, got dtype {step.dtype}")
+    if is_traced(step):
+        return ensure(omega_fn(step), step >= 1, message)
+    host = np.asarray(step)
+    if host.size and host.min() < 1:
+        raise ValueError(f"{message}, got {host.min()}")
+    return omega_fn(step)
 
 
 def _float_dtype():
@@ -304,7 +409,7 @@ def _float_dtype():
 
 def _unit_interval(name: str, value: ArrayLike) -> Array:
     arr = as_scalar(name, value)
-    return ensure(arr, (arr >= 0) & (arr < 1), f"{name} must be in [0, 1), got {show(value)}")
+    return as_fraction(name, arr, closed=False)
 
 
 def _static_int(name: str, value: object) -> int:

@@ -14,16 +14,23 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import ArrayLike
 
+from .._validation import all_finite
 from ..linear.closed_forms import from_filter
 from ..linear.problem import LinearProblem, contrastive_target
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
 from .schedules import Schedule
-from .spectral import DynamicsResult, Summary, check_run, check_stable
+from .spectral import (
+    DynamicsResult,
+    Summary,
+    check_run,
+    check_stable,
+    checked_result,
+    schedule_weights,
+)
 
 
 @eqx.filter_jit
-def _simulate(problem: LinearProblem, spec: Spectrum, lam, lr, omegas,
-              record_every: int) -> DynamicsResult:
+def _simulate(problem: LinearProblem, spec: Spectrum, lam, lr, omegas, record_every: int):
     x, y, w0 = problem.x_img, contrastive_target(problem), problem.w0
     w_ft = from_filter(problem, spec, spec.mask.astype(spec.s.dtype), w0)
     um = spec.u * spec.mask[None, :]
@@ -53,7 +60,7 @@ def _simulate(problem: LinearProblem, spec: Spectrum, lam, lr, omegas,
     first = jax.tree.map(lambda v: v[None], summary(w0, w0))
     stacked = jax.tree.map(lambda v0, vs: jnp.concatenate([v0, vs]), first, ys)
     steps = jnp.arange(chunks.shape[0] + 1) * record_every
-    return DynamicsResult(steps=steps, summary=stacked, student=w, teacher=t)
+    return DynamicsResult(steps=steps, summary=stacked, student=w, teacher=t), all_finite(y)
 
 
 def simulate(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, steps: int,
@@ -67,5 +74,6 @@ def simulate(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, step
     lam, lr = check_run(problem, schedule, lam, lr, steps, record_every)
     spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)
     lr = check_stable(lr, lr, lam, spec.sigma_sq)
-    omegas = schedule.weights(steps).astype(problem.dtype)
-    return _simulate(problem, spec, lam, lr, omegas, record_every)
+    omegas = schedule_weights(schedule, steps, problem.dtype)
+    return checked_result(_simulate(problem, spec, lam, lr, omegas, record_every), "simulate",
+                          problem)

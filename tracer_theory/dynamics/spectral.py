@@ -20,9 +20,19 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from .._validation import as_scalar, check_instance, ensure, show
+from .._validation import (
+    all_finite,
+    as_scalar,
+    check_instance,
+    ensure,
+    ensure_each,
+    is_traced,
+    not_finite,
+    show,
+)
 from ..linear.closed_forms import from_filter
 from ..linear.problem import LinearProblem, contrastive_target
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
@@ -127,8 +137,56 @@ class DynamicsResult(eqx.Module):
 
 
 def stability_bound(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
-    """Largest stable student step: ``lr < 2/(σ_max²(1 + λ))`` (THEORY §4)."""
+    """Largest stable student step: ``lr < 2/(σ_max²(1 + λ))`` (THEORY §4).
+
+    ``sigma_max_sq`` finite and > 0, ``lam`` finite and ≥ 0 (scalars or arrays).
+    """
+    sigma_max_sq = _real_array("sigma_max_sq", sigma_max_sq)
+    lam = _real_array("lam", lam)
+    sigma_max_sq = ensure(sigma_max_sq, jnp.isfinite(sigma_max_sq) & (sigma_max_sq > 0),
+                          f"sigma_max_sq must be finite > 0, got {show(sigma_max_sq)}")
+    lam = ensure(lam, jnp.isfinite(lam) & (lam >= 0), f"lam must be finite >= 0, got {show(lam)}")
+    return unchecked_stability_bound(sigma_max_sq, lam)
+
+
+def unchecked_stability_bound(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
     return 2.0 / (jnp.asarray(sigma_max_sq) * (1 + jnp.asarray(lam)))
+
+
+def _real_array(name: str, value: ArrayLike) -> Array:
+    """``value`` as a real jax array (any shape), else a ``ValueError`` naming it."""
+    if not is_traced(value):
+        try:
+            value = jnp.asarray(value)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ValueError(f"{name} must be real numbers, got {type(value).__name__}: "
+                             f"{err}") from None
+    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+        raise ValueError(f"{name} must be real numbers, got dtype {value.dtype}")
+    return value
+
+
+def schedule_weights(schedule: Schedule, steps: int, dtype: object) -> Float[Array, " steps"]:
+    """``ω_1..ω_steps`` of ``schedule`` in ``dtype``, checked: real, finite and in ``[0, 1]``
+    (a custom ``Schedule`` may return anything). A run-time check when traced."""
+    omegas = jnp.asarray(schedule.weights(steps))
+    name = type(schedule).__name__
+    if omegas.shape != (steps,):
+        raise ValueError(f"schedule.weights({steps}) of {name} must have shape ({steps},), got "
+                         f"{omegas.shape}")
+    if not (jnp.issubdtype(omegas.dtype, jnp.floating)
+            or jnp.issubdtype(omegas.dtype, jnp.integer)):
+        raise ValueError(f"schedule {name} must give real weights ω_t, got dtype "
+                         f"{omegas.dtype}")
+    omegas = omegas.astype(dtype)
+    ok = (omegas >= 0) & (omegas <= 1)  # False for NaN
+    where = ""
+    if not is_traced(omegas):
+        host = np.asarray(ok)
+        if not host.all():
+            t = int(np.argmin(host))
+            where = f": ω_{t + 1} = {float(omegas[t])!r}"
+    return ensure(omegas, ok, f"schedule {name} must give teacher weights ω_t in [0, 1]{where}")
 
 
 def check_run(problem: LinearProblem, schedule: Schedule, lam: ArrayLike, lr: ArrayLike | None,
@@ -149,22 +207,40 @@ def check_run(problem: LinearProblem, schedule: Schedule, lam: ArrayLike, lr: Ar
 
 def check_stable(value: Array, lr: Array, lam: Array, sigma_sq: Array) -> Array:
     """``value`` after checking ``lr·σ_max²·(1 + λ) < 2``."""
-    bound = stability_bound(jnp.max(sigma_sq), lam)
+    bound = unchecked_stability_bound(jnp.max(sigma_sq), lam)
     return ensure(value, lr < bound, f"lr must be below the stability bound 2/(σ_max²(1+λ)) = "
                                   f"{show(bound)} for this problem and λ, got lr = {show(lr)}")
 
 
+def checked_result(run: tuple[DynamicsResult, Array], where: str,
+                   problem: LinearProblem) -> DynamicsResult:
+    """The result of ``run = (result, target_finite)`` if the target ``Y``, the matrices and the
+    summaries are finite; else an error naming what overflowed (a run-time check when traced)."""
+    result, target_finite = run
+    dtype, hint = problem.dtype, "rescale the problem's arrays (x_img, x_txt, w0, w_txt)"
+    parts = [("the final student W", result.student), ("the final teacher T", result.teacher)]
+    parts += [(f"summary.{name}", getattr(result.summary, name))
+              for name in ("gap", "bias", "distance", "loss")]
+    checks = [(target_finite, not_finite(f"{where}: the contrastive target Y = W_T⁰ X_T C",
+                                         dtype, "rescale x_txt or w_txt"))]
+    checks += [(all_finite(value), not_finite(f"{where}: {what}", dtype, hint))
+               for what, value in parts]
+    return ensure_each(result, checks)
+
+
 @eqx.filter_jit
-def _spectral(problem, spec, lam, lr, omegas, record_every: int, rule: Rule) -> DynamicsResult:
+def _spectral(problem, spec, lam, lr, omegas, record_every: int, rule: Rule):
     geometry = task_geometry(problem, spec)
     s = (lr if lr is not None else 1.0) * geometry.sigma_sq
     e, f, summary = coefficient_scan(s, lam, omegas, lambda e, f: summarize(geometry, e, f),
                                      rule=rule)
     mask = spec.mask.astype(spec.s.dtype)
     steps = jnp.arange(omegas.shape[0] + 1)[::record_every]
-    return DynamicsResult(steps=steps, summary=jax.tree.map(lambda x: x[::record_every], summary),
-                          student=from_filter(problem, spec, (1 - e) * mask, problem.w0),
-                          teacher=from_filter(problem, spec, (1 - f) * mask, problem.w0))
+    result = DynamicsResult(steps=steps,
+                            summary=jax.tree.map(lambda x: x[::record_every], summary),
+                            student=from_filter(problem, spec, (1 - e) * mask, problem.w0),
+                            teacher=from_filter(problem, spec, (1 - f) * mask, problem.w0))
+    return result, all_finite(contrastive_target(problem))
 
 
 def spectral_dynamics(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, steps: int,
@@ -174,13 +250,16 @@ def spectral_dynamics(problem: LinearProblem, lam: ArrayLike, schedule: Schedule
 
     ``steps`` student steps of size ``lr`` with self-distillation weight ``lam`` toward a
     teacher driven by ``schedule``. Summaries at steps ``0, record_every, …, steps``.
-    O(steps · r) work, r = min(d_I, n). Returns a ``DynamicsResult``.
+    O(steps · r) work, r = min(d_I, n). Returns a ``DynamicsResult``. ``spectrum``, if given,
+    must be ``tt.spectrum(problem)``; weights ω_t outside ``[0, 1]`` and results that overflow
+    are refused.
     """
     lam, lr = check_run(problem, schedule, lam, lr, steps, record_every)
     spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)
     lr = check_stable(lr, lr, lam, spec.sigma_sq)
-    omegas = schedule.weights(steps).astype(problem.dtype)
-    return _spectral(problem, spec, lam, lr, omegas, record_every, "gd")
+    omegas = schedule_weights(schedule, steps, problem.dtype)
+    return checked_result(_spectral(problem, spec, lam, lr, omegas, record_every, "gd"),
+                          "spectral_dynamics", problem)
 
 
 def fixed_point(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, steps: int,
@@ -192,8 +271,9 @@ def fixed_point(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, s
     """
     lam, _ = check_run(problem, schedule, lam, None, steps, record_every)
     spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)
-    omegas = schedule.weights(steps).astype(problem.dtype)
-    return _spectral(problem, spec, lam, None, omegas, record_every, "fixed_point")
+    omegas = schedule_weights(schedule, steps, problem.dtype)
+    return checked_result(_spectral(problem, spec, lam, None, omegas, record_every,
+                                    "fixed_point"), "fixed_point", problem)
 
 
 def two_by_two_rate(s: Float[ArrayLike, "*r"], lam: ArrayLike,
@@ -201,9 +281,15 @@ def two_by_two_rate(s: Float[ArrayLike, "*r"], lam: ArrayLike,
     """Spectral radius of the 2×2 recursion of ``(a − 1, b − 1)`` at constant ``ω``, per ``s``.
 
     ``M = [[1 − s(1+λ), sλ], [ω(1 − s(1+λ)), 1 − ω + ωsλ]]``; the teacher–student gap of an EMA
-    teacher (ω = 1 − m) decays like ``max_i ρ(M_i)^t``.
+    teacher (ω = 1 − m) decays like ``max_i ρ(M_i)^t``. ``s`` finite, ``lam`` finite ≥ 0 and
+    ``omega`` in ``[0, 1]`` (arrays broadcast together).
     """
-    s, lam, omega = jnp.asarray(s), jnp.asarray(lam), jnp.asarray(omega)
+    s, lam, omega = (_real_array(name, value) for name, value in
+                     (("s", s), ("lam", lam), ("omega", omega)))
+    s = ensure(s, jnp.isfinite(s), f"s must be finite, got {show(s)}")
+    lam = ensure(lam, jnp.isfinite(lam) & (lam >= 0), f"lam must be finite >= 0, got {show(lam)}")
+    omega = ensure(omega, (omega >= 0) & (omega <= 1),
+                   f"omega must be in [0, 1], got {show(omega)}")
     p = 1 - s * (1 + lam)
     m = jnp.stack([jnp.stack([p, s * lam], -1),
                    jnp.stack([omega * p, 1 - omega + omega * s * lam], -1)], -2)
@@ -229,11 +315,13 @@ class TeacherSD(Strategy):
         self.lam = as_scalar("lam", lam, minimum=0.0)
         self.lr = as_scalar("lr", lr, minimum=0.0, strict=True)
         self.schedule, self.steps = schedule, steps
+        if steps:  # a custom schedule's weights fail here, not inside a solve
+            schedule_weights(schedule, steps, jnp.result_type(float))
 
     def filter(self, sigma_sq):
         if self.steps == 0:
             return jnp.zeros_like(sigma_sq)
-        omegas = self.schedule.weights(self.steps).astype(sigma_sq.dtype)
+        omegas = schedule_weights(self.schedule, self.steps, sigma_sq.dtype)
         e, _, _ = coefficient_scan(self.lr * sigma_sq, self.lam, omegas, lambda e, f: ())
         return 1 - e
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
+from .._validation import as_fraction
 from .schedules import Schedule
 
 
@@ -35,11 +36,12 @@ def mix(teacher_params: PyTree, student_params: PyTree,
         omega: Float[ArrayLike, ""]) -> PyTree:
     """``(1 − ω)·T + ω·W`` on every floating array leaf; returns a pytree shaped like ``T``.
 
-    ``ω`` is cast to each leaf's dtype (a float32 leaf stays float32). Other leaves (functions,
-    Python scalars, integer or boolean arrays) are the teacher's, untouched. Both trees must
-    have the same structure.
+    ``ω`` is a real scalar in ``[0, 1]`` (anything else, NaN included, is refused: a
+    ``ValueError``, or a run-time error when traced). It is cast to each leaf's dtype (a float32
+    leaf stays float32). Other leaves (functions, Python scalars, integer or boolean arrays)
+    are the teacher's, untouched. Both trees must have the same structure.
     """
-    omega = jnp.asarray(omega)
+    omega = as_fraction("omega", omega)
     t_float, t_other = eqx.partition(teacher_params, eqx.is_inexact_array)
     s_float = eqx.filter(student_params, eqx.is_inexact_array)
 

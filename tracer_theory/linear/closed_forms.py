@@ -14,7 +14,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._validation import check_instance
+from .._validation import all_finite, check_instance, ensure_each, not_finite
 from .problem import LinearProblem, contrastive_target
 from .spectrum import Spectrum, spectrum as compute_spectrum
 from .strategies import Strategy
@@ -33,41 +33,71 @@ def _filter(spec: Spectrum, strategy: Strategy) -> Float[Array, " r"]:
 
 
 def from_filter(problem: LinearProblem, spec: Spectrum, f: Float[Array, " r"],
-                anchor: Float[Array, "k d_I"]) -> Float[Array, "k d_I"]:
+                anchor: Float[Array, "k d_I"], *,
+                residual: Float[Array, "k n"] | None = None) -> Float[Array, "k d_I"]:
     """``A + Σ_i f_i (Y − A X_I) v_i/σ_i u_iᵀ``: the encoder with filter factors ``f`` (r,) from
-    anchor ``A`` (k, d_I). Every closed form and every spectral trajectory ends here."""
-    residual = contrastive_target(problem) - anchor @ problem.x_img  # (k, n)
+    anchor ``A`` (k, d_I). Every closed form and every spectral trajectory ends here.
+    ``residual`` is ``Y − A X_I`` (k, n) when the caller has it already."""
+    if residual is None:
+        residual = contrastive_target(problem) - anchor @ problem.x_img  # (k, n)
     coef = (residual @ spec.v) * (f * spec.inv_s)[None, :]  # (k, r)
     return anchor + coef @ spec.u.T
 
 
 @eqx.filter_jit
-def _solve(problem: LinearProblem, strategy: Strategy, spec: Spectrum) -> Float[Array, "k d_I"]:
-    return from_filter(problem, spec, _filter(spec, strategy), anchor_of(problem, strategy))
+def _solve(problem: LinearProblem, strategy: Strategy, spec: Spectrum):
+    """The closed form, and whether its target, residual and result are finite (to report
+    which one overflowed)."""
+    y = contrastive_target(problem)
+    anchor = anchor_of(problem, strategy)
+    residual = y - anchor @ problem.x_img
+    f = _filter(spec, strategy)
+    w = from_filter(problem, spec, f, anchor, residual=residual)
+    return w, (all_finite(y), all_finite(residual), all_finite(f), all_finite(w))
 
 
 def checked_spectrum(problem: LinearProblem, strategy: Strategy,
-                      spec: Spectrum | None) -> Spectrum:
+                     spec: Spectrum | None) -> Spectrum:
     check_instance("problem", problem, LinearProblem)
     check_instance("strategy", strategy, Strategy)
     if spec is None:
         spec = compute_spectrum(problem)
     else:
         check_instance("spectrum", spec, Spectrum)
-        spec.check_matches(problem)
+        spec = spec.check_matches(problem)
     strategy.check(spec.sigma_sq)  # eager ValueError for concrete hyper-parameters
     return spec
+
+
+def result_checks(problem: LinearProblem, strategy: Strategy, where: str,
+                  finite: tuple[Array, ...]) -> list[tuple[Array, str]]:
+    """``(ok, message)`` pairs naming which of ``Y``, ``Y − A X_I``, ``f`` and ``W`` overflowed."""
+    name, dtype = type(strategy).__name__, problem.dtype
+    anchor = "W⁰ X_I" if strategy.anchor == "pretrained" else "0"
+    return list(zip(finite, [
+        not_finite(f"{where}: the contrastive target Y = W_T⁰ X_T C", dtype,
+                   "rescale x_txt or w_txt"),
+        not_finite(f"{where}: the fit residual Y − {anchor}", dtype,
+                   "rescale x_img, w0, x_txt or w_txt"),
+        not_finite(f"{where}: a filter factor of {name}", dtype,
+                   f"{name}.filter must return finite values for σ_i² in the problem's range"),
+        not_finite(f"{where}: the {name} solution W", dtype,
+                   "rescale x_img, x_txt, w0 or w_txt (the solution grows like ‖Y‖/σ_min)"),
+    ], strict=True))
 
 
 def solve(problem: LinearProblem, strategy: Strategy, *,
           spectrum: Spectrum | None = None) -> Float[Array, "k d_I"]:
     """The strategy's converged (or, for ``StoppedGD``, step-t) image encoder, shape (k, d_I).
 
-    Pass a precomputed ``spectrum`` to reuse one SVD across many strategies. Jit-compiled;
-    differentiable in the strategy's hyper-parameters and in the problem's arrays.
+    Pass a precomputed ``spectrum`` to reuse one SVD across many strategies; it must be
+    ``tt.spectrum(problem)`` (another problem's is refused). Jit-compiled; differentiable in the
+    strategy's hyper-parameters and in the problem's arrays. A result that overflows the
+    problem's dtype is refused with an error naming what overflowed, never returned as Inf/NaN.
     """
     spec = checked_spectrum(problem, strategy, spectrum)
-    return _solve(problem, strategy, spec)
+    w, finite = _solve(problem, strategy, spec)
+    return ensure_each(w, result_checks(problem, strategy, "solve", finite))
 
 
 def filter_factors(problem: LinearProblem, strategy: Strategy, *,
@@ -76,6 +106,9 @@ def filter_factors(problem: LinearProblem, strategy: Strategy, *,
 
     Ordered like ``spectrum(problem).s`` (descending σ_i); 0 in directions below the rank
     tolerance. For weight decay they are relative to the anchor 0 (see ``WeightDecay``).
+    Non-finite factors (a custom ``Strategy.filter`` that overflows) are refused.
     """
     spec = checked_spectrum(problem, strategy, spectrum)
-    return _filter(spec, strategy)
+    f = _filter(spec, strategy)
+    return ensure_each(f, result_checks(problem, strategy, "filter_factors",
+                                        (True, True, all_finite(f), True)))

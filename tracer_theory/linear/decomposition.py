@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._validation import as_float_matrix, check_instance
+from .._validation import all_finite, as_float_matrix, check_instance, ensure_each, not_finite
 from .problem import LinearProblem, contrastive_target
 from .spectrum import Spectrum, spectrum as compute_spectrum
 
@@ -36,29 +36,38 @@ class Decomposition(eqx.Module):
 
 
 @eqx.filter_jit
-def _decompose(problem: LinearProblem, w: Float[Array, "k d_I"], spec: Spectrum) -> Decomposition:
+def _decompose(problem: LinearProblem, w: Float[Array, "k d_I"], spec: Spectrum):
     delta = w - problem.w0
     um = spec.u * spec.mask[None, :]
     task = (delta @ um) @ um.T
     orthogonal = delta - task
     w0_norm = jnp.linalg.norm(problem.w0)
     # Direct-FT change along u_i: (Y − W⁰X_I) v_i / σ_i, columns of a (k, r) matrix.
-    ft_cols = ((contrastive_target(problem) - problem.w0 @ problem.x_img) @ spec.v
-               ) * spec.inv_s[None, :]
+    y = contrastive_target(problem)
+    residual = y - problem.w0 @ problem.x_img
+    ft_cols = (residual @ spec.v) * spec.inv_s[None, :]
     cols = delta @ spec.u  # (k, r): (W − W⁰) u_i
     ft_sq = jnp.sum(ft_cols**2, axis=0)
     safe = jnp.where(spec.mask & (ft_sq > 0), ft_sq, 1.0)
     coef = jnp.where(spec.mask, jnp.sum(cols * ft_cols, axis=0) / safe, 0.0)
     off = jnp.linalg.norm(cols - coef[None, :] * ft_cols, axis=0) / jnp.sqrt(safe)
-    return Decomposition(task=task, orthogonal=orthogonal,
-                         task_norm=jnp.linalg.norm(task) / w0_norm,
-                         orthogonal_norm=jnp.linalg.norm(orthogonal) / w0_norm,
-                         filter_factors=coef, off_filter=jnp.where(spec.mask, off, 0.0))
+    out = Decomposition(task=task, orthogonal=orthogonal,
+                        task_norm=jnp.linalg.norm(task) / w0_norm,
+                        orthogonal_norm=jnp.linalg.norm(orthogonal) / w0_norm,
+                        filter_factors=coef, off_filter=jnp.where(spec.mask, off, 0.0))
+    split = jnp.all(jnp.stack([all_finite(leaf) for leaf in (task, orthogonal, out.task_norm,
+                                                               out.orthogonal_norm)]))
+    measured = all_finite(coef) & all_finite(out.off_filter)
+    return out, (all_finite(y), all_finite(residual), split, measured)
 
 
 def decompose(problem: LinearProblem, w: Float[Array, "k d_I"], *,
               spectrum: Spectrum | None = None) -> Decomposition:
-    """Split ``w − W⁰`` into its task-subspace and orthogonal parts; see ``Decomposition``."""
+    """Split ``w − W⁰`` into its task-subspace and orthogonal parts; see ``Decomposition``.
+
+    ``spectrum``, if given, must be ``tt.spectrum(problem)``. Parts that overflow the problem's
+    dtype are refused with an error naming them.
+    """
     check_instance("problem", problem, LinearProblem)
     if np.shape(w) != problem.w0.shape:
         raise ValueError(f"w must have the shape of w0 {problem.w0.shape}, got {np.shape(w)}")
@@ -68,4 +77,15 @@ def decompose(problem: LinearProblem, w: Float[Array, "k d_I"], *,
     else:
         check_instance("spectrum", spectrum, Spectrum)
         spec = spectrum.check_matches(problem)
-    return _decompose(problem, w, spec)
+    out, finite = _decompose(problem, w, spec)
+    dtype = problem.dtype
+    return ensure_each(out, list(zip(finite, [
+        not_finite("decompose: the contrastive target Y = W_T⁰ X_T C", dtype,
+                   "rescale x_txt or w_txt"),
+        not_finite("decompose: the Direct-FT residual Y − W⁰ X_I", dtype,
+                   "rescale x_img, w0, x_txt or w_txt"),
+        not_finite("decompose: the task/orthogonal split of w − w0 (or its norm)", dtype,
+                   "rescale w and w0"),
+        not_finite("decompose: a measured filter factor of (w − w0)u_i against the Direct-FT "
+                   "change", dtype, "rescale w, w0 or the data"),
+    ], strict=True)))

@@ -11,20 +11,31 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from .._validation import as_float_matrix, as_scalar, check_instance
-from .problem import LinearProblem, fit_loss
+from .._validation import as_scalar, check_instance, ensure, not_finite, show
+from .problem import LinearProblem, check_encoder, unchecked_fit_loss
 from .strategies import Strategy
 
 
 def objective(problem: LinearProblem, strategy: Strategy,
               w: Float[Array, "k d_I"]) -> Float[Array, ""]:
-    """The strategy's finetuning objective at ``w``: data term plus its penalty, a scalar."""
-    return fit_loss(problem, w) + strategy.penalty(problem, w)
+    """The strategy's finetuning objective at ``w``: data term plus its penalty, a scalar.
+
+    ``w`` must have the shape and dtype of ``w0``; a value that overflows is refused.
+    """
+    _check_args(problem, strategy)
+    w = check_encoder(problem, w)
+    value = _objective(problem, strategy, w)
+    return ensure(value, jnp.isfinite(value), not_finite(
+        "objective: the objective", problem.dtype, "rescale w or the problem's arrays"))
+
+
+def _objective(problem, strategy, w):
+    return unchecked_fit_loss(problem, w) + strategy.penalty(problem, w)
 
 
 @eqx.filter_jit
 def _run(problem, strategy, steps, lr, init):
-    grad = jax.grad(lambda w: objective(problem, strategy, w))
+    grad = jax.grad(lambda w: _objective(problem, strategy, w))
 
     def body(_, w):
         return w - lr * grad(w)
@@ -38,13 +49,13 @@ def gradient_descent(problem: LinearProblem, strategy: Strategy, *, steps: Array
     """``steps`` steps of gradient descent of the strategy's objective from ``init`` (``W⁰``).
 
     ``StoppedGD`` has no penalty, so for it this is plain GD on the data term. Returns the final
-    iterate, shape (k, d_I).
+    iterate, shape (k, d_I); an iteration that diverges (a non-finite ``W``) is refused.
     """
     _check_args(problem, strategy)
     steps = as_scalar("steps", steps, minimum=0, integer=True)
     lr = as_scalar("lr", lr, minimum=0.0, strict=True)
-    init = problem.w0 if init is None else _like_w0("init", init, problem)
-    return _run(problem, strategy, steps, lr, init)
+    init = problem.w0 if init is None else check_encoder(problem, init, "init")
+    return _diverged(_run(problem, strategy, steps, lr, init), "gradient_descent", problem, lr)
 
 
 def _check_args(problem: LinearProblem, strategy: Strategy) -> None:
@@ -52,12 +63,12 @@ def _check_args(problem: LinearProblem, strategy: Strategy) -> None:
     check_instance("strategy", strategy, Strategy)
 
 
-def _like_w0(name: str, value: ArrayLike, problem: LinearProblem) -> Array:
-    arr = as_float_matrix(name, value, "(k, d_I)")
-    if arr.shape != problem.w0.shape or arr.dtype != problem.dtype:
-        raise ValueError(f"{name} must have the shape {problem.w0.shape} and dtype "
-                         f"{problem.dtype} of w0, got {arr.shape} {arr.dtype}")
-    return arr
+def _diverged(w: Array, where: str, problem: LinearProblem, lr: Array) -> Array:
+    """``w`` if finite, else an error: the iteration diverged (or overflowed)."""
+    return ensure(w, jnp.all(jnp.isfinite(w)), not_finite(
+        f"{where}: the iterate W", problem.dtype,
+        f"gradient descent diverged: lr = {show(lr)} must be below 2/(largest curvature) "
+        "(Strategy.curvature), or rescale the problem's arrays"))
 
 
 def gradient_descent_until(problem: LinearProblem, strategy: Strategy,
@@ -65,19 +76,21 @@ def gradient_descent_until(problem: LinearProblem, strategy: Strategy,
                            max_steps: int) -> tuple[Float[Array, "k d_I"], Array]:
     """Gradient descent from ``W⁰`` until ``‖W − target‖/‖target‖ ≤ tol`` or ``max_steps``.
 
-    Returns ``(W, steps_taken)``. Used by benchmarks to run GD "to the same tolerance".
+    Returns ``(W, steps_taken)``. Used by benchmarks to run GD "to the same tolerance". A
+    diverging iteration (a non-finite ``W``) is refused.
     """
     _check_args(problem, strategy)
-    target = _like_w0("target", target, problem)
+    target = check_encoder(problem, target, "target")
     tol = as_scalar("tol", tol, minimum=0.0, strict=True)
     lr = as_scalar("lr", lr, minimum=0.0, strict=True)
     max_steps = as_scalar("max_steps", max_steps, minimum=0, integer=True)
-    return _run_until(problem, strategy, target, tol, lr, max_steps)
+    w, steps = _run_until(problem, strategy, target, tol, lr, max_steps)
+    return _diverged(w, "gradient_descent_until", problem, lr), steps
 
 
 @eqx.filter_jit
 def _run_until(problem, strategy, target, tol, lr, max_steps):
-    grad = jax.grad(lambda w: objective(problem, strategy, w))
+    grad = jax.grad(lambda w: _objective(problem, strategy, w))
     norm = jnp.linalg.norm(target)
 
     def cond(state):

@@ -8,7 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from .._validation import as_float_matrix
+from .._validation import as_float_matrix, check_instance, ensure, not_finite
 
 Contrast = Literal["paper", "centered"]
 
@@ -78,6 +78,7 @@ class LinearProblem(eqx.Module):
 
 def contrast_matrix(problem: LinearProblem) -> Float[Array, "n n"]:
     """``C = n I − J`` (``contrast="paper"``) or ``H = I − J/n`` (``"centered"``), shape (n, n)."""
+    check_instance("problem", problem, LinearProblem)
     n = problem.n
     eye = jnp.eye(n, dtype=problem.dtype)
     ones = jnp.ones((n, n), dtype=problem.dtype)
@@ -87,8 +88,10 @@ def contrast_matrix(problem: LinearProblem) -> Float[Array, "n n"]:
 def contrastive_target(problem: LinearProblem) -> Float[Array, "k n"]:
     """``Y = W_T⁰ X_T C`` (THEORY §2). Returns shape (k, n).
 
-    ``X_T C`` is the column-centred ``X_T`` times n (paper) or times 1 (centered).
+    ``X_T C`` is the column-centred ``X_T`` times n (paper) or times 1 (centered). The solvers
+    refuse a ``Y`` that overflows; this function returns it as computed.
     """
+    check_instance("problem", problem, LinearProblem)
     centred = problem.x_txt - jnp.mean(problem.x_txt, axis=1, keepdims=True)
     scale = problem.n if problem.contrast == "paper" else 1
     return problem.w_txt @ (scale * centred)
@@ -97,19 +100,51 @@ def contrastive_target(problem: LinearProblem) -> Float[Array, "k n"]:
 def mmcl_loss_trace(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
     """Linearized MMCL loss in its similarity/trace form (THEORY §2), a scalar.
 
-    ``−Σ_ij C_ij s_ij + ½‖W X_I‖²`` with ``s_ij = ⟨W x_i, W_T⁰ t_j⟩``.
+    ``−Σ_ij C_ij s_ij + ½‖W X_I‖²`` with ``s_ij = ⟨W x_i, W_T⁰ t_j⟩``. ``w`` must have the
+    shape of ``w0``; a value that overflows is refused.
     """
+    w = check_encoder(problem, w)
     sims = (w @ problem.x_img).T @ (problem.w_txt @ problem.x_txt)  # (n, n): s_ij
     contrast_term = jnp.sum(contrast_matrix(problem) * sims)
-    return -contrast_term + 0.5 * jnp.sum((w @ problem.x_img) ** 2)
+    return _finite_loss(-contrast_term + 0.5 * jnp.sum((w @ problem.x_img) ** 2),
+                        "mmcl_loss_trace", problem)
 
 
 def mmcl_loss_lstsq(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
-    """Linearized MMCL loss in its least-squares form ``½‖W X_I − Y‖² − ½‖Y‖²``, a scalar."""
+    """Linearized MMCL loss in its least-squares form ``½‖W X_I − Y‖² − ½‖Y‖²``, a scalar.
+
+    ``w`` must have the shape of ``w0``; a value that overflows is refused.
+    """
+    w = check_encoder(problem, w)
     y = contrastive_target(problem)
-    return 0.5 * jnp.sum((w @ problem.x_img - y) ** 2) - 0.5 * jnp.sum(y**2)
+    return _finite_loss(0.5 * jnp.sum((w @ problem.x_img - y) ** 2) - 0.5 * jnp.sum(y**2),
+                        "mmcl_loss_lstsq", problem)
 
 
 def fit_loss(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
-    """The data term ``½‖W X_I − Y‖²`` that every strategy's objective starts from, a scalar."""
+    """The data term ``½‖W X_I − Y‖²`` that every strategy's objective starts from, a scalar.
+
+    ``w`` must have the shape of ``w0``; a value that overflows is refused.
+    """
+    w = check_encoder(problem, w)
+    return _finite_loss(unchecked_fit_loss(problem, w), "fit_loss", problem)
+
+
+def unchecked_fit_loss(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
+    """``fit_loss`` without its checks, for the inner loop of gradient descent."""
     return 0.5 * jnp.sum((w @ problem.x_img - contrastive_target(problem)) ** 2)
+
+
+def check_encoder(problem: LinearProblem, w: ArrayLike, name: str = "w") -> Array:
+    """``w`` as a finite (k, d_I) float array of the problem's dtype, else a ``ValueError``."""
+    check_instance("problem", problem, LinearProblem)
+    arr = as_float_matrix(name, w, "(k, d_I)")
+    if arr.shape != problem.w0.shape or arr.dtype != problem.dtype:
+        raise ValueError(f"{name} must have the shape {problem.w0.shape} and dtype "
+                         f"{problem.dtype} of w0, got {arr.shape} {arr.dtype}")
+    return arr
+
+
+def _finite_loss(value: Array, where: str, problem: LinearProblem) -> Array:
+    return ensure(value, jnp.isfinite(value), not_finite(
+        f"{where}: the loss", problem.dtype, "rescale w or the problem's arrays"))

@@ -28,28 +28,39 @@ def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
 
     Data come from ``numpy.random.default_rng(seed)``, independent of any jax key.
     """
+    for name, size in (("d_img", d_img), ("n", n), ("d_txt", d_txt), ("k", k)):
+        _positive_int(name, size)
     if sum(x is not None for x in (rank, cond, decay)) > 1:
         raise ValueError("give at most one of rank, cond and decay")
     if min(d_img, n, d_txt, k) < 1:
         raise ValueError(f"all sizes must be >= 1, got d_img={d_img}, n={n}, d_txt={d_txt}, k={k}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    try:
+        dtype = np.dtype(dtype).name
+    except TypeError:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if dtype == "float64" and not jax.config.jax_enable_x64:
         raise ValueError("dtype='float64' needs jax_enable_x64; use `with jax.enable_x64(True):` "
                          "or pass dtype='float32'")
     rng = np.random.default_rng(seed)
     r = min(d_img, n)
     if rank is not None:
+        _positive_int("rank", rank)
         if not 1 <= rank <= r:
             raise ValueError(f"rank must be in [1, min(d_img, n) = {r}], got {rank}")
         unique = rng.standard_normal((d_img, rank))
         x_img = unique[:, np.arange(n) % rank]
     elif cond is not None or decay is not None:
         if cond is not None:
-            if not cond >= 1:
-                raise ValueError(f"cond must be >= 1, got {cond}")
+            if not (np.isfinite(cond) and cond >= 1):
+                raise ValueError(f"cond must be >= 1 and finite, got {cond}")
             s = np.logspace(0.0, -np.log10(cond), r)
         else:
-            if not decay >= 0:
-                raise ValueError(f"decay must be >= 0, got {decay}")
+            if not (np.isfinite(decay) and decay >= 0):
+                raise ValueError(f"decay must be >= 0 and finite, got {decay}")
             s = np.arange(1, r + 1, dtype=float) ** (-float(decay))
         x_img = (_orthonormal(rng, d_img, r) * s) @ _orthonormal(rng, n, r).T
         x_img *= np.sqrt(max(d_img, n))
@@ -61,3 +72,8 @@ def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
     w_txt = rng.standard_normal((k, d_txt)) / np.sqrt(d_txt)
     arrays = (jnp.asarray(a, dtype=dtype) for a in (x_img, x_txt, w0, w_txt))
     return LinearProblem(*arrays, contrast=contrast)
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an int, got {value!r}")
