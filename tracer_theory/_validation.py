@@ -150,3 +150,17 @@ def check_instance(name: str, value: object, cls: type) -> None:
     """Raise ``TypeError`` naming ``name`` unless ``value`` is a ``cls``."""
     if not isinstance(value, cls):
         raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
+
+
+def as_real_array(name: str, value: ArrayLike) -> Array:
+    """``value`` as a real (floating or integer) jax array of any shape, else a ``ValueError``
+    naming ``name``; traced values pass through (their dtype is still checked)."""
+    if not is_traced(value):
+        try:
+            value = jnp.asarray(value)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ValueError(f"{name} must be real numbers, got {type(value).__name__}: "
+                             f"{err}") from None
+    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+        raise ValueError(f"{name} must be real numbers, got dtype {value.dtype}")
+    return value

@@ -25,6 +25,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from .._validation import (
     all_finite,
+    as_real_array,
     as_scalar,
     check_instance,
     ensure,
@@ -141,8 +142,8 @@ def stability_bound(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
 
     ``sigma_max_sq`` finite and > 0, ``lam`` finite and ≥ 0 (scalars or arrays).
     """
-    sigma_max_sq = _real_array("sigma_max_sq", sigma_max_sq)
-    lam = _real_array("lam", lam)
+    sigma_max_sq = as_real_array("sigma_max_sq", sigma_max_sq)
+    lam = as_real_array("lam", lam)
     sigma_max_sq = ensure(sigma_max_sq, jnp.isfinite(sigma_max_sq) & (sigma_max_sq > 0),
                           f"sigma_max_sq must be finite > 0, got {show(sigma_max_sq)}")
     lam = ensure(lam, jnp.isfinite(lam) & (lam >= 0), f"lam must be finite >= 0, got {show(lam)}")
@@ -150,20 +151,8 @@ def stability_bound(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
 
 
 def unchecked_stability_bound(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
+    """``stability_bound`` without the argument checks (for values already validated)."""
     return 2.0 / (jnp.asarray(sigma_max_sq) * (1 + jnp.asarray(lam)))
-
-
-def _real_array(name: str, value: ArrayLike) -> Array:
-    """``value`` as a real jax array (any shape), else a ``ValueError`` naming it."""
-    if not is_traced(value):
-        try:
-            value = jnp.asarray(value)
-        except (TypeError, ValueError, OverflowError) as err:
-            raise ValueError(f"{name} must be real numbers, got {type(value).__name__}: "
-                             f"{err}") from None
-    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
-        raise ValueError(f"{name} must be real numbers, got dtype {value.dtype}")
-    return value
 
 
 def schedule_weights(schedule: Schedule, steps: int, dtype: object) -> Float[Array, " steps"]:
@@ -284,7 +273,7 @@ def two_by_two_rate(s: Float[ArrayLike, "*r"], lam: ArrayLike,
     teacher (ω = 1 − m) decays like ``max_i ρ(M_i)^t``. ``s`` finite, ``lam`` finite ≥ 0 and
     ``omega`` in ``[0, 1]`` (arrays broadcast together).
     """
-    s, lam, omega = (_real_array(name, value) for name, value in
+    s, lam, omega = (as_real_array(name, value) for name, value in
                      (("s", s), ("lam", lam), ("omega", omega)))
     s = ensure(s, jnp.isfinite(s), f"s must be finite, got {show(s)}")
     lam = ensure(lam, jnp.isfinite(lam) & (lam >= 0), f"lam must be finite >= 0, got {show(lam)}")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from .._validation import all_finite, check_instance, ensure, is_traced, not_finite
+from .._validation import all_finite, as_real_array, check_instance, ensure, is_traced, not_finite
 from ..linear.problem import LinearProblem, contrastive_target
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
 from .diagnostics import unchecked_collapse_diagnostics
@@ -107,7 +107,7 @@ def sweep(problem: LinearProblem, configs: Mapping[str, ArrayLike],
     missing = needed - set(configs)
     if missing:
         raise ValueError(f"configs is missing {sorted(missing)} (needs {sorted(needed)})")
-    arrays = {k: _config_array(k, v) for k, v in configs.items()}
+    arrays = {k: as_real_array(f"configs[{k!r}]", v) for k, v in configs.items()}
     sizes = {k: v.shape for k, v in arrays.items()}
     if any(len(s) != 1 for s in sizes.values()) or len({s[0] for s in sizes.values()}) != 1:
         raise ValueError(f"configs must be 1-D arrays of one length C, got shapes {sizes}")
@@ -152,19 +152,6 @@ def sweep(problem: LinearProblem, configs: Mapping[str, ArrayLike],
             f"sweep: {name}{'' if i is None else f' of configuration {i}'}", dtype,
             "rescale the problem's arrays (x_img, x_txt, w0, w_txt)"))
     return out
-
-
-def _config_array(key: str, value: ArrayLike) -> Array:
-    """``configs[key]`` as a real jax array, else a ``ValueError`` naming it."""
-    if not is_traced(value):
-        try:
-            value = jnp.asarray(value)
-        except (TypeError, ValueError, OverflowError) as err:
-            raise ValueError(f"configs[{key!r}] must be an array of real numbers: {err}"
-                             ) from None
-    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
-        raise ValueError(f"configs[{key!r}] must be real numbers, got dtype {value.dtype}")
-    return value
 
 
 def _refuse(x, ok: Array, message: Callable[[int | None], str]):
