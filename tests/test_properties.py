@@ -17,7 +17,7 @@ import tracer_theory as tt
 #: (d_I, n, d_T, k): n < d_I and n > d_I.
 SHAPES = [(5, 3, 4, 2), (3, 6, 2, 3)]
 STEPS = 24
-FAST = settings(max_examples=30, deadline=None)
+FAST = settings(max_examples=30, deadline=None, derandomize=True)  # the same examples in CI
 
 scales = st.floats(-3.0, 3.0).map(lambda e: 10.0**e)
 fractions = st.floats(0.01, 0.99)  # of the stability bound
