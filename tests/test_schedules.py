@@ -391,3 +391,19 @@ def test_teacher_update_refuses_a_custom_schedule_outside_the_unit_interval():
     pair = teacher(lambda step: 2.0)
     with pytest.raises(ValueError, match=r"omega must be in \[0, 1\], got 2\.0"):
         pair.update(jnp.ones(2), pair.init(jnp.zeros(2)))
+
+
+def test_built_in_schedules_put_no_run_time_check_in_the_teacher_update():
+    """A built-in schedule is validated when built and the counter starts at 1, so the jitted
+    update carries no ``error_if`` (a conditional that syncs with the host on accelerators);
+    an arbitrary callable's ω is still checked, and both give the same teacher."""
+    params = {"w": jnp.arange(3.0)}
+    student = {"w": jnp.ones(3)}
+    for schedule in (wma_teacher(10), ema_teacher(0.9), static_teacher()):
+        update = teacher(schedule).update
+        state = teacher(schedule).init(params)
+        assert "cond" not in str(jax.make_jaxpr(update)(student, state))
+        checked = teacher(lambda t, s=schedule: s(t)).update
+        assert "cond" in str(jax.make_jaxpr(checked)(student, state))
+        np.testing.assert_array_equal(update(student, state).params["w"],
+                                      checked(student, state).params["w"])

@@ -35,16 +35,22 @@ _GRID = "the grid τ_k = (k + 0.5)/(horizon + 1), k = 0..horizon"
 class Schedule(eqx.Module):
     """Base class: the teacher's mixing weight ``ω_t`` as a function of the step ``t ≥ 1``.
 
-    A subclass implements ``__call__``, returning ``ω_t ∈ [0, 1]``; the solvers check the
-    weights they use (``ω`` outside ``[0, 1]``, NaN or complex is refused).
+    A subclass implements ``at`` (the formula, for integer steps ``≥ 1``, values validated when
+    the schedule is built) or overrides ``__call__``; the solvers check the weights they use
+    (``ω`` outside ``[0, 1]``, NaN or complex is refused).
     """
 
     def __call__(self, step: Int[ArrayLike, "*s"]) -> Float[Array, "*s"]:
         """``ω_step`` for an integer ``step ≥ 1`` (traced allowed; arrays act elementwise).
 
-        The built-in schedules refuse ``step < 1`` (a ``ValueError``; a run-time error when
-        traced) and non-integer steps.
+        Refuses ``step < 1`` (a ``ValueError``; a run-time error when traced) and non-integer
+        steps, then evaluates ``at``.
         """
+        return _at_steps(step, self.at)
+
+    def at(self, step: Int[Array, "*s"]) -> Float[Array, "*s"]:
+        """``ω_step`` for an integer array ``step ≥ 1``, unchecked: for callers that count the
+        steps themselves (the teacher update), so no run-time check sits in a training step."""
         raise NotImplementedError
 
     def weights(self, num_steps: int) -> Float[Array, " num_steps"]:
@@ -55,8 +61,8 @@ class Schedule(eqx.Module):
 class StaticSchedule(Schedule):
     """``ω_t = 0``: the teacher is frozen at ``W_0``."""
 
-    def __call__(self, step):
-        return _at_steps(step, lambda t: jnp.zeros(jnp.shape(t), _float_dtype()))
+    def at(self, step):
+        return jnp.zeros(jnp.shape(step), _float_dtype())
 
     def weights(self, num_steps):
         return jnp.zeros(_static_count("num_steps", num_steps), _float_dtype())
@@ -101,8 +107,8 @@ class EMASchedule(Schedule):
         """``m_step`` for integer ``step ≥ 1`` (see the class docstring); elementwise."""
         return _at_steps(step, lambda t: _ema_momentum(self, t))
 
-    def __call__(self, step):
-        return 1 - self.momentum_at(step)
+    def at(self, step):
+        return 1 - _ema_momentum(self, step)
 
     def weights(self, num_steps):
         steps = jnp.arange(1, _static_count("num_steps", num_steps) + 1)
@@ -213,8 +219,8 @@ class KernelSchedule(Schedule):
             return _kernel_table(self.kernel, self.horizon, self.horizon)[0]
         return self.table
 
-    def __call__(self, step):
-        return _at_steps(step, lambda t: _look_up(self._table(), t))
+    def at(self, step):
+        return _look_up(self._table(), step)
 
     def weights(self, num_steps):
         return _pad(self._table(), _static_count("num_steps", num_steps))

@@ -41,7 +41,11 @@ def mix(teacher_params: PyTree, student_params: PyTree,
     leaf stays float32). Other leaves (functions, Python scalars, integer or boolean arrays)
     are the teacher's, untouched. Both trees must have the same structure.
     """
-    omega = as_fraction("omega", omega)
+    return _mix(teacher_params, student_params, as_fraction("omega", omega))
+
+
+def _mix(teacher_params: PyTree, student_params: PyTree, omega: Array) -> PyTree:
+    """``mix`` without the check of ``ω``."""
     t_float, t_other = eqx.partition(teacher_params, eqx.is_inexact_array)
     s_float = eqx.filter(student_params, eqx.is_inexact_array)
 
@@ -56,16 +60,24 @@ def teacher(schedule: Schedule | Callable[[Array], Array]) -> Teacher:
     """The teacher driven by ``schedule`` (any ``step -> ω`` callable), optax-style.
 
     ``init(W_0)`` gives ``TeacherState(step=0, params=W_0)``; ``update(W_t, state)`` applies
-    ``ω = schedule(state.step + 1)`` with ``mix`` and increments the step.
+    ``ω = schedule(state.step + 1)`` with ``mix`` and increments the step. A ``Schedule`` with
+    an ``at`` (every built-in one) is evaluated unchecked: its values were validated when it
+    was built and the counter starts at 1, so a jitted training step carries no run-time check.
+    Any other callable's ``ω`` is checked at every update.
     """
     if not callable(schedule):
         raise TypeError(f"schedule must be a callable step -> ω, got {schedule!r}")
+    trusted = isinstance(schedule, Schedule) and type(schedule).at is not Schedule.at
 
     def init(student_params: PyTree) -> TeacherState:
         return TeacherState(step=jnp.zeros((), jnp.int32), params=student_params)
 
     def update(student_params: PyTree, state: TeacherState) -> TeacherState:
         step = state.step + 1
-        return TeacherState(step=step, params=mix(state.params, student_params, schedule(step)))
+        if trusted:
+            params = _mix(state.params, student_params, schedule.at(step))
+        else:
+            params = mix(state.params, student_params, schedule(step))
+        return TeacherState(step=step, params=params)
 
     return Teacher(init=init, update=update)
