@@ -169,10 +169,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy"
     run_dir = out_dir / config.name
     data = config.data() if data is None else data
     plan = config.plan(len(data.train_labels))
-    for seed in config.seeds:  # refuse a folder of other settings before any training
-        for name, (strategy, ft_config) in plan.items():
-            resumed(run_dir / f"seed{seed}_{name}.json",
-                    run_key(config, data, seed, strategy, ft_config), overwrite)
+    keys = {(seed, name): run_key(config, data, seed, strategy, ft_config)
+             for seed in config.seeds for name, (strategy, ft_config) in plan.items()}
+    # finished runs, read once; a folder of other settings is refused before any training
+    finished = {at: resumed(run_dir / f"seed{at[0]}_{at[1]}.json", key, overwrite)
+                for at, key in keys.items()}
     results: dict[str, Any] = {"pretrained": {}, "runs": {}}
     for seed in config.seeds:
         pretrained = pretrained_model(config, data, out_dir, seed, progress, mesh)
@@ -182,8 +183,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy"
         class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
         for name, (strategy, ft_config) in plan.items():
             path = run_dir / f"seed{seed}_{name}.json"
-            key = run_key(config, data, seed, strategy, ft_config)
-            done = resumed(path, key, overwrite)
+            key, done = keys[seed, name], finished[seed, name]
             if done is not None:
                 results["runs"].setdefault(name, {})[str(seed)] = done
                 continue
