@@ -155,12 +155,7 @@ def check_instance(name: str, value: object, cls: type) -> None:
 def as_real_array(name: str, value: ArrayLike) -> Array:
     """``value`` as a real (floating or integer) jax array of any shape, else a ``ValueError``
     naming ``name``; traced values pass through (their dtype is still checked)."""
-    if not is_traced(value):
-        try:
-            value = jnp.asarray(value)
-        except (TypeError, ValueError, OverflowError) as err:
-            raise ValueError(f"{name} must be real numbers, got {type(value).__name__}: "
-                             f"{err}") from None
-    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
-        raise ValueError(f"{name} must be real numbers, got dtype {value.dtype}")
-    return value
+    arr = _to_array(name, value, "real numbers")
+    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
+        raise ValueError(f"{name} must be real numbers, got dtype {arr.dtype}")
+    return arr
