@@ -138,8 +138,8 @@ def test_pretraining_resumes_bit_identically(tmp_path, monkeypatch):
     key = jax.random.key(3)
     whole = pretraining.pretrain(images, labels, captions, config, key=key, seed=0,
                      checkpoint=tmp_path / "a.run")
-    # interrupt a second run after its third step (its checkpoint holds step 2), then resume
-    original, calls = pretraining._pretrain_step, []
+    # interrupt a second run in its third one-step chunk (its checkpoint holds step 2), then resume
+    original, calls = pretraining._pretrain_chunk, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -147,11 +147,11 @@ def test_pretraining_resumes_bit_identically(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pretraining, "_pretrain_step", interrupted)
+    monkeypatch.setattr(pretraining, "_pretrain_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pretraining.pretrain(images, labels, captions, config, key=key, seed=0,
-                             checkpoint=tmp_path / "b.run")
-    monkeypatch.setattr(pretraining, "_pretrain_step", original)
+                             checkpoint=tmp_path / "b.run", chunk=1)
+    monkeypatch.setattr(pretraining, "_pretrain_chunk", original)
     _, at, _ = checkpoints.load_run(tmp_path / "b.run", (whole, None))
     assert at == 2
     resumed = pretraining.pretrain(images, labels, captions, config, key=key, seed=0,

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import equinox as eqx
-import numpy as np
 from jaxtyping import PyTree
 
 from ..._io import write_atomic
@@ -26,23 +25,29 @@ def load_model(path: str | os.PathLike, like: PyTree) -> PyTree:
 
 
 def save_run(path: str | os.PathLike, tree: PyTree, step: int,
-             rng: np.random.Generator) -> Path:
-    """Atomically write ``tree`` (equinox leaves) with the step and the sampler's state."""
+             info: dict[str, Any] | None = None) -> Path:
+    """Atomically write ``tree`` (equinox leaves) with the step and JSON-ready ``info``."""
 
     def write(f):
-        header = json.dumps({"step": step, "rng": rng.bit_generator.state}).encode()
+        header = json.dumps({"step": step, "info": info or {}}).encode()
         f.write(len(header).to_bytes(8, "little") + header)
         eqx.tree_serialise_leaves(f, tree)
 
     return write_atomic(path, write, binary=True)
 
 
-def load_run(path: str | os.PathLike, like: PyTree) -> tuple[Any, int, np.random.Generator]:
-    """The ``(tree, step, rng)`` that ``save_run`` wrote; ``like`` gives the structure."""
+def run_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+    """The ``(step, info)`` of a run ``save_run`` wrote, without reading its arrays."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    return int(header["step"]), header["info"]
+
+
+def load_run(path: str | os.PathLike, like: PyTree) -> tuple[Any, int, dict[str, Any]]:
+    """The ``(tree, step, info)`` that ``save_run`` wrote; ``like`` gives the structure."""
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(size))
         tree = eqx.tree_deserialise_leaves(f, like)
-    rng = np.random.default_rng()
-    rng.bit_generator.state = header["rng"]
-    return tree, int(header["step"]), rng
+    return tree, int(header["step"]), header["info"]

@@ -1,77 +1,395 @@
-"""The finetuning loop: phases of jitted steps over host-sampled batches, with the
-teacher–student gap logged along the way."""
+"""The finetuning loop as one on-device program (THEORY §6).
+
+The training arrays live on the device; every step draws its batch with ``jax.random`` from
+``fold_in(key(seed), step)``, takes the jitted step of ``step.py`` (the teacher update and the
+schedule's ω inside it) and, every ``log_every`` steps, logs the curves (``CURVES``) as scan
+outputs. A run is a ``lax.scan`` over chunks of ``chunk`` steps; the chunk size only sets how
+often the progress bar moves (and where a checkpoint may be written): every step's batch
+depends on its global index alone, so the result is the same for any chunk size.
+``finetune_seeds`` ``vmap``s seeds (each with its own pretrained model) into one program;
+``reference_finetune`` is the same run one dispatched step at a time (tests and benchmarks).
+"""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jax.sharding import NamedSharding, PartitionSpec
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
-from ..parallel import Mesh, replicate, shard_batch
+from ..models import DualEncoder
+from ..parallel import Mesh, replicate
+from .checkpoints import load_model, load_run, run_header, save_model, save_run
 from .config import FinetuneConfig
 from .finetunee import Batch, Finetunee
-from .step import gap_metrics, start, start_phase, train_step
-from .strategies import Strategy
+from .step import TrainState, gap_metrics, phase_optimizer, start, start_phase, train_step
+from .strategies import Phase, Strategy
 
-CURVES = ("steps", "param_distance", "logit_kl", "agreement", "loss")
+#: The logged curves: the step, the loss, the teacher–student gap (parameter distance, logit KL,
+#: argmax agreement) and the gray zero-shot accuracy (%) on the fixed gray probe.
+CURVES = ("steps", "loss", "param_distance", "logit_kl", "agreement", "gray_acc")
+#: How batches are drawn (part of every result's key, so results of another sampler are not
+#: resumed).
+SAMPLER = "jax.random.fold_in(key(seed), step); choice without replacement"
+DEFAULT_CHUNK = 250
+
+
+class TrainingData(eqx.Module):
+    """The finetuning arrays on the device: images (N, C, H, W) and labels (N,), and the gray
+    pretraining images, caption tokens and labels that replay strategies mix in (maybe empty)."""
+
+    images: Float[Array, "N C H W"]
+    labels: Int[Array, " N"]
+    hybrid_images: Float[Array, "M C H W"]
+    hybrid_tokens: Int[Array, "M L"]
+    hybrid_labels: Int[Array, " M"]
+
+    @classmethod
+    def of(cls, images, labels, hybrid=None) -> TrainingData:
+        """From NumPy arrays; ``hybrid`` = (images, tokens, labels) or ``None`` (empty)."""
+        if hybrid is None:
+            hybrid = (np.zeros((0, *np.shape(images)[1:]), np.float32),
+                      np.zeros((0, 8), np.int32), np.zeros((0,), np.int32))
+        return cls(jnp.asarray(images), jnp.asarray(labels, jnp.int32),
+                   jnp.asarray(hybrid[0]), jnp.asarray(hybrid[1], jnp.int32),
+                   jnp.asarray(hybrid[2], jnp.int32))
+
+
+class Probe(eqx.Module):
+    """The fixed batches the curves are logged on: colored images (B, C, H, W) for the
+    teacher–student gap, gray images (G, C, H, W) and labels (G,) for zero-shot accuracy."""
+
+    images: Float[Array, "B C H W"]
+    gray_images: Float[Array, "G C H W"]
+    gray_labels: Int[Array, " G"]
+
+    @classmethod
+    def of(cls, images, gray: tuple[np.ndarray, np.ndarray] | None = None) -> Probe:
+        """From NumPy arrays; without ``gray`` the gray accuracy curve is NaN."""
+        if gray is None:
+            gray = (np.zeros((0, *np.shape(images)[1:]), np.float32), np.zeros((0,), np.int32))
+        return cls(jnp.asarray(images), jnp.asarray(gray[0]), jnp.asarray(gray[1], jnp.int32))
+
+
+def draw_batch(data: TrainingData, key: PRNGKeyArray, size: int, n_hybrid: int) -> Batch:
+    """``size − n_hybrid`` finetuning examples and ``n_hybrid`` replay examples, each drawn
+    without replacement with ``key``."""
+    k_task, k_hybrid = jax.random.split(key)
+    idx = jax.random.choice(k_task, data.labels.shape[0], (size - n_hybrid,), replace=False)
+    if n_hybrid:
+        hidx = jax.random.choice(k_hybrid, data.hybrid_labels.shape[0], (n_hybrid,),
+                                 replace=False)
+    else:
+        hidx = jnp.zeros((0,), jnp.int32)
+    return Batch(data.images[idx], data.labels[idx], data.hybrid_images[hidx],
+                 data.hybrid_tokens[hidx], data.hybrid_labels[hidx])
+
+
+def step_key(seed_key: PRNGKeyArray, step: Int[Array, ""]) -> PRNGKeyArray:
+    """The key of global step ``step`` (1-based) of a run."""
+    return jax.random.fold_in(seed_key, step)
+
+
+def zero_shot_accuracy(clip: DualEncoder, images: Float[Array, "G C H W"],
+                       labels: Int[Array, " G"], class_emb: Float[Array, "K D"]) -> Array:
+    """Zero-shot accuracy (%) of ``clip`` on ``images``; NaN for an empty probe."""
+    if images.shape[0] == 0:
+        return jnp.asarray(jnp.nan, jnp.float32)
+    logits = clip.embed_images(images) @ class_emb.T
+    return 100 * jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def log_metrics(state: TrainState, loss: Array, probe: Probe, class_emb: Float[Array, "K D"]
+                ) -> dict[str, Array]:
+    """The logged values of ``CURVES`` (but the step) after a step of loss ``loss``."""
+    gaps = gap_metrics(state.model, state.teacher.params, probe.images, class_emb)
+    gray = zero_shot_accuracy(state.model.clip, probe.gray_images, probe.gray_labels, class_emb)
+    return {"loss": loss, **gaps, "gray_acc": gray}
+
+
+class _Fixed(eqx.Module):
+    """What a chunk needs besides the state: arrays (data, probe, pretrained model, class
+    embeddings, the seed's key) and static values (strategy, schedule, configs)."""
+
+    data: TrainingData
+    probe: Probe
+    pretrained: Finetunee
+    class_emb: Float[Array, "K D"]
+    key: PRNGKeyArray
+    strategy: Strategy = eqx.field(static=True)
+    config: FinetuneConfig = eqx.field(static=True)
+    optimizer: object = eqx.field(static=True)
+    n_hybrid: int = eqx.field(static=True)
+    sharding: NamedSharding | None = eqx.field(static=True)
+
+
+def _chunk(state: TrainState, steps: Int[Array, " n"], fixed: _Fixed, schedule
+           ) -> tuple[TrainState, dict[str, Array]]:
+    """``len(steps)`` steps as one ``lax.scan``; returns the state and, per step, whether it
+    logs and the logged values (zeros where it does not)."""
+    config = fixed.config
+    arrays, static = eqx.partition(state, eqx.is_array)  # the scan carries arrays only
+
+    def body(arrays, step):
+        state = eqx.combine(arrays, static)
+        batch = draw_batch(fixed.data, step_key(fixed.key, step), config.batch_size,
+                           fixed.n_hybrid)
+        if fixed.sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, fixed.sharding)
+        state, parts = train_step(state, batch, fixed.strategy, schedule, config,
+                                  fixed.optimizer, fixed.pretrained, fixed.class_emb,
+                                  fixed.pretrained.head)
+        logs = (step % config.log_every == 0) | (step == config.steps)
+        shape = jax.eval_shape(log_metrics, state, parts["loss"], fixed.probe, fixed.class_emb)
+        values = jax.lax.cond(
+            logs, lambda s: log_metrics(s, parts["loss"], fixed.probe, fixed.class_emb),
+            lambda s: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shape), state)
+        return eqx.filter(state, eqx.is_array), values
+
+    arrays, values = jax.lax.scan(body, arrays, steps)
+    return eqx.combine(arrays, static), values
+
+
+@eqx.filter_jit
+def _run_chunk(state, steps, fixed, schedule):
+    return _chunk(state, steps, fixed, schedule)
+
+
+@eqx.filter_jit
+def _run_chunk_seeds(state, steps, fixed, schedule):
+    # seeds on axis 0 of the state, the pretrained model, the class embeddings and the key
+    seeds = eqx.if_array(0)
+    axes = _Fixed(None, None, seeds, seeds, seeds, fixed.strategy, fixed.config,
+                  fixed.optimizer, fixed.n_hybrid, fixed.sharding)
+    state, values = eqx.filter_vmap(_chunk, in_axes=(seeds, None, axes, None))(
+        state, steps, fixed, schedule)
+    return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), values)  # (steps, seeds)
+
+
+class Run(NamedTuple):
+    """A finished run: the model, the logged curves (``CURVES``, NumPy) and the models at the
+    requested ``stops`` (``{step: model}``). For ``finetune_seeds``, lists over the seeds."""
+
+    model: Finetunee
+    curves: dict[str, np.ndarray]
+    snapshots: dict[int, Finetunee]
 
 
 def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
              strategy: Strategy, config: FinetuneConfig, *, class_emb: Float[Array, "C D"],
-             probe: np.ndarray, hybrid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-             seed: int, progress: str | None = None, mesh: Mesh | None = None
-             ) -> tuple[Finetunee, dict[str, np.ndarray]]:
+             probe: np.ndarray, gray_probe: tuple[np.ndarray, np.ndarray] | None = None,
+             hybrid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, seed: int,
+             progress: str | None = None, mesh: Mesh | None = None, chunk: int = DEFAULT_CHUNK,
+             stops: Sequence[int] = (), checkpoint: str | Path | None = None) -> Run:
     """Finetune ``pretrained`` on ``images`` (N, C, H, W) / ``labels`` (N,) with ``strategy``
-    under the training ``config``.
+    under the training ``config``, as one scanned on-device program per chunk of steps.
 
-    ``hybrid`` = (gray images, caption tokens, labels) for strategies that mix pretraining data
-    into their batches; ``probe`` a fixed batch for the gap metrics, logged every
-    ``config.log_every`` steps. Returns the finetuned model and the logged curves (``CURVES``:
-    steps, parameter distance, logit KL, agreement, loss). ``mesh``: a device mesh
-    (``parallel.data_mesh``) to split each batch over (data parallel).
+    ``class_emb`` (C, D): the frozen class embeddings; ``probe`` (B, C, H, W) the fixed colored
+    batch the teacher–student gap is logged on and ``gray_probe`` = (images, labels) the gray
+    one for zero-shot accuracy, every ``config.log_every`` steps; ``hybrid`` = (gray images,
+    caption tokens, labels) for strategies that mix pretraining data into their batches;
+    ``mesh`` a device mesh (``parallel.data_mesh``) each batch is split over; ``chunk`` steps
+    per program call; ``stops`` steps at which to keep a copy of the model (``Run.snapshots``);
+    ``checkpoint`` a file the run is saved to after every chunk and resumed from.
+    Returns ``Run(model, curves, snapshots)``.
     """
-    rng = np.random.default_rng(seed)
+    run = _Runner(strategy, config, chunk, stops, hybrid, mesh, n_seeds=None)
+    return run(pretrained, images, labels, jnp.asarray(class_emb), probe, gray_probe,
+               jax.random.key(seed), progress, checkpoint)
+
+
+def finetune_seeds(pretrained: Sequence[Finetunee], images: np.ndarray, labels: np.ndarray,
+                   strategy: Strategy, config: FinetuneConfig, *,
+                   class_emb: Sequence[Float[Array, "C D"]], probe: np.ndarray,
+                   gray_probe: tuple[np.ndarray, np.ndarray] | None = None,
+                   hybrid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                   seeds: Sequence[int], progress: str | None = None,
+                   mesh: Mesh | None = None, chunk: int = DEFAULT_CHUNK,
+                   stops: Sequence[int] = (), checkpoint: str | Path | None = None) -> Run:
+    """``finetune`` for several seeds as one vmapped program: ``pretrained[i]`` and
+    ``class_emb[i]`` are seed ``seeds[i]``'s. Each seed's result equals its own ``finetune``
+    (within float32 round-off). Returns a ``Run`` whose fields are lists over the seeds (the
+    snapshots ``{step: [model per seed]}``)."""
+    if mesh is not None:
+        raise ValueError("finetune_seeds runs on one device (mesh must be None); split one "
+                         "seed's batches over a mesh with finetune(..., mesh=...)")
+    if not len(seeds) or len(seeds) != len(pretrained) or len(seeds) != len(class_emb):
+        raise ValueError(f"seeds, pretrained and class_emb must have the same non-zero length, "
+                         f"got {len(seeds)}, {len(pretrained)}, {len(class_emb)}")
+    run = _Runner(strategy, config, chunk, stops, hybrid, mesh, n_seeds=len(seeds))
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    return run(_stack(pretrained), images, labels, jnp.stack([jnp.asarray(c) for c in class_emb]),
+               probe, gray_probe, keys, progress, checkpoint)
+
+
+class _Runner:
+    """The host side of a run: phases, chunks, logging, snapshots and checkpoints. With
+    ``n_seeds`` every array of the state carries the seeds on axis 0."""
+
+    def __init__(self, strategy, config, chunk, stops, hybrid, mesh, n_seeds):
+        if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
+            raise ValueError(f"chunk must be a positive number of steps, got {chunk!r}")
+        stops = tuple(sorted({int(s) for s in stops}))
+        if any(not 1 <= s <= config.steps for s in stops):
+            raise ValueError(f"stops must be steps in [1, {config.steps}], got {list(stops)}")
+        self.n_hybrid = strategy.hybrid_size(config.batch_size)
+        if self.n_hybrid and hybrid is None:
+            raise ValueError(f"{type(strategy).__name__} mixes {self.n_hybrid} pretraining "
+                             "images into each batch: pass hybrid=(images, tokens, labels)")
+        self.strategy, self.config, self.chunk, self.stops = strategy, config, int(chunk), stops
+        self.hybrid, self.mesh, self.n_seeds = hybrid, mesh, n_seeds
+        self.phases = strategy.phases(config.steps)
+        self.ends = np.cumsum([p.steps for p in self.phases])
+
+    def _map(self, fn, *trees):
+        return (fn if self.n_seeds is None else eqx.filter_vmap(fn))(*trees)
+
+    def _phase_start(self, state: TrainState, i: int) -> TrainState:
+        """``state`` with phase ``i``'s fresh optimizer state (model and teacher kept)."""
+        phase = self.phases[i]
+        return self._map(lambda m, t: start_phase(m, t, phase, self.config)[0],
+                         state.model, state.teacher)
+
+    def __call__(self, pretrained, images, labels, class_emb, probe, gray_probe, key, progress,
+                 checkpoint):
+        config = self.config
+        state = self._map(lambda m: start(m, self.strategy, config)[0], pretrained)
+        schedule = self.strategy.schedule(config.steps)
+        done, logged, snapshots = 0, [], {}
+        if checkpoint is not None and Path(checkpoint).exists():
+            done, logged, snapshots, state = self._resume(Path(checkpoint), state, pretrained)
+        data = TrainingData.of(images, labels, self.hybrid)
+        probe = Probe.of(probe, gray_probe)
+        sharding = None
+        if self.mesh is not None:
+            data, probe, pretrained = replicate((data, probe, pretrained), self.mesh)
+            sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        program = _run_chunk if self.n_seeds is None else _run_chunk_seeds
+        bar = tqdm(total=config.steps, initial=done, desc=progress, leave=False,
+                   disable=progress is None)
+        for i, phase in enumerate(self.phases):
+            if done >= self.ends[i]:
+                continue
+            if i and done == self.ends[i] - phase.steps:
+                state = self._phase_start(state, i)
+            if self.mesh is not None:
+                state = replicate(state, self.mesh)
+            fixed = _Fixed(data, probe, pretrained, class_emb, key, self.strategy, config,
+                           phase_optimizer(config, phase), self.n_hybrid, sharding)
+            for lo, hi in chunk_ranges(done, int(self.ends[i]), self.chunk, self.stops):
+                state, values = program(state, jnp.arange(lo + 1, hi + 1, dtype=jnp.int32),
+                                        fixed, schedule)
+                logged += _logged_rows(np.arange(lo + 1, hi + 1), values, config)
+                done = hi
+                if done in self.stops:
+                    snapshots[done] = state.model
+                    if checkpoint is not None:
+                        save_model(_snapshot_path(checkpoint, done), state.model)
+                if checkpoint is not None:
+                    save_run(checkpoint, state, done, {"curves": logged, "phase": i})
+                bar.update(hi - lo)
+        bar.close()
+        return self._result(state.model, logged, snapshots)
+
+    def _resume(self, path: Path, state: TrainState, pretrained):
+        """``(step, logged rows, snapshots, state)`` of the checkpoint at ``path``."""
+        _, info = run_header(path)
+        like = state if info["phase"] == 0 else self._phase_start(state, info["phase"])
+        state, step, info = load_run(path, like)
+        snapshots = {s: load_model(_snapshot_path(path, s), pretrained)
+                     for s in self.stops if s <= step}
+        return step, [tuple(r) for r in info["curves"]], snapshots, state
+
+    def _result(self, model, logged, snapshots) -> Run:
+        rows = np.asarray(logged, np.float64).reshape(len(logged), -1)
+        steps = rows[:, 0].astype(np.int64)
+        n = len(CURVES) - 1
+        if self.n_seeds is None:
+            curves = {"steps": steps} | {k: rows[:, 1 + j] for j, k in enumerate(CURVES[1:])}
+            return Run(model, curves, snapshots)
+        curves = [{"steps": steps} | {k: rows[:, 1 + s * n + j] for j, k in enumerate(CURVES[1:])}
+                  for s in range(self.n_seeds)]
+        return Run(_unstack(model, self.n_seeds), curves,
+                   {step: _unstack(m, self.n_seeds) for step, m in snapshots.items()})
+
+
+def _snapshot_path(checkpoint: str | Path, step: int) -> Path:
+    return Path(f"{checkpoint}.step{step}")
+
+
+def _logged_rows(steps: np.ndarray, values: dict[str, Array], config: FinetuneConfig
+                 ) -> list[tuple[float, ...]]:
+    """The rows (step, then each curve's value, seeds side by side) of the logged steps."""
+    mask = (steps % config.log_every == 0) | (steps == config.steps)
+    # (steps, seeds, curves): a run without seeds is one seed
+    table = np.stack([np.asarray(values[k], np.float64).reshape(len(steps), -1)
+                      for k in CURVES[1:]], axis=2).reshape(len(steps), -1)
+    return [(float(s), *map(float, r)) for s, r in zip(steps[mask], table[mask], strict=True)]
+
+
+def chunk_ranges(done: int, end: int, chunk: int, stops: Sequence[int] = ()
+                 ) -> list[tuple[int, int]]:
+    """``(lo, hi]`` step ranges from ``done`` to ``end``: at most ``chunk`` long, split at
+    ``stops``."""
+    edges = sorted({*range(done, end, chunk), end, *(s for s in stops if done < s < end)})
+    return list(itertools.pairwise(edges))
+
+
+def _stack(trees: Sequence):
+    """One tree whose array leaves stack ``trees`` on a new axis 0."""
+    arrays = [eqx.filter(t, eqx.is_array) for t in trees]
+    static = eqx.partition(trees[0], eqx.is_array)[1]
+    return eqx.combine(jax.tree.map(lambda *x: jnp.stack(x), *arrays), static)
+
+
+def _unstack(tree, n_seeds: int) -> list:
+    """The ``n_seeds`` trees of a stacked tree."""
+    arrays, static = eqx.partition(tree, eqx.is_array)
+    return [eqx.combine(jax.tree.map(lambda x, i=i: x[i], arrays), static)
+            for i in range(n_seeds)]
+
+
+def reference_finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
+                       strategy: Strategy, config: FinetuneConfig, *,
+                       class_emb: Float[Array, "C D"], probe: np.ndarray,
+                       gray_probe: tuple[np.ndarray, np.ndarray] | None = None,
+                       hybrid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                       seed: int) -> Run:
+    """The same run as ``finetune``, one dispatched jitted step per Python iteration over the
+    same batches (a reference for tests and the benchmark's baseline)."""
     n_hybrid = strategy.hybrid_size(config.batch_size)
-    if n_hybrid and hybrid is None:
-        raise ValueError(f"{type(strategy).__name__} mixes {n_hybrid} pretraining images into "
-                         "each batch: pass hybrid=(images, tokens, labels)")
+    data = TrainingData.of(images, labels, hybrid)
+    probe = Probe.of(probe, gray_probe)
+    key = jax.random.key(seed)
     state, optimizer, schedule = start(pretrained, strategy, config)
-    curves: dict[str, list] = {k: [] for k in CURVES}
-    probe = jnp.asarray(probe)
+    draw = eqx.filter_jit(draw_batch)
+    logs = eqx.filter_jit(log_metrics)
+    rows = []
     step = 0
-    bar = tqdm(total=config.steps, desc=progress, leave=False, disable=progress is None)
     for i, phase in enumerate(strategy.phases(config.steps)):
         if i:
             state, optimizer = start_phase(state.model, state.teacher, phase, config)
-        if mesh is not None:
-            state = replicate(state, mesh)
         for _ in range(phase.steps):
-            batch = _sample(rng, images, labels, config.batch_size - n_hybrid, hybrid, n_hybrid)
-            if mesh is not None:
-                batch = shard_batch(batch, mesh)
+            step += 1
+            batch = draw(data, step_key(key, jnp.int32(step)), config.batch_size, n_hybrid)
             state, parts = train_step(state, batch, strategy, schedule, config, optimizer,
                                       pretrained, class_emb, pretrained.head)
-            step += 1
             if step % config.log_every == 0 or step == config.steps:
-                gaps = gap_metrics(state.model, state.teacher.params, probe, class_emb)
-                curves["steps"].append(step)
-                curves["loss"].append(float(parts["loss"]))
-                for key, value in gaps.items():
-                    curves[key].append(float(value))
-            bar.update(1)
-    bar.close()
-    return state.model, {k: np.asarray(v) for k, v in curves.items()}
+                values = logs(state, parts["loss"], probe, class_emb)
+                rows.append((step, *(float(values[k]) for k in CURVES[1:])))
+    table = np.asarray(rows, np.float64)
+    curves = {k: table[:, j] for j, k in enumerate(CURVES)}
+    curves["steps"] = curves["steps"].astype(np.int64)
+    return Run(state.model, curves, {})
 
 
-def _sample(rng: np.random.Generator, images, labels, n: int, hybrid, n_hybrid: int) -> Batch:
-    idx = rng.choice(len(labels), size=n, replace=False)
-    if n_hybrid:
-        h_img, h_tok, h_lab = hybrid
-        hidx = rng.choice(len(h_lab), size=n_hybrid, replace=False)
-        h = (h_img[hidx], h_tok[hidx], h_lab[hidx])
-    else:
-        length = hybrid[1].shape[1] if hybrid is not None else 8
-        h = (np.zeros((0, *images.shape[1:]), images.dtype), np.zeros((0, length), np.int32),
-             np.zeros((0,), labels.dtype))
-    return Batch(jnp.asarray(images[idx]), jnp.asarray(labels[idx]), *map(jnp.asarray, h))
+__all__ = ["CURVES", "Phase", "Probe", "Run", "TrainingData", "draw_batch", "finetune",
+           "finetune_seeds", "reference_finetune"]

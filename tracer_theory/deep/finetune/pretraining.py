@@ -1,5 +1,5 @@
 """Contrastive pretraining of a CLIP on gray digits (symmetric multi-positive InfoNCE),
-resumable from checkpoints."""
+resumable from checkpoints, as a scanned on-device program."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import functools
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import PRNGKeyArray
 from tqdm.auto import tqdm
 
 from ..losses import clip_loss
 from ..models import DualEncoder, make_model
-from ..parallel import Mesh, replicate, shard_batch
+from ..parallel import Mesh, replicate
 from .checkpoints import load_run, save_run
 from .config import PretrainConfig, learning_rate
+from .loop import chunk_ranges
 from .step import accumulated_value_and_grad, in_compute_dtype
 
 
@@ -37,38 +40,74 @@ def _pretrain_step(model, opt_state, images, tokens, labels, optimizer, accumula
     return eqx.apply_updates(model, updates), opt_state, value
 
 
+def _pretrain_batch(images, labels, captions, key, batch_size: int):
+    """``batch_size`` images drawn without replacement, each with a random caption of its
+    digit: ``(images, tokens, labels)``."""
+    k_idx, k_caption = jax.random.split(key)
+    idx = jax.random.choice(k_idx, labels.shape[0], (batch_size,), replace=False)
+    which = jax.random.randint(k_caption, (batch_size,), 0, captions.shape[1])
+    return images[idx], captions[labels[idx], which], labels[idx]
+
+
+@eqx.filter_jit
+def _pretrain_chunk(model, opt_state, steps, arrays, key, optimizer, config: PretrainConfig,
+                    sharding):
+    """``len(steps)`` pretraining steps as one ``lax.scan``; returns the model, the optimizer
+    state and the losses."""
+    carry, static = eqx.partition((model, opt_state), eqx.is_array)
+
+    def body(carry, step):
+        model, opt_state = eqx.combine(carry, static)
+        batch = _pretrain_batch(*arrays, jax.random.fold_in(key, step), config.batch_size)
+        if sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, sharding)
+        model, opt_state, loss = _pretrain_step(model, opt_state, *batch, optimizer,
+                                                config.accumulate, config.compute_dtype)
+        return eqx.filter((model, opt_state), eqx.is_array), loss
+
+    carry, losses = jax.lax.scan(body, carry, steps)
+    model, opt_state = eqx.combine(carry, static)
+    return model, opt_state, losses
+
+
 def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
              config: PretrainConfig, *, key: PRNGKeyArray, seed: int,
              progress: str | None = None, mesh: Mesh | None = None,
-             checkpoint: str | Path | None = None) -> DualEncoder:
-    """Contrastive pretraining of a fresh ``config.model`` on ``images`` (N, 3, H, W).
+             checkpoint: str | Path | None = None, chunk: int = 100) -> DualEncoder:
+    """Contrastive pretraining of a fresh ``config.model`` on ``images`` (N, 3, H, W), as a
+    scanned on-device program over chunks of ``chunk`` steps (batches drawn with ``jax.random``
+    from ``fold_in(key(seed), step)``, so any chunk size gives the same model).
 
     ``captions`` (10, P, L): caption tokens per digit; each image gets a random one per step.
     ``mesh``: a 1-D device mesh (``parallel.data_mesh``) over which each batch is split; the
     model is replicated (data parallel). ``checkpoint``: where to save/resume the run every
-    ``config.checkpoint_every`` steps (the model, the optimizer state and the sampler state).
+    ``config.checkpoint_every`` steps (the model and the optimizer state).
     """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive number of steps, got {chunk!r}")
     model = make_model(config.model, key=key, width=config.width, dim=config.dim)
     optimizer = _pretrain_optimizer(config)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
-    rng = np.random.default_rng(seed)
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
-        (model, opt_state), start, rng = load_run(checkpoint, (model, opt_state))
+        (model, opt_state), start, _ = load_run(checkpoint, (model, opt_state))
+    arrays = (jnp.asarray(images), jnp.asarray(labels, jnp.int32), jnp.asarray(captions))
+    sharding = None
     if mesh is not None:
-        model, opt_state = replicate((model, opt_state), mesh)
-    for step in tqdm(range(start, config.steps), desc=progress, leave=False,
-                     disable=progress is None, initial=start, total=config.steps):
-        idx = rng.choice(len(labels), size=config.batch_size, replace=False)
-        which = rng.integers(captions.shape[1], size=config.batch_size)
-        batch = (images[idx], captions[labels[idx], which], labels[idx])
-        batch = shard_batch(batch, mesh) if mesh is not None else tuple(map(jnp.asarray, batch))
-        model, opt_state, _ = _pretrain_step(model, opt_state, *batch, optimizer,
-                                             config.accumulate, config.compute_dtype)
-        done = step + 1
-        if (checkpoint is not None and config.checkpoint_every
-                and (done % config.checkpoint_every == 0 or done == config.steps)):
-            save_run(checkpoint, (model, opt_state), done, rng)
+        model, opt_state, arrays = replicate((model, opt_state, arrays), mesh)
+        sharding = NamedSharding(mesh, PartitionSpec("data"))
+    every = config.checkpoint_every if checkpoint is not None else 0
+    stops = range(every, config.steps, every) if every else ()
+    seed_key = jax.random.key(seed)
+    with tqdm(total=config.steps, initial=start, desc=progress, leave=False,
+              disable=progress is None) as bar:
+        for lo, hi in chunk_ranges(start, config.steps, chunk, stops):
+            model, opt_state, _ = _pretrain_chunk(
+                model, opt_state, jnp.arange(lo + 1, hi + 1, dtype=jnp.int32), arrays,
+                seed_key, optimizer, config, sharding)
+            if every and (hi % every == 0 or hi == config.steps):
+                save_run(checkpoint, (model, opt_state), hi)
+            bar.update(hi - lo)
     return model
 
 

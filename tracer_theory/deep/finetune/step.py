@@ -3,6 +3,8 @@ regularizer, one optimizer update, and one update of the shared teacher (THEORY 
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -73,18 +75,21 @@ class TrainState(eqx.Module):
     teacher: TeacherState
 
 
-def make_optimizer(config: FinetuneConfig, mask: PyTree, lr: float) -> optax.GradientTransformation:
-    """AdamW on the masked leaves (others get zero updates)."""
-    adamw = optax.adamw(learning_rate(config, lr), weight_decay=config.weight_decay)
-    return optax.multi_transform({True: adamw, False: optax.set_to_zero()}, mask)
+@functools.lru_cache(maxsize=64)
+def phase_optimizer(config: FinetuneConfig, phase: Phase) -> optax.GradientTransformation:
+    """AdamW at ``config.lr / phase.lr_divisor`` on the leaves ``phase`` trains (the others get
+    zero updates); one object per (config, phase), so a jitted program compiles once."""
+    adamw = optax.adamw(learning_rate(config, config.lr / phase.lr_divisor),
+                        weight_decay=config.weight_decay)
+    return optax.multi_transform({True: adamw, False: optax.set_to_zero()},
+                                 functools.partial(trainable_mask, phase=phase))
 
 
 def start_phase(model: Finetunee, teacher_state: TeacherState, phase: Phase,
                 config: FinetuneConfig) -> tuple[TrainState, optax.GradientTransformation]:
     """The state and optimizer at the start of ``phase``: fresh AdamW moments on the phase's
     trainable leaves at ``config.lr / phase.lr_divisor``, the teacher carried over."""
-    optimizer = make_optimizer(config, trainable_mask(model, phase),
-                               config.lr / phase.lr_divisor)
+    optimizer = phase_optimizer(config, phase)
     state = TrainState(model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)),
                        teacher_state)
     return state, optimizer

@@ -62,6 +62,11 @@ class ExperimentData:
         """The fixed batch on which the teacher–student gap is logged (256 colored val images)."""
         return self.color_val[:256]
 
+    def gray_probe(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fixed gray batch (500 val images, labels) on which zero-shot accuracy is logged
+        during finetuning (the forgetting curve)."""
+        return self.gray_val[:500], self.val_labels[:500]
+
 
 def _subset(split, n):
     rng = np.random.default_rng(0)

@@ -187,10 +187,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy"
             if done is not None:
                 results["runs"].setdefault(name, {})[str(seed)] = done
                 continue
-            model, curves = finetune(pretrained, data.color_train, data.train_labels, strategy,
-                                     ft_config, class_emb=class_emb, probe=data.probe(),
-                                     hybrid=data.hybrid(), seed=seed, mesh=mesh,
-                                     progress=f"seed {seed} {name}" if progress else None)
+            model, curves, _ = finetune(
+                pretrained, data.color_train, data.train_labels, strategy, ft_config,
+                class_emb=class_emb, probe=data.probe(), gray_probe=data.gray_probe(),
+                hybrid=data.hybrid(), seed=seed, mesh=mesh,
+                progress=f"seed {seed} {name}" if progress else None)
             after = evaluate(model, data, config.objective)
             record = {"config": key, **after, "forgetting": before["gray_acc"] - after["gray_acc"],
                       **decomposition(pretrained, model, bases)}

@@ -42,7 +42,7 @@ def select_hyperparameters(config: ExperimentConfig, out_dir: str | Path = "resu
     base = dataclasses.replace(config.finetune, objective=config.objective)
 
     def score(strategy, lr, what):
-        model, _ = finetune(pretrained, data.color_train, data.train_labels, strategy,
+        model, _, _ = finetune(pretrained, data.color_train, data.train_labels, strategy,
                             dataclasses.replace(base, lr=lr), class_emb=class_emb,
                             probe=data.probe(), hybrid=data.hybrid(), seed=seed,
                             progress=f"select {what}" if progress else None)

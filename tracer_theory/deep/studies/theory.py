@@ -183,7 +183,7 @@ def _measured(payload, path: Path, key: dict[str, Any], name: str, strategy: Str
     done = resumed(path, key, overwrite)
     if done is not None:
         return float(done["forgetting"])
-    model, _ = finetune(pretrained, data.color_train, data.train_labels, strategy, ft,
+    model, _, _ = finetune(pretrained, data.color_train, data.train_labels, strategy, ft,
                         class_emb=class_emb, probe=data.probe(), hybrid=data.hybrid(),
                         seed=seed, mesh=mesh,
                         progress=f"seed {seed} {name} λ={strategy.lam:g}" if progress else None)
