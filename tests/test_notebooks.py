@@ -1,5 +1,6 @@
 """Every notebook runs headless (nbclient) in quick mode and writes its figures."""
 
+import json
 from pathlib import Path
 
 import jupytext
@@ -24,7 +25,7 @@ def _execute(path: Path, env: dict[str, str], monkeypatch) -> str:
 
 
 def test_there_is_a_notebook_for_every_figure_group():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
     assert {f.notebook for f in registry.FIGURES} == {"01", "02", "03"}
 
 
@@ -50,3 +51,19 @@ def test_toy_notebook_reads_the_toy_results(tmp_path, monkeypatch):
     assert {p.name for p in tmp_path.iterdir()} == {f"{n}{e}" for n in expected
                                                    for e in (".png", ".pdf")}
     assert text.count("Paper: ") == len(expected)
+
+
+def test_horizon_notebook_shows_the_committed_study(tmp_path, monkeypatch):
+    results = ROOT / "experiments" / "results" / "horizon" / "horizon.json"
+    text = _execute(NOTEBOOKS[3], {"TRACER_QUICK": "1", "TRACER_FIGURES": str(tmp_path),
+                                   "TRACER_HORIZON_RESULTS": str(results)}, monkeypatch)
+    payload = json.loads(results.read_text())
+    # the linear mechanism computed in the open, the stored table and verdicts, both figures
+    assert "final gap / peak gap" in text
+    row = payload["summary"]["head_noise0"]["ema_sd"]["3000"]["forgetting"]
+    assert f"{row['mean']:.1f} ± {row['std']:.1f}" in text
+    assert payload["verdicts"]["head_noise0"][0] in text
+    assert {p.name for p in tmp_path.iterdir()} == {f"horizon_{n}{e}" for n in
+                                                   ("forgetting", "curves")
+                                                   for e in (".png", ".pdf")}
+    assert text.count("Paper: ") == 2

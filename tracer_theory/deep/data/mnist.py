@@ -346,3 +346,21 @@ def batches(n: int, batch_size: int, seed: int, *,
     order = np.random.default_rng(seed).permutation(int(n)).astype(np.int64)
     stop = n - n % batch_size if drop_last else n
     return (order[start:start + batch_size] for start in range(0, stop, batch_size))
+
+
+def flip_labels(labels: Int[np.ndarray, " n"], fraction: float, *, seed: int,
+                num_classes: int = 10) -> tuple[Int64[np.ndarray, " n"], np.ndarray]:
+    """Label noise: each label independently replaced, with probability ``fraction``, by one of
+    the other ``num_classes − 1`` classes drawn uniformly (``np.random.default_rng(seed)``).
+
+    Returns the noisy labels (int64, N) and the boolean mask of the flipped ones. ``fraction``
+    must be in ``[0, 1)``.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float | np.floating) or not (
+            0 <= fraction < 1):
+        raise ValueError(f"label noise fraction must be in [0, 1), got {fraction!r}")
+    labels = np.asarray(labels, np.int64)
+    rng = np.random.default_rng(seed)
+    flipped = rng.random(labels.shape) < fraction
+    shift = rng.integers(1, num_classes, size=labels.shape)  # never the same class
+    return np.where(flipped, (labels + shift) % num_classes, labels), flipped

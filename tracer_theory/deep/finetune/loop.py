@@ -38,8 +38,10 @@ from .strategies import Phase, Strategy
 CURVES = ("steps", "loss", "param_distance", "logit_kl", "agreement", "gray_acc")
 #: How batches are drawn (part of every result's key, so results of another sampler are not
 #: resumed).
-SAMPLER = "jax.random.fold_in(key(seed), step); choice without replacement"
+SAMPLER = "jax.random.fold_in(key(seed), step); top-k of uniforms (without replacement)"
 DEFAULT_CHUNK = 250
+#: Steps per call where programs unroll their steps (``unrolled()``): compile time grows with it.
+UNROLLED_CHUNK = 10
 
 
 class TrainingData(eqx.Module):
@@ -83,14 +85,18 @@ def draw_batch(data: TrainingData, key: PRNGKeyArray, size: int, n_hybrid: int) 
     """``size − n_hybrid`` finetuning examples and ``n_hybrid`` replay examples, each drawn
     without replacement with ``key``."""
     k_task, k_hybrid = jax.random.split(key)
-    idx = jax.random.choice(k_task, data.labels.shape[0], (size - n_hybrid,), replace=False)
-    if n_hybrid:
-        hidx = jax.random.choice(k_hybrid, data.hybrid_labels.shape[0], (n_hybrid,),
-                                 replace=False)
-    else:
-        hidx = jnp.zeros((0,), jnp.int32)
+    idx = subset(k_task, data.labels.shape[0], size - n_hybrid)
+    hidx = (subset(k_hybrid, data.hybrid_labels.shape[0], n_hybrid) if n_hybrid
+            else jnp.zeros((0,), jnp.int32))
     return Batch(data.images[idx], data.labels[idx], data.hybrid_images[hidx],
                  data.hybrid_tokens[hidx], data.hybrid_labels[hidx])
+
+
+def subset(key: PRNGKeyArray, n: int, k: int) -> Int[Array, " k"]:
+    """``k`` distinct indices drawn uniformly from ``range(n)``: the ``k`` largest of ``n``
+    uniform variates (a uniformly random subset, without the full permutation that
+    ``jax.random.choice(replace=False)`` sorts)."""
+    return jax.lax.top_k(jax.random.uniform(key, (n,)), k)[1]
 
 
 def step_key(seed_key: PRNGKeyArray, step: Int[Array, ""]) -> PRNGKeyArray:
@@ -131,10 +137,10 @@ class _Fixed(eqx.Module):
     sharding: NamedSharding | None = eqx.field(static=True)
 
 
-def _chunk(state: TrainState, steps: Int[Array, " n"], fixed: _Fixed, schedule
-           ) -> tuple[TrainState, dict[str, Array]]:
-    """``len(steps)`` steps as one ``lax.scan``; returns the state and, per step, whether it
-    logs and the logged values (zeros where it does not)."""
+def _block(state: TrainState, first: Int[Array, ""], fixed: _Fixed, schedule, length: int,
+           log: bool, unroll: bool) -> tuple[TrainState, dict[str, Array]]:
+    """Steps ``first .. first + length − 1`` as a ``lax.scan``, then (``log``) the logged
+    values after the last one. No conditional sits in the program."""
     config = fixed.config
     arrays, static = eqx.partition(state, eqx.is_array)  # the scan carries arrays only
 
@@ -147,31 +153,79 @@ def _chunk(state: TrainState, steps: Int[Array, " n"], fixed: _Fixed, schedule
         state, parts = train_step(state, batch, fixed.strategy, schedule, config,
                                   fixed.optimizer, fixed.pretrained, fixed.class_emb,
                                   fixed.pretrained.head)
-        logs = (step % config.log_every == 0) | (step == config.steps)
-        shape = jax.eval_shape(log_metrics, state, parts["loss"], fixed.probe, fixed.class_emb)
-        values = jax.lax.cond(
-            logs, lambda s: log_metrics(s, parts["loss"], fixed.probe, fixed.class_emb),
-            lambda s: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shape), state)
+        return eqx.filter(state, eqx.is_array), parts["loss"]
+
+    steps = first + jnp.arange(length, dtype=jnp.int32)
+    arrays, losses = jax.lax.scan(body, arrays, steps, unroll=unroll)
+    state = eqx.combine(arrays, static)
+    values = log_metrics(state, losses[-1], fixed.probe, fixed.class_emb) if log else {}
+    return state, values
+
+
+def _blocks(state, firsts: Int[Array, " n"], fixed: _Fixed, schedule, length: int, log: bool,
+            unroll: bool) -> tuple[TrainState, dict[str, Array]]:
+    """``len(firsts)`` blocks of ``length`` steps as one ``lax.scan``; the logged values of each
+    block stacked (n, ...)."""
+    if unroll and firsts.shape[0] == 1:  # no loop at all around the steps (see ``unrolled``)
+        state, values = _block(state, firsts[0], fixed, schedule, length, log, unroll)
+        return state, jax.tree.map(lambda x: x[None], values)
+    arrays, static = eqx.partition(state, eqx.is_array)
+
+    def body(arrays, first):
+        state, values = _block(eqx.combine(arrays, static), first, fixed, schedule, length, log,
+                               unroll)
         return eqx.filter(state, eqx.is_array), values
 
-    arrays, values = jax.lax.scan(body, arrays, steps)
+    arrays, values = jax.lax.scan(body, arrays, firsts, unroll=unroll)
     return eqx.combine(arrays, static), values
 
 
 @eqx.filter_jit
-def _run_chunk(state, steps, fixed, schedule):
-    return _chunk(state, steps, fixed, schedule)
+def _run_chunk(state, firsts, fixed, schedule, length, log, unroll):
+    return _blocks(state, firsts, fixed, schedule, length, log, unroll)
 
 
 @eqx.filter_jit
-def _run_chunk_seeds(state, steps, fixed, schedule):
+def _run_chunk_seeds(state, firsts, fixed, schedule, length, log, unroll):
     # seeds on axis 0 of the state, the pretrained model, the class embeddings and the key
     seeds = eqx.if_array(0)
     axes = _Fixed(None, None, seeds, seeds, seeds, fixed.strategy, fixed.config,
                   fixed.optimizer, fixed.n_hybrid, fixed.sharding)
-    state, values = eqx.filter_vmap(_chunk, in_axes=(seeds, None, axes, None))(
-        state, steps, fixed, schedule)
-    return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), values)  # (steps, seeds)
+    state, values = eqx.filter_vmap(_blocks, in_axes=(seeds, None, axes, None, None, None,
+                                                      None))(state, firsts, fixed, schedule,
+                                                             length, log, unroll)
+    return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), values)  # (blocks, seeds)
+
+
+def unrolled() -> bool:
+    """Whether programs unroll their steps: on CPU, where XLA runs convolutions inside loop
+    bodies (and conditionals) an order of magnitude slower than outside them (jax-ml/jax#12868;
+    measured here: 260 against 17 ms per toy step), each call runs one unrolled log interval;
+    on accelerators a call is a rolled ``lax.scan`` over a whole chunk."""
+    return jax.default_backend() == "cpu"
+
+
+def schedule_blocks(done: int, end: int, config: FinetuneConfig, chunk: int,
+                    stops: Sequence[int] = ()) -> list[tuple[int, int, bool, int]]:
+    """The program calls from step ``done`` to ``end``: ``(first step, block length, logs,
+    number of blocks)``. Blocks end at every log step (multiples of ``log_every`` and
+    ``config.steps``) and at ``stops``; a call holds up to ``chunk // log_every`` equal blocks
+    (one when ``unrolled()``) and ends at every stop."""
+    edges = sorted({*range(done - done % config.log_every + config.log_every, end,
+                           config.log_every), end, *(s for s in stops if done < s < end)})
+    per_call = 1 if unrolled() else max(1, chunk // config.log_every)
+    calls: list[tuple[int, int, bool, int]] = []
+    lo = done
+    for hi in edges:
+        length, log = hi - lo, hi % config.log_every == 0 or hi == config.steps
+        last = calls[-1] if calls else None
+        if (last and last[1:3] == (length, log) and last[3] < per_call
+                and last[0] - 1 + last[1] * last[3] not in stops):
+            calls[-1] = (last[0], length, log, last[3] + 1)
+        else:
+            calls.append((lo + 1, length, log, 1))
+        lo = hi
+    return calls
 
 
 class Run(NamedTuple):
@@ -284,10 +338,14 @@ class _Runner:
                 state = replicate(state, self.mesh)
             fixed = _Fixed(data, probe, pretrained, class_emb, key, self.strategy, config,
                            phase_optimizer(config, phase), self.n_hybrid, sharding)
-            for lo, hi in chunk_ranges(done, int(self.ends[i]), self.chunk, self.stops):
-                state, values = program(state, jnp.arange(lo + 1, hi + 1, dtype=jnp.int32),
-                                        fixed, schedule)
-                logged += _logged_rows(np.arange(lo + 1, hi + 1), values, config)
+            for first, length, log, n in schedule_blocks(done, int(self.ends[i]), config,
+                                                         self.chunk, self.stops):
+                firsts = jnp.asarray(first + length * np.arange(n), jnp.int32)
+                state, values = program(state, firsts, fixed, schedule, length, log,
+                                        unrolled())
+                hi = first - 1 + length * n
+                if log:
+                    logged += _logged_rows(first - 1 + length * np.arange(1, n + 1), values)
                 done = hi
                 if done in self.stops:
                     snapshots[done] = state.model
@@ -295,7 +353,7 @@ class _Runner:
                         save_model(_snapshot_path(checkpoint, done), state.model)
                 if checkpoint is not None:
                     save_run(checkpoint, state, done, {"curves": logged, "phase": i})
-                bar.update(hi - lo)
+                bar.update(length * n)
         bar.close()
         return self._result(state.model, logged, snapshots)
 
@@ -325,20 +383,19 @@ def _snapshot_path(checkpoint: str | Path, step: int) -> Path:
     return Path(f"{checkpoint}.step{step}")
 
 
-def _logged_rows(steps: np.ndarray, values: dict[str, Array], config: FinetuneConfig
-                 ) -> list[tuple[float, ...]]:
-    """The rows (step, then each curve's value, seeds side by side) of the logged steps."""
-    mask = (steps % config.log_every == 0) | (steps == config.steps)
+def _logged_rows(steps: np.ndarray, values: dict[str, Array]) -> list[tuple[float, ...]]:
+    """The rows (step, then each curve's value, seeds side by side) of logged ``steps``."""
     # (steps, seeds, curves): a run without seeds is one seed
     table = np.stack([np.asarray(values[k], np.float64).reshape(len(steps), -1)
                       for k in CURVES[1:]], axis=2).reshape(len(steps), -1)
-    return [(float(s), *map(float, r)) for s, r in zip(steps[mask], table[mask], strict=True)]
+    return [(float(s), *map(float, r)) for s, r in zip(steps, table, strict=True)]
 
 
 def chunk_ranges(done: int, end: int, chunk: int, stops: Sequence[int] = ()
                  ) -> list[tuple[int, int]]:
-    """``(lo, hi]`` step ranges from ``done`` to ``end``: at most ``chunk`` long, split at
-    ``stops``."""
+    """``(lo, hi]`` step ranges from ``done`` to ``end``: at most ``chunk`` long (at most
+    ``UNROLLED_CHUNK`` when ``unrolled()``), split at ``stops``."""
+    chunk = min(chunk, UNROLLED_CHUNK) if unrolled() else chunk
     edges = sorted({*range(done, end, chunk), end, *(s for s in stops if done < s < end)})
     return list(itertools.pairwise(edges))
 

@@ -20,7 +20,7 @@ from ..models import DualEncoder, make_model
 from ..parallel import Mesh, replicate
 from .checkpoints import load_run, save_run
 from .config import PretrainConfig, learning_rate
-from .loop import chunk_ranges
+from .loop import chunk_ranges, subset, unrolled
 from .step import accumulated_value_and_grad, in_compute_dtype
 
 
@@ -44,7 +44,7 @@ def _pretrain_batch(images, labels, captions, key, batch_size: int):
     """``batch_size`` images drawn without replacement, each with a random caption of its
     digit: ``(images, tokens, labels)``."""
     k_idx, k_caption = jax.random.split(key)
-    idx = jax.random.choice(k_idx, labels.shape[0], (batch_size,), replace=False)
+    idx = subset(k_idx, labels.shape[0], batch_size)
     which = jax.random.randint(k_caption, (batch_size,), 0, captions.shape[1])
     return images[idx], captions[labels[idx], which], labels[idx]
 
@@ -65,7 +65,7 @@ def _pretrain_chunk(model, opt_state, steps, arrays, key, optimizer, config: Pre
                                                 config.accumulate, config.compute_dtype)
         return eqx.filter((model, opt_state), eqx.is_array), loss
 
-    carry, losses = jax.lax.scan(body, carry, steps)
+    carry, losses = jax.lax.scan(body, carry, steps, unroll=unrolled())
     model, opt_state = eqx.combine(carry, static)
     return model, opt_state, losses
 
@@ -75,7 +75,8 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
              progress: str | None = None, mesh: Mesh | None = None,
              checkpoint: str | Path | None = None, chunk: int = 100) -> DualEncoder:
     """Contrastive pretraining of a fresh ``config.model`` on ``images`` (N, 3, H, W), as a
-    scanned on-device program over chunks of ``chunk`` steps (batches drawn with ``jax.random``
+    scanned on-device program over chunks of ``chunk`` steps (unrolled chunks of at most
+    ``loop.UNROLLED_CHUNK`` on CPU, see ``loop.unrolled``; batches drawn with ``jax.random``
     from ``fold_in(key(seed), step)``, so any chunk size gives the same model).
 
     ``captions`` (10, P, L): caption tokens per digit; each image gets a random one per step.

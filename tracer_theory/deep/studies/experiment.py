@@ -28,7 +28,7 @@ from ...errors import InputError, ResumeMismatch
 from ..finetune.checkpoints import load_model, save_model
 from ..finetune.config import FinetuneConfig, PretrainConfig
 from ..finetune.finetunee import Finetunee
-from ..finetune.loop import finetune
+from ..finetune.loop import SAMPLER, finetune
 from ..finetune.pretraining import pretrain
 from ..finetune.strategies import Direct, Strategy, describe, has_teacher
 from ..models import make_model, preset
@@ -115,9 +115,10 @@ def toy_configs(plan: Sequence[tuple[str, str]], *, quick: bool,
 def run_key(config: ExperimentConfig, data: ExperimentData, seed: int, strategy: Strategy,
             training: FinetuneConfig) -> dict[str, Any]:
     """Everything one run's result depends on, JSON-ready: the data's fingerprint, the seed,
-    pretraining, the strategy and its training (and the WiSE-FT α grid for Direct FT). A
+    how batches are drawn (``loop.SAMPLER``), pretraining, the strategy and its training (and
+    the WiSE-FT α grid for Direct FT). A
     result file is reused only when its key equals this."""
-    key = {"data": data.fingerprint, "seed": seed,
+    key = {"data": data.fingerprint, "seed": seed, "sampler": SAMPLER,
            "pretrain": dataclasses.asdict(config.pretrain), "strategy": describe(strategy),
            "training": dataclasses.asdict(training)}
     if isinstance(strategy, Direct):
@@ -254,7 +255,8 @@ def format_table(payload: dict[str, Any], columns: tuple[str, ...] = TABLE_COLUM
 def _pretrain_key(config: ExperimentConfig, data: ExperimentData) -> str:
     """A short hash of what pretraining depends on (its config and the data's fingerprint), so
     protocols share one checkpoint per seed and other data never reuse it."""
-    text = json.dumps([dataclasses.asdict(config.pretrain), data.fingerprint], default=str)
+    text = json.dumps([dataclasses.asdict(config.pretrain), data.fingerprint, SAMPLER],
+                      default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 

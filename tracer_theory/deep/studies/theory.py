@@ -67,12 +67,15 @@ def clip_config(preset: str = "tiny", *, seeds: tuple[int, ...] = (0, 1), mnist:
                             finetune=finetune, quick=quick)
 
 
-def linear_problem(pretrained: Finetunee, data: ExperimentData, n: int = 500) -> LinearProblem:
+def linear_problem(pretrained: Finetunee, data: ExperimentData, n: int = 500,
+                   labels: np.ndarray | None = None) -> LinearProblem:
     """The linearization at ``pretrained`` on ``n`` finetuning images (float64; call inside
-    ``jax.enable_x64(True)``): ``X_I`` (width, n), ``X_T`` (text_width, n), ``W⁰``, ``W_T⁰``."""
+    ``jax.enable_x64(True)``): ``X_I`` (width, n), ``X_T`` (text_width, n), ``W⁰``, ``W_T⁰``.
+    ``labels``: the training labels the captions follow (default ``data.train_labels``; noisy
+    ones for a label-noise study)."""
     clip = pretrained.clip
     images = jnp.asarray(data.color_train[:n])
-    labels = data.train_labels[:n]
+    labels = (data.train_labels if labels is None else np.asarray(labels))[:n]
     feats = np.asarray(clip.image_features(images), np.float64).T
     text = np.asarray(jax.vmap(clip.text)(jnp.asarray(data.captions[labels, 0])), np.float64).T
     scale = 1 / np.sqrt(feats.shape[1])
