@@ -1,11 +1,13 @@
-"""The finetuning loop as one on-device program (THEORY §6).
+"""The finetuning loop as an on-device program (THEORY §6).
 
 The training arrays live on the device; every step draws its batch with ``jax.random`` from
 ``fold_in(key(seed), step)``, takes the jitted step of ``step.py`` (the teacher update and the
-schedule's ω inside it) and, every ``log_every`` steps, logs the curves (``CURVES``) as scan
-outputs. A run is a ``lax.scan`` over chunks of ``chunk`` steps; the chunk size only sets how
-often the progress bar moves (and where a checkpoint may be written): every step's batch
-depends on its global index alone, so the result is the same for any chunk size.
+schedule's ω inside it) and, every ``log_every`` steps, logs the curves (``CURVES``) as program
+outputs. Blocks of steps end at the log steps; on accelerators a program call is a ``lax.scan``
+over the blocks of a chunk of ``chunk`` steps, on CPU one unrolled block (``unrolled``: XLA:CPU
+runs convolutions inside loop bodies an order of magnitude slower). Every step's batch depends
+on its global index alone and every block is the same program, so the chunk size only sets how
+often the progress bar moves and checkpoints are written, never the result.
 ``finetune_seeds`` ``vmap``s seeds (each with its own pretrained model) into one program;
 ``reference_finetune`` is the same run one dispatched step at a time (tests and benchmarks).
 """
@@ -13,6 +15,7 @@ depends on its global index alone, so the result is the same for any chunk size.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -210,9 +213,11 @@ def schedule_blocks(done: int, end: int, config: FinetuneConfig, chunk: int,
     """The program calls from step ``done`` to ``end``: ``(first step, block length, logs,
     number of blocks)``. Blocks end at every log step (multiples of ``log_every`` and
     ``config.steps``) and at ``stops``; a call holds up to ``chunk // log_every`` equal blocks
-    (one when ``unrolled()``) and ends at every stop."""
-    edges = sorted({*range(done - done % config.log_every + config.log_every, end,
-                           config.log_every), end, *(s for s in stops if done < s < end)})
+    and ends at every stop. When ``unrolled()``, a call is one block, and blocks also end at
+    multiples of ``gcd(log_every, UNROLLED_CHUNK)`` so no program unrolls more steps."""
+    every = math.gcd(config.log_every, UNROLLED_CHUNK) if unrolled() else config.log_every
+    edges = sorted({*range(done - done % every + every, end, every), end,
+                    *(s for s in stops if done < s < end)})
     per_call = 1 if unrolled() else max(1, chunk // config.log_every)
     calls: list[tuple[int, int, bool, int]] = []
     lo = done
@@ -251,8 +256,10 @@ def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
     one for zero-shot accuracy, every ``config.log_every`` steps; ``hybrid`` = (gray images,
     caption tokens, labels) for strategies that mix pretraining data into their batches;
     ``mesh`` a device mesh (``parallel.data_mesh``) each batch is split over; ``chunk`` steps
-    per program call; ``stops`` steps at which to keep a copy of the model (``Run.snapshots``);
-    ``checkpoint`` a file the run is saved to after every chunk and resumed from.
+    per program call on accelerators (on CPU a call is one unrolled log interval, see
+    ``unrolled``); ``stops`` steps at which to keep a copy of the model (``Run.snapshots``);
+    ``checkpoint`` a file the run is saved to after every call and resumed from (with the same
+    arguments).
     Returns ``Run(model, curves, snapshots)``.
     """
     run = _Runner(strategy, config, chunk, stops, hybrid, mesh, n_seeds=None)
@@ -291,6 +298,8 @@ class _Runner:
     def __init__(self, strategy, config, chunk, stops, hybrid, mesh, n_seeds):
         if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
             raise ValueError(f"chunk must be a positive number of steps, got {chunk!r}")
+        if any(isinstance(s, bool) or not isinstance(s, int | np.integer) for s in stops):
+            raise ValueError(f"stops must be integer steps, got {list(stops)}")
         stops = tuple(sorted({int(s) for s in stops}))
         if any(not 1 <= s <= config.steps for s in stops):
             raise ValueError(f"stops must be steps in [1, {config.steps}], got {list(stops)}")

@@ -84,7 +84,7 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     model is replicated (data parallel). ``checkpoint``: where to save/resume the run every
     ``config.checkpoint_every`` steps (the model and the optimizer state).
     """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
         raise ValueError(f"chunk must be a positive number of steps, got {chunk!r}")
     model = make_model(config.model, key=key, width=config.width, dim=config.dim)
     optimizer = _pretrain_optimizer(config)

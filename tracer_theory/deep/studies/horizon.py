@@ -161,8 +161,8 @@ def _runs(config: HorizonConfig, name: str) -> list[tuple[int, tuple[int, ...]]]
     teacher whose schedule depends on the horizon, else one run to the longest."""
     strategy = STRATEGIES[name].strategy
     longest = config.horizons[-1]
-    if has_teacher(strategy) and eqx.tree_equal(strategy.schedule(config.horizons[0]),
-                                                strategy.schedule(longest)) is not True:
+    if has_teacher(strategy) and not bool(eqx.tree_equal(strategy.schedule(config.horizons[0]),
+                                                         strategy.schedule(longest))):
         return [(t, (t,)) for t in config.horizons]
     return [(longest, config.horizons)]
 

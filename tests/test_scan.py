@@ -1,0 +1,350 @@
+"""The scanned finetuning loop (``deep/finetune/loop.py``) against independent references: the
+step-by-step ``reference_finetune`` for every strategy, other chunk sizes, one run per seed, an
+uninterrupted run (checkpoint/resume), a shorter run (snapshots); its input checks; chunked
+pretraining; and the on-device batch sampler."""
+
+import dataclasses
+from types import SimpleNamespace
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tracer_theory.deep.finetune import REGISTRY, FinetuneConfig, Finetunee, PretrainConfig, loop
+from tracer_theory.deep.finetune.checkpoints import run_header
+from tracer_theory.deep.finetune.loop import (
+    CURVES,
+    TrainingData,
+    draw_batch,
+    finetune,
+    finetune_seeds,
+    reference_finetune,
+    step_key,
+)
+from tracer_theory.deep.finetune.pretraining import pretrain
+from tracer_theory.deep.models import ToyCLIP
+from tracer_theory.deep.studies.experiment import quick_config
+
+#: A small run: the whole file stays well under a minute on two CPU cores.
+BASE = FinetuneConfig(objective="prompts", steps=8, batch_size=32, log_every=2)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """The quick data, two pretrained toy models (keys 0 and 1) and their class embeddings."""
+    data = quick_config().data()
+    models, class_emb = [], []
+    for k in (0, 1):
+        key = jax.random.key(k)
+        model = Finetunee(ToyCLIP(key=key), eqx.nn.Linear(128, 10, dtype=jnp.float32, key=key))
+        models.append(model)
+        class_emb.append(model.clip.class_embeddings(jnp.asarray(data.captions)))
+    return SimpleNamespace(data=data, models=models, class_emb=class_emb)
+
+
+def _args(toy, i: int = 0) -> dict:
+    """The keyword arguments of a run of model ``i`` (every strategy gets the replay data)."""
+    data = toy.data
+    return dict(class_emb=toy.class_emb[i], probe=data.probe()[:16],
+                gray_probe=(data.gray_val[:50], data.val_labels[:50]), hybrid=data.hybrid())
+
+
+def _run(toy, name, config, i=0, seed=0, **kw):
+    return finetune(toy.models[i], toy.data.color_train, toy.data.train_labels,
+                    REGISTRY[name].strategy, config, **_args(toy, i), seed=seed, **kw)
+
+
+def _leaves(model) -> list[np.ndarray]:
+    """Every inexact array leaf of ``model``, as NumPy."""
+    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))]
+
+
+def _relative_difference(a, b, start) -> float:
+    """‖a − b‖ / ‖a − start‖ over all parameters (how far apart two runs ended, relative to how
+    far they moved)."""
+    diff = sum(float(np.sum((x - y).astype(np.float64) ** 2))
+               for x, y in zip(_leaves(a), _leaves(b), strict=True))
+    moved = sum(float(np.sum((x - y).astype(np.float64) ** 2))
+                for x, y in zip(_leaves(a), _leaves(start), strict=True))
+    assert moved > 0, "the run did not move the model"
+    return (diff / moved) ** 0.5
+
+
+def _assert_identical(a, b):
+    """Bit-identical runs: every parameter, every curve and every snapshot."""
+    for x, y in zip(_leaves(a.model), _leaves(b.model), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert set(a.curves) == set(b.curves) == set(CURVES)
+    for k in CURVES:
+        np.testing.assert_array_equal(a.curves[k], b.curves[k], err_msg=k)
+    assert set(a.snapshots) == set(b.snapshots)
+    for step in a.snapshots:
+        for x, y in zip(_leaves(a.snapshots[step]), _leaves(b.snapshots[step]), strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def _assert_close_curves(got, want):
+    assert set(got) == set(want) == set(CURVES)
+    np.testing.assert_array_equal(got["steps"], want["steps"])
+    for k in CURVES[1:]:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+# --- the scanned loop is the step-by-step loop ------------------------------------------------
+
+# Why the prompts objective: under ``head`` the image projection gets no task gradient, only the
+# distillation gradient, which is ~0 (round-off) at the first steps while the teacher equals the
+# student. AdamW normalizes that round-off into ±lr steps, so two float32 programs that round
+# differently (a scanned program against one jitted step per dispatch) drift apart by ~lr there
+# (measured with the rolled scan: relative difference 2e-3 for EMA SD under ``head``, 8e-6 under
+# ``prompts``): a property of AdamW on a ~zero gradient, not of the loop. Under ``prompts`` every
+# trained leaf gets a real task gradient. Direct FT has no teacher, so it is also checked under
+# ``head``. (The CPU programs of today, unrolled blocks, happen to round like the reference for
+# most strategies; the tolerance is for the programs that do not: LP-FT, about 1e-5, one-step
+# blocks and the rolled scan, up to about 8e-5.)
+CASES = [(name, "prompts") for name in REGISTRY] + [("direct", "head")]
+
+
+@pytest.mark.parametrize(("name", "objective"), CASES, ids=[f"{n}-{o}" for n, o in CASES])
+def test_scanned_loop_equals_the_reference_loop(toy, name, objective):
+    config = dataclasses.replace(BASE, objective=objective)
+    strategy = REGISTRY[name].strategy
+    data = toy.data
+    got = _run(toy, name, config, chunk=5)
+    want = reference_finetune(toy.models[0], data.color_train, data.train_labels, strategy,
+                              config, **_args(toy), seed=0)
+    assert _relative_difference(got.model, want.model, toy.models[0]) < 1e-4
+    _assert_close_curves(got.curves, want.curves)
+    np.testing.assert_array_equal(got.curves["steps"], [2, 4, 6, 8])
+    assert not got.snapshots
+
+
+# --- the chunk size does not change the result ------------------------------------------------
+
+def _counting(monkeypatch) -> list:
+    """Count the calls of the loop's program (whatever its arguments)."""
+    calls, original = [], loop._run_chunk
+
+    def counted(*args, **kwargs):
+        calls.append(None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_run_chunk", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["ema_sd", "lp_ft"])
+def test_chunk_size_does_not_change_the_run(toy, name):
+    # EMA SD carries a moving teacher; LP-FT has two phases (4 + 4 steps) with two optimizers.
+    # (Where ``unrolled()``, on CPU, every call is one log interval whatever the chunk; the
+    # rolled programs, where the chunk does change the calls, are checked below.)
+    small, large = (_run(toy, name, BASE, chunk=c) for c in (3, 100))
+    _assert_identical(small, large)
+
+
+def test_rolled_program_is_chunk_independent_and_the_reference(toy, monkeypatch):
+    """The accelerator path, on CPU: with ``unrolled()`` false every call is a rolled
+    ``lax.scan`` over up to ``chunk // log_every`` blocks, so here the chunk size does change the
+    programs (two calls of one block against one call of two blocks), and not the result; which
+    is also the step-by-step reference's. (Convolutions in loop bodies are slow on CPU: a small
+    batch and probe, no gray probe.)"""
+    monkeypatch.setattr(loop, "unrolled", lambda: False)
+    calls = _counting(monkeypatch)
+    config = dataclasses.replace(BASE, steps=4, batch_size=8)
+    strategy, data = REGISTRY["ema_sd"].strategy, toy.data
+    args = dict(class_emb=toy.class_emb[0], probe=data.probe()[:4], seed=0)
+    runs = {}
+    for chunk in (3, 100):
+        calls.clear()
+        runs[chunk] = finetune(toy.models[0], data.color_train, data.train_labels, strategy,
+                               config, chunk=chunk, **args)
+        runs[chunk] = (runs[chunk], len(calls))
+    (small, n_small), (large, n_large) = runs[3], runs[100]
+    assert (n_small, n_large) == (2, 1)
+    _assert_identical(small, large)
+    want = reference_finetune(toy.models[0], data.color_train, data.train_labels, strategy,
+                              config, **args)
+    assert _relative_difference(large.model, want.model, toy.models[0]) < 1e-4
+    _assert_close_curves(large.curves, want.curves)
+    assert np.isnan(large.curves["gray_acc"]).all()  # no gray probe
+
+
+# --- several seeds in one program are the runs of each seed ----------------------------------
+
+def test_finetune_seeds_equals_one_run_per_seed(toy):
+    config = dataclasses.replace(BASE, steps=4)
+    strategy = REGISTRY["ema_sd"].strategy
+    args = _args(toy)
+    del args["class_emb"]
+    both = finetune_seeds(toy.models, toy.data.color_train, toy.data.train_labels, strategy,
+                          config, class_emb=toy.class_emb, seeds=(0, 1), stops=(2,), **args)
+    assert len(both.model) == len(both.curves) == 2 and list(both.snapshots) == [2]
+    for i, seed in enumerate((0, 1)):
+        alone = _run(toy, "ema_sd", config, i=i, seed=seed, stops=(2,))
+        assert _relative_difference(both.model[i], alone.model, toy.models[i]) < 1e-4
+        assert _relative_difference(both.snapshots[2][i], alone.snapshots[2],
+                                    toy.models[i]) < 1e-4
+        _assert_close_curves(both.curves[i], alone.curves)
+    # the two seeds are two different runs (models and batches), not one run copied
+    assert not np.allclose(both.curves[0]["loss"], both.curves[1]["loss"])
+
+
+# --- checkpoint and resume --------------------------------------------------------------------
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(toy, tmp_path, monkeypatch):
+    # LP-FT over 10 steps: a linear probe for 5 steps, then finetuning for 5. Logging every 5
+    # steps, with a stop at 4, the program calls are (0, 4], (4, 5] | (5, 10]: the interruption
+    # at the third call leaves a checkpoint at the phase boundary (step 5) that must resume into
+    # phase 2 with its fresh optimizer state.
+    strategy = REGISTRY["lp_ft"].strategy
+    assert [p.steps for p in strategy.phases(10)] == [5, 5]
+    config = dataclasses.replace(BASE, steps=10, log_every=5)
+    path = tmp_path / "run.ckpt"
+    kw = dict(chunk=4, stops=(4,), checkpoint=path)
+    calls, original = [], loop._run_chunk
+
+    def interrupted(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_run_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(toy, "lp_ft", config, **kw)
+    assert len(calls) == 3
+    step, info = run_header(path)
+    assert (step, info["phase"]) == (5, 0)
+    assert (tmp_path / "run.ckpt.step4").exists()
+
+    calls.clear()
+    resumed = _run(toy, "lp_ft", config, **kw)
+    assert len(calls) == 1  # resumed at step 5, not from the start
+
+    monkeypatch.setattr(loop, "_run_chunk", original)
+    calls = _counting(monkeypatch)
+    whole = _run(toy, "lp_ft", config, chunk=4, stops=(4,))
+    assert len(calls) == 3 and list(whole.snapshots) == [4]
+    _assert_identical(resumed, whole)
+    np.testing.assert_array_equal(whole.curves["steps"], [5, 10])
+
+    # a finished checkpoint is the finished run: nothing runs again
+    calls.clear()
+    assert run_header(path)[0] == 10
+    again = _run(toy, "lp_ft", config, **kw)
+    assert calls == []
+    _assert_identical(again, whole)
+
+
+# --- snapshots --------------------------------------------------------------------------------
+
+def test_snapshot_is_the_model_of_the_shorter_run(toy):
+    # Direct FT at a constant learning rate with no teacher: the 12-step run passes through the
+    # 6-step run (same batches, same steps), so its snapshot at step 6 is that run's model.
+    config = dataclasses.replace(BASE, objective="head", log_every=3)
+    long = _run(toy, "direct", dataclasses.replace(config, steps=12), stops=(6,))
+    short = _run(toy, "direct", dataclasses.replace(config, steps=6))
+    assert list(long.snapshots) == [6] and not short.snapshots
+    for x, y in zip(_leaves(long.snapshots[6]), _leaves(short.model), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # and the longer run logged the same curve up to step 6
+    np.testing.assert_array_equal(long.curves["steps"], [3, 6, 9, 12])
+    for k in CURVES:
+        np.testing.assert_array_equal(long.curves[k][:2], short.curves[k], err_msg=k)
+    assert _relative_difference(long.model, short.model, toy.models[0]) > 0.1
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk", [0, -1, 2.5, True])
+def test_finetune_rejects_a_bad_chunk(toy, chunk):
+    with pytest.raises(ValueError, match="chunk"):
+        _run(toy, "direct", BASE, chunk=chunk)
+
+
+@pytest.mark.parametrize("stops", [(0,), (9,), (3, -2)])
+def test_finetune_rejects_stops_outside_the_run(toy, stops):
+    with pytest.raises(ValueError, match="stops"):
+        _run(toy, "direct", BASE, stops=stops)
+
+
+def test_finetune_seeds_rejects_mismatched_lengths(toy):
+    args = _args(toy)
+    del args["class_emb"]
+    strategy, data = REGISTRY["direct"].strategy, toy.data
+    bad = [dict(pretrained=toy.models, class_emb=toy.class_emb, seeds=(0,)),
+           dict(pretrained=toy.models[:1], class_emb=toy.class_emb, seeds=(0, 1)),
+           dict(pretrained=toy.models, class_emb=toy.class_emb[:1], seeds=(0, 1)),
+           dict(pretrained=[], class_emb=[], seeds=())]
+    for case in bad:
+        with pytest.raises(ValueError, match="same non-zero length"):
+            finetune_seeds(case["pretrained"], data.color_train, data.train_labels, strategy,
+                           BASE, class_emb=case["class_emb"], seeds=case["seeds"], **args)
+
+
+@pytest.mark.parametrize("chunk", [0, -1, 2.5, True])
+def test_pretrain_rejects_a_bad_chunk(toy, chunk):
+    data = toy.data
+    with pytest.raises(ValueError, match="chunk"):
+        pretrain(data.gray_train, data.train_labels, data.captions,
+                 PretrainConfig(steps=4, batch_size=16), key=jax.random.key(0), seed=0,
+                 chunk=chunk)
+
+
+# --- pretraining ------------------------------------------------------------------------------
+
+def test_pretraining_chunk_size_does_not_change_the_model(toy):
+    data = toy.data
+    config = PretrainConfig(steps=4, batch_size=16)
+    start = ToyCLIP(width=config.width, dim=config.dim, key=jax.random.key(0))
+    models = [pretrain(data.gray_train, data.train_labels, data.captions, config,
+                       key=jax.random.key(0), seed=0, chunk=c) for c in (2, 100)]
+    for x, y in zip(_leaves(models[0]), _leaves(models[1]), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # and the pretraining did train: the fresh model of the same key is another
+    assert any(not np.array_equal(x, s) for x, s in zip(_leaves(models[0]), _leaves(start),
+                                                        strict=True))
+
+
+# --- the batch sampler ------------------------------------------------------------------------
+
+def test_batches_are_drawn_without_replacement_and_differ_by_step():
+    # every image encodes its index (and its label is that index too), so a batch names what it
+    # drew; the replay images are offset by 1000
+    n, m, size, n_hybrid = 40, 12, 16, 4
+    images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1) * np.ones((1, 1, 2, 2),
+                                                                           np.float32)
+    hybrid = (1000 + np.arange(m, dtype=np.float32).reshape(m, 1, 1, 1) * np.ones(
+        (1, 1, 2, 2), np.float32), np.arange(m)[:, None] * np.ones((1, 8), np.int32),
+        np.arange(m, dtype=np.int32))
+    data = TrainingData.of(images, np.arange(n), hybrid)
+    seed_key = jax.random.key(0)
+    drawn, seen = [], set()
+    for step in range(1, 31):
+        batch = draw_batch(data, step_key(seed_key, jnp.int32(step)), size, n_hybrid)
+        idx = np.asarray(batch.images)[:, 0, 0, 0].astype(int)
+        hidx = np.asarray(batch.hybrid_images)[:, 0, 0, 0].astype(int) - 1000
+        assert idx.shape == (size - n_hybrid,) and hidx.shape == (n_hybrid,)
+        assert len(set(idx)) == len(idx), f"step {step} drew {sorted(idx)}"
+        assert len(set(hidx)) == len(hidx), f"step {step} drew replay {sorted(hidx)}"
+        assert idx.min() >= 0 and idx.max() < n and hidx.min() >= 0 and hidx.max() < m
+        np.testing.assert_array_equal(np.asarray(batch.labels), idx)  # images keep their labels
+        np.testing.assert_array_equal(np.asarray(batch.hybrid_labels), hidx)
+        np.testing.assert_array_equal(np.asarray(batch.hybrid_tokens), np.repeat(hidx[:, None],
+                                                                                 8, 1))
+        # the batch depends on the step alone: drawn again, it is the same
+        again = draw_batch(data, step_key(seed_key, jnp.int32(step)), size, n_hybrid)
+        np.testing.assert_array_equal(np.asarray(again.images), np.asarray(batch.images))
+        drawn.append(frozenset(idx))
+        seen |= set(idx)
+    assert len(set(drawn)) == len(drawn), "two steps drew the same batch"
+    assert seen == set(range(n)), "30 batches of 12 out of 40 should cover every image"
+    # another seed draws other batches
+    other = draw_batch(data, step_key(jax.random.key(1), jnp.int32(1)), size, n_hybrid)
+    assert frozenset(np.asarray(other.images)[:, 0, 0, 0].astype(int)) != drawn[0]
+    # without replay the hybrid part is empty
+    plain = draw_batch(TrainingData.of(images, np.arange(n)), seed_key, size, 0)
+    assert plain.images.shape[0] == size and plain.hybrid_images.shape[0] == 0
+    assert len(set(np.asarray(plain.images)[:, 0, 0, 0].tolist())) == size
