@@ -23,7 +23,7 @@ models are freshly initialized (pretraining does not change a step's cost); the 
 on the device once, outside the timings. ``--quick``: tiny sizes for a smoke run.
 
 On a CPU host the library's programs unroll their steps, one log interval per call
-(``loop.unrolled()``: XLA:CPU runs convolutions inside loop bodies an order of magnitude
+(``loop.stepwise()``: XLA:CPU runs convolutions inside loop bodies an order of magnitude
 slower, jax-ml/jax#12868); the header says which form was timed. The toy default is 100 steps
 (not 200) so that the full run stays within ~10 minutes on a 2-core CPU host; on an
 accelerator, ``--steps 200``.
@@ -170,8 +170,8 @@ def run(args: argparse.Namespace) -> None:
     from tracer_theory.deep.finetune import loop
 
     device = jax.devices()[0]
-    unrolled = getattr(loop, "unrolled", lambda: False)()
-    form = "unrolled, one log interval per call" if unrolled else f"lax.scan, chunk {args.chunk}"
+    unrolled = loop.stepwise()
+    form = "one step per program (stepwise)" if unrolled else f"lax.scan, chunk {args.chunk}"
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {device.device_kind} "
           f"({len(jax.devices())} device(s)); strategy {args.strategy}, log_every 10; scanned "
           f"programs: {form}; median of {args.repeats} run(s) after a warm-up; steps/s counts "

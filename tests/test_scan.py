@@ -101,9 +101,8 @@ def _assert_close_curves(got, want):
 # (measured with the rolled scan: relative difference 2e-3 for EMA SD under ``head``, 8e-6 under
 # ``prompts``): a property of AdamW on a ~zero gradient, not of the loop. Under ``prompts`` every
 # trained leaf gets a real task gradient. Direct FT has no teacher, so it is also checked under
-# ``head``. (The CPU programs of today, unrolled blocks, happen to round like the reference for
-# most strategies; the tolerance is for the programs that do not: LP-FT, about 1e-5, one-step
-# blocks and the rolled scan, up to about 8e-5.)
+# ``head``. (The tolerance is for programs that round differently from the reference: the
+# rolled scan, up to about 8e-5.)
 CASES = [(name, "prompts") for name in REGISTRY] + [("direct", "head")]
 
 
@@ -123,45 +122,52 @@ def test_scanned_loop_equals_the_reference_loop(toy, name, objective):
 
 # --- the chunk size does not change the result ------------------------------------------------
 
+def _program() -> str:
+    """The loop's program on this backend: one step per call on CPU, a scan of blocks else."""
+    return "_run_step" if loop.stepwise() else "_run_blocks"
+
+
 def _counting(monkeypatch) -> list:
     """Count the calls of the loop's program (whatever its arguments)."""
-    calls, original = [], loop._run_chunk
+    name = _program()
+    calls, original = [], getattr(loop, name)
 
     def counted(*args, **kwargs):
         calls.append(None)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_run_chunk", counted)
+    monkeypatch.setattr(loop, name, counted)
     return calls
 
 
 @pytest.mark.parametrize("name", ["ema_sd", "lp_ft"])
 def test_chunk_size_does_not_change_the_run(toy, name):
     # EMA SD carries a moving teacher; LP-FT has two phases (4 + 4 steps) with two optimizers.
-    # (Where ``unrolled()``, on CPU, every call is one log interval whatever the chunk; the
-    # rolled programs, where the chunk does change the calls, are checked below.)
+    # (Where ``stepwise()``, on CPU, every call is one step whatever the chunk, which then only
+    # sets the checkpoints; the rolled programs, where the chunk changes the calls, are checked
+    # below.)
     small, large = (_run(toy, name, BASE, chunk=c) for c in (3, 100))
     _assert_identical(small, large)
 
 
 def test_rolled_program_is_chunk_independent_and_the_reference(toy, monkeypatch):
-    """The accelerator path, on CPU: with ``unrolled()`` false every call is a rolled
-    ``lax.scan`` over up to ``chunk // log_every`` blocks, so here the chunk size does change the
-    programs (two calls of one block against one call of two blocks), and not the result; which
-    is also the step-by-step reference's. (Convolutions in loop bodies are slow on CPU: a small
-    batch and probe, no gray probe.)"""
-    monkeypatch.setattr(loop, "unrolled", lambda: False)
+    """The accelerator path, on CPU: with ``stepwise()`` false every call is a rolled
+    ``lax.scan`` over the blocks of a chunk (rounded up to whole log intervals), so here the
+    chunk size does change the programs (two calls of one block against one call of two
+    blocks), and not the result; which is also the step-by-step reference's. (Convolutions in
+    loop bodies are slow on CPU: a small batch and probe, no gray probe.)"""
+    monkeypatch.setattr(loop, "stepwise", lambda: False)
     calls = _counting(monkeypatch)
     config = dataclasses.replace(BASE, steps=4, batch_size=8)
     strategy, data = REGISTRY["ema_sd"].strategy, toy.data
     args = dict(class_emb=toy.class_emb[0], probe=data.probe()[:4], seed=0)
     runs = {}
-    for chunk in (3, 100):
+    for chunk in (2, 100):
         calls.clear()
         runs[chunk] = finetune(toy.models[0], data.color_train, data.train_labels, strategy,
                                config, chunk=chunk, **args)
         runs[chunk] = (runs[chunk], len(calls))
-    (small, n_small), (large, n_large) = runs[3], runs[100]
+    (small, n_small), (large, n_large) = runs[2], runs[100]
     assert (n_small, n_large) == (2, 1)
     _assert_identical(small, large)
     want = reference_finetune(toy.models[0], data.color_train, data.train_labels, strategy,
@@ -195,38 +201,39 @@ def test_finetune_seeds_equals_one_run_per_seed(toy):
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(toy, tmp_path, monkeypatch):
     # LP-FT over 10 steps: a linear probe for 5 steps, then finetuning for 5. Logging every 5
-    # steps, with a stop at 4, the program calls are (0, 4], (4, 5] | (5, 10]: the interruption
-    # at the third call leaves a checkpoint at the phase boundary (step 5) that must resume into
+    # steps, chunks of 5 (a whole log interval on either backend) and a stop at 4, the chunks are
+    # (0, 4], (4, 5] | (5, 10], each followed by a checkpoint; interrupting the first program
+    # call after step 5 leaves the checkpoint at the phase boundary, which must resume into
     # phase 2 with its fresh optimizer state.
     strategy = REGISTRY["lp_ft"].strategy
     assert [p.steps for p in strategy.phases(10)] == [5, 5]
     config = dataclasses.replace(BASE, steps=10, log_every=5)
     path = tmp_path / "run.ckpt"
-    kw = dict(chunk=4, stops=(4,), checkpoint=path)
-    calls, original = [], loop._run_chunk
+    kw = dict(chunk=5, stops=(4,), checkpoint=path)
+    per_chunk = (4, 1, 5) if loop.stepwise() else (1, 1, 1)  # program calls in each chunk
+    calls, original = [], getattr(loop, _program())
 
     def interrupted(*args, **kwargs):
         calls.append(None)
-        if len(calls) == 3:
+        if len(calls) == per_chunk[0] + per_chunk[1] + 1:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_run_chunk", interrupted)
+    monkeypatch.setattr(loop, _program(), interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(toy, "lp_ft", config, **kw)
-    assert len(calls) == 3
     step, info = run_header(path)
     assert (step, info["phase"]) == (5, 0)
     assert (tmp_path / "run.ckpt.step4").exists()
 
     calls.clear()
     resumed = _run(toy, "lp_ft", config, **kw)
-    assert len(calls) == 1  # resumed at step 5, not from the start
+    assert len(calls) == per_chunk[2]  # resumed at step 5, not from the start
 
-    monkeypatch.setattr(loop, "_run_chunk", original)
+    monkeypatch.setattr(loop, _program(), original)
     calls = _counting(monkeypatch)
-    whole = _run(toy, "lp_ft", config, chunk=4, stops=(4,))
-    assert len(calls) == 3 and list(whole.snapshots) == [4]
+    whole = _run(toy, "lp_ft", config, chunk=5, stops=(4,))
+    assert len(calls) == sum(per_chunk) and list(whole.snapshots) == [4]
     _assert_identical(resumed, whole)
     np.testing.assert_array_equal(whole.curves["steps"], [5, 10])
 

@@ -3,11 +3,12 @@
 The training arrays live on the device; every step draws its batch with ``jax.random`` from
 ``fold_in(key(seed), step)``, takes the jitted step of ``step.py`` (the teacher update and the
 schedule's ω inside it) and, every ``log_every`` steps, logs the curves (``CURVES``) as program
-outputs. Blocks of steps end at the log steps; on accelerators a program call is a ``lax.scan``
-over the blocks of a chunk of ``chunk`` steps, on CPU one unrolled block (``unrolled``: XLA:CPU
-runs convolutions inside loop bodies an order of magnitude slower). Every step's batch depends
-on its global index alone and every block is the same program, so the chunk size only sets how
-often the progress bar moves and checkpoints are written, never the result.
+outputs. On accelerators a program call is a ``lax.scan`` over the steps of a chunk of ``chunk``
+steps (blocks ending at the log steps); on CPU every step is its own jitted program
+(``stepwise``: XLA:CPU runs convolutions inside loop bodies an order of magnitude slower).
+Every step's batch depends on its global index alone and every block is the same program, so
+the chunk size only sets how often the progress bar moves and checkpoints are written, never
+the result.
 ``finetune_seeds`` ``vmap``s seeds (each with its own pretrained model) into one program;
 ``reference_finetune`` is the same run one dispatched step at a time (tests and benchmarks).
 """
@@ -15,7 +16,6 @@ often the progress bar moves and checkpoints are written, never the result.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -43,8 +43,6 @@ CURVES = ("steps", "loss", "param_distance", "logit_kl", "agreement", "gray_acc"
 #: resumed).
 SAMPLER = "jax.random.fold_in(key(seed), step); top-k of uniforms (without replacement)"
 DEFAULT_CHUNK = 250
-#: Steps per call where programs unroll their steps (``unrolled()``): compile time grows with it.
-UNROLLED_CHUNK = 10
 
 
 class TrainingData(eqx.Module):
@@ -140,93 +138,107 @@ class _Fixed(eqx.Module):
     sharding: NamedSharding | None = eqx.field(static=True)
 
 
+def _train(state: TrainState, step: Int[Array, ""], fixed: _Fixed, schedule
+           ) -> tuple[TrainState, Array]:
+    """Step ``step``: draw its batch, one optimizer step and teacher update; ``(state, loss)``."""
+    config = fixed.config
+    batch = draw_batch(fixed.data, step_key(fixed.key, step), config.batch_size, fixed.n_hybrid)
+    if fixed.sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, fixed.sharding)
+    state, parts = train_step(state, batch, fixed.strategy, schedule, config, fixed.optimizer,
+                              fixed.pretrained, fixed.class_emb, fixed.pretrained.head)
+    return state, parts["loss"]
+
+
 def _block(state: TrainState, first: Int[Array, ""], fixed: _Fixed, schedule, length: int,
-           log: bool, unroll: bool) -> tuple[TrainState, dict[str, Array]]:
+           log: bool) -> tuple[TrainState, dict[str, Array]]:
     """Steps ``first .. first + length − 1`` as a ``lax.scan``, then (``log``) the logged
     values after the last one. No conditional sits in the program."""
-    config = fixed.config
     arrays, static = eqx.partition(state, eqx.is_array)  # the scan carries arrays only
 
     def body(arrays, step):
-        state = eqx.combine(arrays, static)
-        batch = draw_batch(fixed.data, step_key(fixed.key, step), config.batch_size,
-                           fixed.n_hybrid)
-        if fixed.sharding is not None:
-            batch = jax.lax.with_sharding_constraint(batch, fixed.sharding)
-        state, parts = train_step(state, batch, fixed.strategy, schedule, config,
-                                  fixed.optimizer, fixed.pretrained, fixed.class_emb,
-                                  fixed.pretrained.head)
-        return eqx.filter(state, eqx.is_array), parts["loss"]
+        state, loss = _train(eqx.combine(arrays, static), step, fixed, schedule)
+        return eqx.filter(state, eqx.is_array), loss
 
-    steps = first + jnp.arange(length, dtype=jnp.int32)
-    arrays, losses = jax.lax.scan(body, arrays, steps, unroll=unroll)
+    arrays, losses = jax.lax.scan(body, arrays, first + jnp.arange(length, dtype=jnp.int32))
     state = eqx.combine(arrays, static)
     values = log_metrics(state, losses[-1], fixed.probe, fixed.class_emb) if log else {}
     return state, values
 
 
-def _blocks(state, firsts: Int[Array, " n"], fixed: _Fixed, schedule, length: int, log: bool,
-            unroll: bool) -> tuple[TrainState, dict[str, Array]]:
+def _blocks(state, firsts: Int[Array, " n"], fixed: _Fixed, schedule, length: int, log: bool
+            ) -> tuple[TrainState, dict[str, Array]]:
     """``len(firsts)`` blocks of ``length`` steps as one ``lax.scan``; the logged values of each
     block stacked (n, ...)."""
-    if unroll and firsts.shape[0] == 1:  # no loop at all around the steps (see ``unrolled``)
-        state, values = _block(state, firsts[0], fixed, schedule, length, log, unroll)
-        return state, jax.tree.map(lambda x: x[None], values)
     arrays, static = eqx.partition(state, eqx.is_array)
 
     def body(arrays, first):
-        state, values = _block(eqx.combine(arrays, static), first, fixed, schedule, length, log,
-                               unroll)
+        state, values = _block(eqx.combine(arrays, static), first, fixed, schedule, length, log)
         return eqx.filter(state, eqx.is_array), values
 
-    arrays, values = jax.lax.scan(body, arrays, firsts, unroll=unroll)
+    arrays, values = jax.lax.scan(body, arrays, firsts)
     return eqx.combine(arrays, static), values
 
 
-@eqx.filter_jit
-def _run_chunk(state, firsts, fixed, schedule, length, log, unroll):
-    return _blocks(state, firsts, fixed, schedule, length, log, unroll)
+def _over_seeds(fn, fixed: _Fixed):
+    """``fn(state, x, fixed, *rest)`` vmapped over the seeds: axis 0 of the state, the
+    pretrained model, the class embeddings and the key."""
+    return eqx.filter_vmap(fn, in_axes=(eqx.if_array(0), None, _over_seeds_axes(fixed))
+                           + (None,) * 3)
 
 
 @eqx.filter_jit
-def _run_chunk_seeds(state, firsts, fixed, schedule, length, log, unroll):
-    # seeds on axis 0 of the state, the pretrained model, the class embeddings and the key
-    seeds = eqx.if_array(0)
-    axes = _Fixed(None, None, seeds, seeds, seeds, fixed.strategy, fixed.config,
-                  fixed.optimizer, fixed.n_hybrid, fixed.sharding)
-    state, values = eqx.filter_vmap(_blocks, in_axes=(seeds, None, axes, None, None, None,
-                                                      None))(state, firsts, fixed, schedule,
-                                                             length, log, unroll)
+def _run_blocks(state, firsts, fixed, schedule, length, log, seeds: bool):
+    if not seeds:
+        return _blocks(state, firsts, fixed, schedule, length, log)
+    state, values = _over_seeds(_blocks, fixed)(state, firsts, fixed, schedule, length, log)
     return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), values)  # (blocks, seeds)
 
 
-def unrolled() -> bool:
-    """Whether programs unroll their steps: on CPU, where XLA runs convolutions inside loop
-    bodies (and conditionals) an order of magnitude slower than outside them (jax-ml/jax#12868;
-    measured here: 260 against 17 ms per toy step), each call runs one unrolled log interval;
-    on accelerators a call is a rolled ``lax.scan`` over a whole chunk."""
+@eqx.filter_jit
+def _run_step(state, step, fixed, schedule, seeds: bool):
+    if not seeds:
+        return _train(state, step, fixed, schedule)
+    return eqx.filter_vmap(lambda st, f: _train(st, step, f, schedule),
+                           in_axes=(eqx.if_array(0), _over_seeds_axes(fixed)))(state, fixed)
+
+
+@eqx.filter_jit
+def _log(state, loss, fixed, seeds: bool):
+    if not seeds:
+        return log_metrics(state, loss, fixed.probe, fixed.class_emb)
+    return eqx.filter_vmap(lambda st, lo, ce: log_metrics(st, lo, fixed.probe, ce))(
+        state, loss, fixed.class_emb)
+
+
+def _over_seeds_axes(fixed: _Fixed) -> _Fixed:
+    seeds = eqx.if_array(0)
+    return _Fixed(None, None, seeds, seeds, seeds, fixed.strategy, fixed.config,
+                  fixed.optimizer, fixed.n_hybrid, fixed.sharding)
+
+
+def stepwise() -> bool:
+    """Whether a program call is one step: on CPU, where XLA runs convolutions inside loop
+    bodies an order of magnitude slower than outside them (jax-ml/jax#12868; measured here:
+    260 against 17 ms per toy step), each step is its own jitted program (its batch drawn
+    inside it) and the curves are logged by another; on accelerators a call is a rolled
+    ``lax.scan`` over the steps of a chunk."""
     return jax.default_backend() == "cpu"
 
 
-def schedule_blocks(done: int, end: int, config: FinetuneConfig, chunk: int,
-                    stops: Sequence[int] = ()) -> list[tuple[int, int, bool, int]]:
-    """The program calls from step ``done`` to ``end``: ``(first step, block length, logs,
+def schedule_blocks(done: int, end: int, config: FinetuneConfig
+                    ) -> list[tuple[int, int, bool, int]]:
+    """The scanned calls from step ``done`` to ``end``: ``(first step, block length, logs,
     number of blocks)``. Blocks end at every log step (multiples of ``log_every`` and
-    ``config.steps``) and at ``stops``; a call holds up to ``chunk // log_every`` equal blocks
-    and ends at every stop. When ``unrolled()``, a call is one block, and blocks also end at
-    multiples of ``gcd(log_every, UNROLLED_CHUNK)`` so no program unrolls more steps."""
-    every = math.gcd(config.log_every, UNROLLED_CHUNK) if unrolled() else config.log_every
-    edges = sorted({*range(done - done % every + every, end, every), end,
-                    *(s for s in stops if done < s < end)})
-    per_call = 1 if unrolled() else max(1, chunk // config.log_every)
+    ``config.steps``) and at ``end``; a call holds the consecutive equal blocks."""
+    every = config.log_every
+    edges = sorted({*range(done - done % every + every, end, every), end})
     calls: list[tuple[int, int, bool, int]] = []
     lo = done
     for hi in edges:
-        length, log = hi - lo, hi % config.log_every == 0 or hi == config.steps
-        last = calls[-1] if calls else None
-        if (last and last[1:3] == (length, log) and last[3] < per_call
-                and last[0] - 1 + last[1] * last[3] not in stops):
-            calls[-1] = (last[0], length, log, last[3] + 1)
+        length, log = hi - lo, hi % every == 0 or hi == config.steps
+        if calls and calls[-1][1:3] == (length, log):
+            calls[-1] = (*calls[-1][:3], calls[-1][3] + 1)
         else:
             calls.append((lo + 1, length, log, 1))
         lo = hi
@@ -256,9 +268,10 @@ def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
     one for zero-shot accuracy, every ``config.log_every`` steps; ``hybrid`` = (gray images,
     caption tokens, labels) for strategies that mix pretraining data into their batches;
     ``mesh`` a device mesh (``parallel.data_mesh``) each batch is split over; ``chunk`` steps
-    per program call on accelerators (on CPU a call is one unrolled log interval, see
-    ``unrolled``); ``stops`` steps at which to keep a copy of the model (``Run.snapshots``);
-    ``checkpoint`` a file the run is saved to after every call and resumed from (with the same
+    per program call on accelerators (on CPU a call is one step, see ``stepwise``), and
+    between checkpoints and progress-bar updates; ``stops`` steps at which to keep a copy of
+    the model (``Run.snapshots``);
+    ``checkpoint`` a file the run is saved to after every chunk and resumed from (with the same
     arguments).
     Returns ``Run(model, curves, snapshots)``.
     """
@@ -335,7 +348,7 @@ class _Runner:
         if self.mesh is not None:
             data, probe, pretrained = replicate((data, probe, pretrained), self.mesh)
             sharding = NamedSharding(self.mesh, PartitionSpec("data"))
-        program = _run_chunk if self.n_seeds is None else _run_chunk_seeds
+        seeds = self.n_seeds is not None
         bar = tqdm(total=config.steps, initial=done, desc=progress, leave=False,
                    disable=progress is None)
         for i, phase in enumerate(self.phases):
@@ -347,14 +360,12 @@ class _Runner:
                 state = replicate(state, self.mesh)
             fixed = _Fixed(data, probe, pretrained, class_emb, key, self.strategy, config,
                            phase_optimizer(config, phase), self.n_hybrid, sharding)
-            for first, length, log, n in schedule_blocks(done, int(self.ends[i]), config,
-                                                         self.chunk, self.stops):
-                firsts = jnp.asarray(first + length * np.arange(n), jnp.int32)
-                state, values = program(state, firsts, fixed, schedule, length, log,
-                                        unrolled())
-                hi = first - 1 + length * n
-                if log:
-                    logged += _logged_rows(first - 1 + length * np.arange(1, n + 1), values)
+            # rolled programs: chunks of whole log intervals, so every block is the same program
+            every = config.log_every
+            size = self.chunk if stepwise() else -(-self.chunk // every) * every
+            for lo, hi in chunk_ranges(done, int(self.ends[i]), size, self.stops):
+                state, rows = self._steps(state, lo, hi, fixed, schedule, seeds)
+                logged += rows
                 done = hi
                 if done in self.stops:
                     snapshots[done] = state.model
@@ -362,9 +373,27 @@ class _Runner:
                         save_model(_snapshot_path(checkpoint, done), state.model)
                 if checkpoint is not None:
                     save_run(checkpoint, state, done, {"curves": logged, "phase": i})
-                bar.update(length * n)
+                bar.update(hi - lo)
         bar.close()
         return self._result(state.model, logged, snapshots)
+
+    def _steps(self, state, lo: int, hi: int, fixed: _Fixed, schedule, seeds: bool):
+        """Steps ``lo + 1 .. hi``; returns the state and the logged rows."""
+        config, rows = self.config, []
+        if stepwise():
+            for step in range(lo + 1, hi + 1):
+                state, loss = _run_step(state, jnp.int32(step), fixed, schedule, seeds)
+                if step % config.log_every == 0 or step == config.steps:
+                    values = _log(state, loss, fixed, seeds)
+                    rows += _logged_rows(np.array([step]),
+                                         jax.tree.map(lambda x: x[None], values))
+            return state, rows
+        for first, length, log, n in schedule_blocks(lo, hi, config):
+            firsts = jnp.asarray(first + length * np.arange(n), jnp.int32)
+            state, values = _run_blocks(state, firsts, fixed, schedule, length, log, seeds)
+            if log:
+                rows += _logged_rows(first - 1 + length * np.arange(1, n + 1), values)
+        return state, rows
 
     def _resume(self, path: Path, state: TrainState, pretrained):
         """``(step, logged rows, snapshots, state)`` of the checkpoint at ``path``."""
@@ -402,9 +431,8 @@ def _logged_rows(steps: np.ndarray, values: dict[str, Array]) -> list[tuple[floa
 
 def chunk_ranges(done: int, end: int, chunk: int, stops: Sequence[int] = ()
                  ) -> list[tuple[int, int]]:
-    """``(lo, hi]`` step ranges from ``done`` to ``end``: at most ``chunk`` long (at most
-    ``UNROLLED_CHUNK`` when ``unrolled()``), split at ``stops``."""
-    chunk = min(chunk, UNROLLED_CHUNK) if unrolled() else chunk
+    """``(lo, hi]`` step ranges from ``done`` to ``end``: at most ``chunk`` long, split at
+    ``stops``."""
     edges = sorted({*range(done, end, chunk), end, *(s for s in stops if done < s < end)})
     return list(itertools.pairwise(edges))
 

@@ -20,7 +20,7 @@ from ..models import DualEncoder, make_model
 from ..parallel import Mesh, replicate
 from .checkpoints import load_run, save_run
 from .config import PretrainConfig, learning_rate
-from .loop import chunk_ranges, subset, unrolled
+from .loop import chunk_ranges, stepwise, subset
 from .step import accumulated_value_and_grad, in_compute_dtype
 
 
@@ -49,23 +49,34 @@ def _pretrain_batch(images, labels, captions, key, batch_size: int):
     return images[idx], captions[labels[idx], which], labels[idx]
 
 
+def _pretrain_one(model, opt_state, step, arrays, key, optimizer, config: PretrainConfig,
+                  sharding):
+    """Pretraining step ``step``: its batch drawn from ``fold_in(key, step)``."""
+    batch = _pretrain_batch(*arrays, jax.random.fold_in(key, step), config.batch_size)
+    if sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, sharding)
+    return _pretrain_step(model, opt_state, *batch, optimizer, config.accumulate,
+                          config.compute_dtype)
+
+
 @eqx.filter_jit
 def _pretrain_chunk(model, opt_state, steps, arrays, key, optimizer, config: PretrainConfig,
                     sharding):
-    """``len(steps)`` pretraining steps as one ``lax.scan``; returns the model, the optimizer
-    state and the losses."""
+    """``len(steps)`` pretraining steps: one step without a loop where ``stepwise()`` (CPU),
+    else a ``lax.scan``; returns the model, the optimizer state and the losses."""
+    if stepwise():
+        model, opt_state, loss = _pretrain_one(model, opt_state, steps[0], arrays, key,
+                                               optimizer, config, sharding)
+        return model, opt_state, loss[None]
     carry, static = eqx.partition((model, opt_state), eqx.is_array)
 
     def body(carry, step):
         model, opt_state = eqx.combine(carry, static)
-        batch = _pretrain_batch(*arrays, jax.random.fold_in(key, step), config.batch_size)
-        if sharding is not None:
-            batch = jax.lax.with_sharding_constraint(batch, sharding)
-        model, opt_state, loss = _pretrain_step(model, opt_state, *batch, optimizer,
-                                                config.accumulate, config.compute_dtype)
+        model, opt_state, loss = _pretrain_one(model, opt_state, step, arrays, key, optimizer,
+                                               config, sharding)
         return eqx.filter((model, opt_state), eqx.is_array), loss
 
-    carry, losses = jax.lax.scan(body, carry, steps, unroll=unrolled())
+    carry, losses = jax.lax.scan(body, carry, steps)
     model, opt_state = eqx.combine(carry, static)
     return model, opt_state, losses
 
@@ -75,8 +86,8 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
              progress: str | None = None, mesh: Mesh | None = None,
              checkpoint: str | Path | None = None, chunk: int = 100) -> DualEncoder:
     """Contrastive pretraining of a fresh ``config.model`` on ``images`` (N, 3, H, W), as a
-    scanned on-device program over chunks of ``chunk`` steps (unrolled chunks of at most
-    ``loop.UNROLLED_CHUNK`` on CPU, see ``loop.unrolled``; batches drawn with ``jax.random``
+    scanned on-device program over chunks of ``chunk`` steps (one step per program on CPU, see
+    ``loop.stepwise``; batches drawn with ``jax.random``
     from ``fold_in(key(seed), step)``, so any chunk size gives the same model).
 
     ``captions`` (10, P, L): caption tokens per digit; each image gets a random one per step.
@@ -102,7 +113,7 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     seed_key = jax.random.key(seed)
     with tqdm(total=config.steps, initial=start, desc=progress, leave=False,
               disable=progress is None) as bar:
-        for lo, hi in chunk_ranges(start, config.steps, chunk, stops):
+        for lo, hi in chunk_ranges(start, config.steps, 1 if stepwise() else chunk, stops):
             model, opt_state, _ = _pretrain_chunk(
                 model, opt_state, jnp.arange(lo + 1, hi + 1, dtype=jnp.int32), arrays,
                 seed_key, optimizer, config, sharding)
