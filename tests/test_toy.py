@@ -29,7 +29,8 @@ from tracer_theory.deep.studies.experiment import TABLE_COLUMNS, quick_config, r
 from tracer_theory.deep.studies.protocols import Paper
 
 #: The quick run's numbers as of the scanned loop (batches from ``jax.random``; regenerated when
-#: the sampler moved on device, same seeds and x64 test settings): a regression pin, so any
+#: the sampler moved on device, same seeds and the test settings of conftest.py: x64 and its
+#: XLA_FLAGS): a regression pin, so any
 #: change of the numbers is deliberate. The scanned loop itself is checked against the
 #: step-by-step reference loop in tests/test_scan.py.
 REFERENCE = Path(__file__).parent / "data" / "reference_quick.json"
