@@ -65,14 +65,18 @@ def test_half_forgetting_step_by_hand():
     ("horizons", (100, 10), "--horizons"), ("horizons", (10, 10), "--horizons"),
     ("label_noise", (1.0,), "--label-noise"), ("label_noise", (-0.5,), "--label-noise"),
     ("chunk", 0, "--chunk"), ("chunk", -3, "--chunk"), ("strategies", ("nope",), "--strategies"),
-    ("objectives", ("both",), "--objectives")])
+    ("objectives", ("both",), "--objectives"), ("only", (("head", 0.5),), "--only"),
+    ("only", (("prompts", 0.0),), "--only")])
 def test_bad_study_settings_name_the_flag(field, value, flag):
+    base = {"objectives": ("head",)} if field == "only" else {}
+    HorizonConfig(**base)  # the base itself is valid
     with pytest.raises(ValueError, match=flag):
-        HorizonConfig(**{field: value})
+        HorizonConfig(**(base | {field: value}))
 
 
 @pytest.mark.parametrize("argv", [["--horizons", "0", "5"], ["--horizons", "8", "4"],
-                                  ["--label-noise", "1"], ["--chunk", "0"]])
+                                  ["--label-noise", "1"], ["--chunk", "0"],
+                                  ["--only", "head"], ["--only", "prompts:0"]])
 def test_cli_bad_input_is_a_usage_error(argv, tmp_path, capsys):
     code = cli.main(["horizon", "--quick", "--out", str(tmp_path), "--quiet", *argv])
     assert code == cli.EXIT_USAGE

@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: 0 0.25)")
     horizon.add_argument("--objectives", nargs="+", choices=["head", "prompts"], default=None,
                          help="finetuning objectives (default: head prompts; head with --quick)")
+    horizon.add_argument("--only", nargs="+", metavar="OBJECTIVE:NOISE", default=None,
+                         help="run only these (objective, label noise) tables, e.g. head:0 "
+                              "head:0.25 prompts:0 (default: every pair)")
     horizon.add_argument("--strategies", nargs="+", default=None,
                          help="strategies (default: direct static_sd ema_sd ema999_sd wma_sd "
                               "l2sp)")
@@ -291,6 +294,8 @@ def _horizon(args: argparse.Namespace) -> int:
              "seeds": args.seeds, "chunk": args.chunk, "mnist": args.mnist}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()
              if v is not None}
+    if args.only is not None:
+        given["only"] = tuple(_setting(text) for text in args.only)
     config = (quick_horizon_config if args.quick else HorizonConfig)(**given)
     payload = run_horizon(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(f"== horizon study, seeds {list(config.seeds)}, data: {payload['data']}")
@@ -299,6 +304,16 @@ def _horizon(args: argparse.Namespace) -> int:
                for name, fig in horizon_figures(payload).items()]
     print(f"wrote {args.out}/{config.name}.json, {', '.join(map(str, written))}")
     return 0
+
+
+def _setting(text: str) -> tuple[str, float]:
+    """``"head:0.25"`` → ``("head", 0.25)``; ValueError naming ``--only`` otherwise."""
+    objective, _, noise = text.partition(":")
+    try:
+        return objective, float(noise)
+    except ValueError:
+        raise ValueError(f"--only takes OBJECTIVE:NOISE pairs such as head:0.25, "
+                         f"got {text!r}") from None
 
 
 def _reproduce(args: argparse.Namespace) -> int:

@@ -107,6 +107,15 @@ class HorizonConfig:
         if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
             raise ValueError(f"--chunk must be a positive number of steps, got {self.chunk!r}")
         ExperimentConfig(seeds=self.seeds)  # the seeds' own checks
+        if self.only is not None:
+            only = tuple((o, float(p)) for o, p in self.only)
+            missing = [s for s in only if s[0] not in self.objectives
+                       or s[1] not in map(float, self.label_noise)]
+            if missing or not only:
+                raise ValueError(f"--only must name (objective, label noise) pairs of "
+                                 f"--objectives {list(self.objectives)} and --label-noise "
+                                 f"{list(self.label_noise)}, got {list(self.only)}")
+            object.__setattr__(self, "only", only)
         object.__setattr__(self, "horizons", tuple(int(t) for t in h))
         object.__setattr__(self, "label_noise", tuple(float(p) for p in self.label_noise))
 
