@@ -423,7 +423,7 @@ def format_horizon(payload: dict[str, Any]) -> str:
     lines = []
     for setting, per_strategy in payload["summary"].items():
         lines.append(f"\n== {setting.replace('_noise', ', label noise ')}")
-        head = f"{'strategy':16s}{'T':>6s}" + "".join(f"{h:>16s}" for _, h in TABLE) + \
+        head = f"{'strategy':16s}{'T':>6s}" + "".join(f" {h:>16s}" for _, h in TABLE) + \
             f"{'predicted':>11s}"
         lines += [head, "-" * len(head)]
         for name, per_t in per_strategy.items():
@@ -432,10 +432,10 @@ def format_horizon(payload: dict[str, Any]) -> str:
                 for key, _ in TABLE:
                     v = row.get(key)
                     cells.append("—" if v is None or v["mean"] is None else
-                                 f"{v['mean']:.3g} ± {v['std']:.2g}" if key.startswith("gap")
+                                 f"{v['mean']:.2g} ± {v['std']:.1g}" if key.startswith("gap")
                                  else f"{v['mean']:.1f} ± {v['std']:.1f}")
                 pred = payload["theory"][setting][name][t]["predicted_forgetting"]
                 lines.append(f"{STRATEGIES[name].label:16s}{t:>6s}"
-                             + "".join(f"{c:>16s}" for c in cells) + f"{pred:11.1f}")
+                             + "".join(f" {c:>16s}" for c in cells) + f"{pred:11.1f}")
         lines += [f"  {v}" for v in payload["verdicts"][setting]]
     return "\n".join(lines)
