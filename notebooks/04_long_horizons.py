@@ -37,10 +37,8 @@ import tracer_theory as tt
 from tracer_theory._paths import REPO_ROOT
 from tracer_theory.deep.studies.horizon import format_horizon
 from tracer_theory.report.horizon import horizon_figures
-from tracer_theory.report.notebook import settings
 from tracer_theory.report.style import save
 
-config = settings()
 
 # %% [markdown]
 # ## The mechanism, in the linear theory first
@@ -82,7 +80,10 @@ print(format_horizon(payload))
 # axis, so you can see whether forgetting follows the teacher's collapse.
 
 # %%
+# figures go beside the results (TRACER_FIGURES overrides)
+folder = Path(os.environ["TRACER_FIGURES"]) if "TRACER_FIGURES" in os.environ else (
+    path.parent / "figures")
 for name, result in horizon_figures(payload).items():
-    paths = save(result.figure, config.figures / f"horizon_{name}")
+    paths = save(result.figure, folder / f"horizon_{name}")
     display(Image(filename=str(paths[0])))
     print(result.report())
