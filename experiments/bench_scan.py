@@ -12,7 +12,8 @@ replay data), strategy (``REGISTRY[--strategy]``) and one shared ``FinetuneConfi
 (``log_every=10``), so the cached optimizers and compiled programs are reused. Variants:
 
 * ``python loop``: ``reference_finetune``, one dispatched jitted step per Python iteration;
-* ``scanned``: ``finetune``, chunks of ``--chunk`` steps as one ``lax.scan`` program;
+* ``scanned``: ``finetune``, chunks of ``--chunk`` steps as one ``lax.scan`` program (one step
+  per program on CPU);
 * ``python loop xN`` / ``scanned xN``: N seeds one after the other;
 * ``vmapped xN``: ``finetune_seeds``, the N seeds as one vmapped program.
 
@@ -22,9 +23,10 @@ model's leaves; the median is reported. Steps/s counts seed-steps (N × steps fo
 models are freshly initialized (pretraining does not change a step's cost); the arrays are put
 on the device once, outside the timings. ``--quick``: tiny sizes for a smoke run.
 
-On a CPU host the library's programs unroll their steps, one log interval per call
+On a CPU host every step is its own jitted program, its batch drawn inside it
 (``loop.stepwise()``: XLA:CPU runs convolutions inside loop bodies an order of magnitude
-slower, jax-ml/jax#12868); the header says which form was timed. The toy default is 100 steps
+slower, jax-ml/jax#12868), and the Python loop differs only in drawing each batch with a
+separately dispatched program; the header says which form was timed. The toy default is 100 steps
 (not 200) so that the full run stays within ~10 minutes on a 2-core CPU host; on an
 accelerator, ``--steps 200``.
 """
