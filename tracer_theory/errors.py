@@ -11,3 +11,8 @@ class InputError(ValueError):
 class ResumeMismatch(InputError):
     """A results folder holds runs made with another configuration or other data: resuming
     from it would mislabel them."""
+
+
+class MemoryBudgetExceeded(ValueError):
+    """A computation would need more memory than the stated budget. The message names the
+    size asked for, the limit, and the argument (or command-line flag) that sets it."""

@@ -35,6 +35,7 @@ from ...linear.spectrum import spectrum
 from ..losses import clip_loss, cross_frobenius, kl_distillation, multi_view_distillation
 from ..metrics import squared_distance
 from ..models import normalize
+from ..models.tangent import trainable_part
 from .finetunee import Finetunee, class_logits, embed_with, image_tower
 
 
@@ -63,8 +64,15 @@ def head(model) -> tuple:
 
 
 def image_side(model) -> tuple:
-    """The classifier, the image tower and the image projection (the text tower stays frozen)."""
-    return (model.head, model.clip.image, model.clip.image_proj)
+    """The classifier, the image tower and the image projection (the text tower stays frozen;
+    a linearized tower trains its parameters, never its expansion point)."""
+    return (model.head, trainable_part(model.clip.image), model.clip.image_proj)
+
+
+def head_and_projection(model) -> tuple:
+    """The classifier and the image projection: the image encoder stays at its pretrained
+    features (the last-layer model of the theory)."""
+    return (model.head, model.clip.image_proj)
 
 
 def projection_side(model) -> tuple:
