@@ -75,6 +75,12 @@ class LinearProblem(eqx.Module):
     def dtype(self) -> jnp.dtype:
         return self.x_img.dtype
 
+    @property
+    def sigma_max_sq(self) -> Array:
+        """``σ_max²``, the largest squared singular value of ``X_I`` (sets a gradient-descent
+        step)."""
+        return jnp.linalg.svd(self.x_img, compute_uv=False)[0] ** 2
+
 
 def contrast_matrix(problem: LinearProblem) -> Float[Array, "n n"]:
     """``C = n I − J`` (``contrast="paper"``) or ``H = I − J/n`` (``"centered"``), shape (n, n)."""

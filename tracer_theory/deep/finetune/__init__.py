@@ -19,6 +19,7 @@ from .strategies import (
     MultiView as MultiView,
     Phase as Phase,
     ProjectionOnly as ProjectionOnly,
+    Restricted as Restricted,
     SelfDistill as SelfDistill,
     Static as Static,
     Strategy as Strategy,

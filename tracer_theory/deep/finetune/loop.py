@@ -337,6 +337,10 @@ class _Runner:
     def __call__(self, pretrained, images, labels, class_emb, probe, gray_probe, key, progress,
                  checkpoint):
         config = self.config
+        if len(labels) < config.batch_size - self.n_hybrid:
+            raise ValueError(f"batch_size = {config.batch_size} draws "
+                             f"{config.batch_size - self.n_hybrid} finetuning examples per step "
+                             f"without replacement, but only {len(labels)} were given")
         state = self._map(lambda m: start(m, self.strategy, config)[0], pretrained)
         schedule = self.strategy.schedule(config.steps)
         done, logged, snapshots = 0, [], {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -31,12 +31,14 @@ from ...dynamics.schedules import Schedule, StaticSchedule, ema_teacher, static_
 from ...dynamics.spectral import TeacherSD, stability_bound
 from ...linear import strategies as linear_strategies
 from ...linear.problem import LinearProblem
-from ...linear.spectrum import spectrum
 from ..losses import clip_loss, cross_frobenius, kl_distillation, multi_view_distillation
 from ..metrics import squared_distance
 from ..models import normalize
 from ..models.tangent import trainable_part
 from .finetunee import Finetunee, class_logits, embed_with, image_tower
+
+if TYPE_CHECKING:
+    from ..ntk import TangentProblem
 
 
 class LossInputs(NamedTuple):
@@ -114,8 +116,11 @@ class Strategy(eqx.Module):
         """Gray pretraining images per batch of ``batch_size``; here 0."""
         return 0
 
-    def linear(self, problem: LinearProblem, steps: int) -> linear_strategies.Strategy:
-        """The linear-theory strategy with the same λ (and teacher over ``steps``)."""
+    def linear(self, problem: LinearProblem | TangentProblem, steps: int
+               ) -> linear_strategies.Strategy:
+        """The linear-theory strategy with the same λ (and teacher over ``steps``, its
+        gradient-descent step set by the curvature of ``problem``: the last-layer linear
+        problem or the tangent model's)."""
         raise ValueError(f"{type(self).__name__} has no counterpart in the linear theory")
 
     def describe(self) -> dict[str, Any]:
@@ -253,8 +258,32 @@ class SelfDistill(Strategy):
         schedule = self.schedule(steps)
         if isinstance(schedule, StaticSchedule):
             return linear_strategies.StaticSD(self.lam)
-        lr = 0.5 * float(stability_bound(spectrum(problem).sigma_sq[0], self.lam))
+        lr = 0.5 * float(stability_bound(problem.sigma_max_sq, self.lam))
         return TeacherSD(self.lam, schedule, steps=steps, lr=lr)
+
+
+class Restricted(Strategy):
+    """``strategy`` with every phase training only the leaves ``trainable`` selects (by
+    default the head and the image projection: the encoder keeps its pretrained features, the
+    last-layer model of the linear theory); everything else is ``strategy``'s."""
+
+    strategy: Strategy
+    trainable: Callable[[Any], tuple] = head_and_projection
+
+    def regularizer(self, inputs):
+        return self.strategy.regularizer(inputs)
+
+    def phases(self, steps):
+        return tuple(p._replace(trainable=self.trainable) for p in self.strategy.phases(steps))
+
+    def schedule(self, steps):
+        return self.strategy.schedule(steps)
+
+    def hybrid_size(self, batch_size):
+        return self.strategy.hybrid_size(batch_size)
+
+    def linear(self, problem, steps):
+        return self.strategy.linear(problem, steps)
 
 
 class LPFT(Strategy):

@@ -102,19 +102,28 @@ class ZeroShotProbe(NamedTuple):
 
     def logits(self, w: np.ndarray) -> np.ndarray:
         """Cosine zero-shot logits (N, 10) with the image projection ``w`` (dim, width)."""
-        emb = self.features @ np.asarray(w).T
+        return self.cosine(self.features @ np.asarray(w).T)
+
+    def cosine(self, embeddings: np.ndarray) -> np.ndarray:
+        """Cosine zero-shot logits (N, 10) of image ``embeddings`` (N, dim)."""
+        emb = np.asarray(embeddings)
         return emb / np.linalg.norm(emb, axis=1, keepdims=True) @ self.class_emb.T
+
+
+def zero_shot_change(labels: np.ndarray, before: np.ndarray, after: np.ndarray
+                     ) -> tuple[float, float]:
+    """``(accuracy drop in points, relative Frobenius change)`` from zero-shot logits
+    ``before`` to ``after`` (N, C) on images with ``labels`` (N,)."""
+    acc = [100 * float(np.mean(np.argmax(x, 1) == labels)) for x in (before, after)]
+    return acc[0] - acc[1], float(np.linalg.norm(after - before) / np.linalg.norm(before))
 
 
 def predicted_forgetting(probe: ZeroShotProbe, w0: np.ndarray, w: np.ndarray
                          ) -> dict[str, float]:
     """Zero-shot gray-test accuracy drop (points) and relative logit change when the image
     projection ``w0`` becomes ``w`` with the pretrained features held fixed."""
-    before, after = probe.logits(w0), probe.logits(w)
-    acc = [100 * float(np.mean(np.argmax(x, 1) == probe.labels)) for x in (before, after)]
-    return {"predicted_forgetting": acc[0] - acc[1],
-            "predicted_logit_change": float(np.linalg.norm(after - before)
-                                            / np.linalg.norm(before))}
+    drop, change = zero_shot_change(probe.labels, probe.logits(w0), probe.logits(w))
+    return {"predicted_forgetting": drop, "predicted_logit_change": change}
 
 
 def _grid(config: ExperimentConfig, n_train: int

@@ -1,0 +1,388 @@
+"""The theory's error budget, rung by rung (THEORY §6.8).
+
+For every seed, objective and strategy with a linear counterpart (and a λ grid), the
+forgetting (gray zero-shot accuracy drop, points) and the relative change of the zero-shot
+logits on the gray test digits at five rungs:
+
+* ``R0``: the closed form with the last layer linear and the features fixed (the linear
+  theory on ``n`` finetuning images, ``theory.linear_problem``);
+* ``R0'``: the closed form on the tangent model, the whole image tower linearized
+  (``ntk.TangentProblem`` on the same images, its Gram the empirical NTK);
+* ``R1``: the last-layer model trained by the deep step (encoder frozen, ``Restricted``);
+* ``R2``: the tangent model trained by the deep step (``tangent.linearize``);
+* ``R3``: the real network;
+* ``R4``: the real network finetuned on the whole finetuning set (what the experiments
+  measure).
+
+The closed forms run in float64; R1–R3 train like the experiment (loss, optimizer, steps) on
+the same ``n`` images the closed forms see, so that the ladder changes one assumption at a
+time. Adjacent rungs attribute the error of the closed form: R0→R1 the loss and the optimizer
+at fixed features, R1→R2 (and R0→R0') the features' motion to first order, R2→R3 what first
+order misses, R3→R4 the finetuning sample. R2 and R3 also measure how much of their parameter
+change lies in the task subspace of the tangent model (the row space of its Jacobian on the
+``n`` images).
+
+With the ``head`` objective the task loss is the new head on the features: it never reaches the
+projection, so R1 does not move from the pretrained model and is left out (undefined).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+from tqdm.auto import tqdm
+
+from ..._io import write_json_atomic
+from ...linear.closed_forms import solve
+from ...linear.problem import contrastive_target
+from ..finetune.finetunee import Finetunee, image_tower
+from ..finetune.loop import finetune
+from ..finetune.strategies import REGISTRY, Restricted, Strategy, describe
+from ..models import normalize
+from ..models.tangent import Linearized, linearize
+from ..ntk import TangentProblem
+from .arrays import ExperimentData
+from .evaluation import chunked, evaluate
+from .experiment import ExperimentConfig, pretrained_model, quick_config, resumed, run_key
+from .theory import LAMBDA_GRID, ZeroShotProbe, clip_config, linear_problem, zero_shot_change
+
+#: The rungs, from the closed form to the real network.
+RUNGS = ("R0", "R0'", "R1", "R2", "R3", "R4")
+RUNG_LABELS = {"R0": "closed form, last layer", "R0'": "closed form, tangent model",
+               "R1": "last layer, trained", "R2": "tangent model, trained",
+               "R3": "real network", "R4": "real network, all images"}
+#: The steps between rungs and what each one changes.
+STEPS = (("R0", "R1", "the loss and the optimizer (features fixed)"),
+         ("R1", "R2", "the features' motion, to first order"),
+         ("R2", "R3", "what first order misses"),
+         ("R3", "R4", "the finetuning sample (n images vs all)"),
+         ("R0", "R0'", "the features' motion, in the closed form"))
+#: The trained rungs.
+TRAINED = ("R1", "R2", "R3", "R4")
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetConfig:
+    """One error budget: the ``model`` (``"toy"`` or a CLIP preset), objectives, seeds, the
+    strategies (registered names with a linear counterpart) and their λ grid
+    (``theory.LAMBDA_GRID``), ``n`` finetuning images for the closed forms, the eNTK's
+    row ``block`` and ``memory_gb`` budget; ``quick`` shrinks everything for tests."""
+
+    model: str = "toy"
+    objectives: tuple[str, ...] = ("prompts", "head")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    strategies: tuple[str, ...] = ("direct", "l2sp", "static_sd", "ema_sd", "wma_sd")
+    lambda_grid: bool = True
+    n: int = 128
+    block: int = 64
+    memory_gb: float = 8.0
+    mnist: str | None = None
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        for objective in self.objectives:
+            if objective not in ("head", "prompts"):
+                raise ValueError(f"objectives must be 'head' or 'prompts', got {objective!r}")
+        unknown = [s for s in self.strategies if s not in REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown strategies {unknown}; known: {list(REGISTRY)}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        if self.n < 2:
+            raise ValueError(f"n must be >= 2 images, got {self.n}")
+
+    @property
+    def name(self) -> str:
+        return f"budget_{self.model}" + ("_quick" if self.quick else "")
+
+    def experiment(self, objective: str) -> ExperimentConfig:
+        """The experiment whose pretraining, data and training the budget shares."""
+        if self.model == "toy":
+            if self.quick:
+                return quick_config(objective=objective, seeds=self.seeds, mnist=self.mnist)
+            return ExperimentConfig(objective=objective, seeds=self.seeds, mnist=self.mnist)
+        return clip_config(self.model, seeds=self.seeds, mnist=self.mnist, objective=objective,
+                           quick=self.quick)
+
+    def points(self) -> list[tuple[str, Strategy]]:
+        """``(label, strategy)`` of every point: each strategy at its registered λ, then the λ
+        grid."""
+        points = []
+        for name in self.strategies:
+            strategy = REGISTRY[name].strategy
+            points.append((name, strategy))
+            if self.lambda_grid:
+                points += [(f"{name} λ={v:g}", dataclasses.replace(strategy, lam=v))
+                           for v in LAMBDA_GRID.get(name, ())]
+        return points
+
+    def describe(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+def quick_budget_config(**overrides: Any) -> BudgetConfig:
+    """A budget that runs end to end in well under a minute (toy, quick data)."""
+    base = dict(seeds=(0,), strategies=("direct", "static_sd", "wma_sd"), lambda_grid=False,
+                n=8, block=64, quick=True)
+    return BudgetConfig(**(base | overrides))
+
+
+def _float64(tree):
+    return jax.tree.map(lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, tree)
+
+
+class _Seed:
+    """One seed's closed-form side: the linear problem, the tangent problem (built lazily: its
+    Gram is the costly part), the zero-shot probe and its pretrained logits."""
+
+    def __init__(self, config: BudgetConfig, pretrained: Finetunee, data: ExperimentData,
+                 progress: str | None):
+        self.config, self.pretrained, self.data, self.progress = config, pretrained, data, progress
+        self.probe = ZeroShotProbe.of(pretrained, data)
+        with jax.enable_x64(True):
+            self.linear = linear_problem(pretrained, data, config.n)
+        self.before = self.probe.logits(np.asarray(self.linear.w0))
+        self._tangent: TangentProblem | None = None
+
+    @property
+    def tangent(self) -> TangentProblem:
+        if self._tangent is None:
+            with jax.enable_x64(True):
+                tower = _float64(image_tower(self.pretrained))
+                images = jnp.asarray(self.data.color_train[:self.config.n], jnp.float64)
+                self._tangent = TangentProblem.build(
+                    tower, images, contrastive_target(self.linear).T, block=self.config.block,
+                    memory_gb=self.config.memory_gb, progress=self.progress)
+        return self._tangent
+
+    def closed_forms(self, strategy: Strategy, steps: int) -> dict[str, dict[str, float]]:
+        """R0 and R0' of ``strategy`` over ``steps``."""
+        out = {}
+        with jax.enable_x64(True):
+            w = np.asarray(solve(self.linear, strategy.linear(self.linear, steps)))
+            out["R0"] = self._rung(self.probe.logits(w))
+            tangent = self.tangent
+            delta = tangent.delta(strategy.linear(tangent, steps))
+            emb = chunked(lambda x: tangent.embed(tangent.params, x) + tangent.jvp(delta, x),
+                          np.asarray(self.data.gray_test, np.float64))
+            out["R0'"] = self._rung(self.probe.cosine(emb))
+            out["R0'"]["task_fraction"] = 1.0  # the closed form lies in the row space
+        return out
+
+    def _rung(self, logits: np.ndarray) -> dict[str, float]:
+        drop, change = zero_shot_change(self.probe.labels, self.before, logits)
+        return {"forgetting": drop, "logit_change": change}
+
+    def measured(self, model: Finetunee, rung: str) -> dict[str, float]:
+        """Forgetting, logit change (and for R2/R3 the task fraction) of a trained model."""
+        clip = model.clip
+        class_emb = jnp.asarray(self.probe.class_emb, jnp.float32)
+        logits = chunked(lambda x: normalize(clip.embed_images(x)) @ class_emb.T,
+                         self.data.gray_test)
+        out = self._rung(np.asarray(logits, np.float64))
+        if rung in ("R2", "R3"):  # trained on the n images whose Jacobian spans the subspace
+            with jax.enable_x64(True):
+                out["task_fraction"] = float(self.tangent.task_fraction(
+                    _float64(_change(self.pretrained, model))))
+        return out
+
+
+def _change(pretrained: Finetunee, model: Finetunee):
+    """``Δθ`` of the image tower ``(image, image_proj)``, shaped like its floating leaves (a
+    linearized encoder's ``θ − θ⁰``)."""
+    image, proj = image_tower(model)
+    image0, proj0 = eqx.filter(image_tower(pretrained), eqx.is_inexact_array)
+    d_image = image.delta if isinstance(image, Linearized) else jax.tree.map(
+        jnp.subtract, eqx.filter(image, eqx.is_inexact_array), image0)
+    d_proj = jax.tree.map(jnp.subtract, eqx.filter(proj, eqx.is_inexact_array), proj0)
+    return d_image, d_proj
+
+
+def _rungs(objective: str) -> tuple[str, ...]:
+    """The trained rungs defined for ``objective`` (see the module docstring for R1)."""
+    return TRAINED if objective == "prompts" else ("R2", "R3", "R4")
+
+
+def _train(rung: str, pretrained: Finetunee, strategy: Strategy) -> tuple[Finetunee, Strategy]:
+    """The model and strategy a trained rung runs."""
+    if rung == "R1":
+        return pretrained, Restricted(strategy)
+    if rung == "R2":
+        return eqx.tree_at(lambda m: m.clip, pretrained, linearize(pretrained.clip)), strategy
+    return pretrained, strategy
+
+
+def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
+               progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the budget; writes one JSON per (objective, seed, point, rung) under
+    ``<out_dir>/<name>/`` and the summary ``<out_dir>/<name>.json`` (returned)."""
+    out_dir = Path(out_dir)
+    rows: list[dict[str, Any]] = []
+    spectra: dict[str, Any] = {}
+    data = None
+    for objective in config.objectives:
+        experiment = config.experiment(objective)
+        data = experiment.data() if data is None else data
+        ft = dataclasses.replace(experiment.finetune, objective=objective)
+        for seed in config.seeds:
+            pretrained = pretrained_model(experiment, data, out_dir, seed, progress)
+            side = _Seed(config, pretrained, data,
+                         f"eNTK Gram seed {seed}" if progress else None)
+            theory_path = out_dir / config.name / f"seed{seed}_closed_forms.json"
+            theory_key = {"data": data.fingerprint, "seed": seed, "n": config.n,
+                          "pretrain": dataclasses.asdict(experiment.pretrain),
+                          "steps": ft.steps, "points": [describe(s) for _, s in config.points()]}
+            theory_key = json.loads(json.dumps(theory_key, default=str))
+            theory = resumed(theory_path, theory_key, overwrite)
+            if theory is None:
+                theory = {"config": theory_key, "points": {
+                    label: side.closed_forms(strategy, ft.steps)
+                    for label, strategy in tqdm(config.points(), desc=f"closed forms seed {seed}",
+                                                leave=False, disable=not progress)}}
+                theory["spectrum"] = _spectrum_summary(side.tangent, side.linear)
+                write_json_atomic(theory_path, theory)
+            spectra[str(seed)] = theory["spectrum"]
+            class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
+            for label, strategy in config.points():
+                row = {"objective": objective, "seed": seed, "point": label,
+                       "strategy": label.split(" ")[0], "lam": getattr(strategy, "lam", None),
+                       **{r: dict(v) for r, v in theory["points"][label].items()}}
+                for rung in _rungs(objective):
+                    model, used = _train(rung, pretrained, strategy)
+                    path = (out_dir / config.name / objective
+                            / f"seed{seed}_{label.replace(' ', '_')}_{rung}.json")
+                    images = None if rung == "R4" else config.n
+                    training = ft if images is None else dataclasses.replace(
+                        ft, batch_size=min(ft.batch_size, images))
+                    key = {**run_key(experiment, data, seed, used, training), "rung": rung,
+                           "train_images": images}
+                    record = resumed(path, key, overwrite)
+                    if record is None:
+                        trained = finetune(
+                            model, data.color_train[:images], data.train_labels[:images], used,
+                            training,
+                            class_emb=class_emb, probe=data.probe(), hybrid=data.hybrid(),
+                            seed=seed, progress=(f"{objective} seed {seed} {label} {rung}"
+                                                 if progress else None)).model
+                        scores = evaluate(trained, data, objective)
+                        record = {"config": key, **side.measured(trained, rung),
+                                  "id_acc": scores["id_acc"]}
+                        write_json_atomic(path, record)
+                    row[rung] = {k: v for k, v in record.items() if k != "config"}
+                rows.append(row)
+    payload = {"config": config.describe(), "data": data.source,
+               "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
+                               "python": platform.python_version()},
+               "spectra": spectra, "rows": rows, "summary": summarize(rows, config)}
+    payload["verdicts"] = verdicts(payload["summary"])
+    write_json_atomic(out_dir / f"{config.name}.json", payload)
+    return payload
+
+
+def _spectrum_summary(tangent: TangentProblem, linear) -> dict[str, Any]:
+    """How the tangent model's Gram compares with the last layer's: sizes, ranks, top and
+    bottom eigenvalues, and the share of the residual in the top 10% of the eigen-directions."""
+    sigma = np.asarray(tangent.sigma_sq)
+    mask = np.asarray(tangent.mask)
+    proj = (np.asarray(tangent.u).T @ np.asarray(tangent.residual)) ** 2
+    top = max(1, len(sigma) // 10)
+    s_lin = np.linalg.svd(np.asarray(linear.x_img), compute_uv=False) ** 2
+    return {"size": len(sigma), "rank": int(mask.sum()),
+            "sigma_sq_max": float(sigma[0]), "sigma_sq_min": float(sigma[mask][-1]),
+            "residual_in_top_tenth": float(proj[:top].sum() / proj.sum()),
+            "last_layer_sigma_sq_max": float(s_lin[0]),
+            "last_layer_rank": int((s_lin > s_lin[0] * (max(linear.x_img.shape)
+                                                    * np.finfo(np.float64).eps) ** 2).sum())}
+
+
+def summarize(rows: list[dict[str, Any]], config: BudgetConfig) -> dict[str, Any]:
+    """Per objective and point: every rung's mean ± std over seeds; and per objective the mean
+    absolute error of each rung against the measurement R4, the mean absolute move of each step,
+    and each rung's Spearman correlation with R4 over the points."""
+    out: dict[str, Any] = {}
+    for objective in config.objectives:
+        mine = [r for r in rows if r["objective"] == objective]
+        labels = list(dict.fromkeys(r["point"] for r in mine))
+        rungs = [r for r in RUNGS if r not in TRAINED or r in _rungs(objective)]
+        points = {}
+        for label in labels:
+            group = [r for r in mine if r["point"] == label]
+            points[label] = {"strategy": group[0]["strategy"], "lam": group[0]["lam"],
+                             "seeds": [g["seed"] for g in group]}
+            for rung in rungs:
+                for metric in ("forgetting", "logit_change", "task_fraction"):
+                    values = [g[rung][metric] for g in group if metric in g[rung]]
+                    if values:
+                        points[label].setdefault(rung, {})[metric] = [
+                            float(np.mean(values)), float(np.std(values))]
+        mean = {label: {rung: p[rung]["forgetting"][0] for rung in rungs}
+                for label, p in points.items()}
+        errors = {rung: float(np.mean([abs(m[rung] - m["R4"]) for m in mean.values()]))
+                  for rung in rungs}
+        steps = {f"{a}->{b}": float(np.mean([abs(m[b] - m[a]) for m in mean.values()]))
+                 for a, b, _ in STEPS if a in rungs and b in rungs}
+        if "R1" not in rungs:  # head objective: R0 -> R2 in one step
+            steps["R0->R2"] = float(np.mean([abs(m["R2"] - m["R0"]) for m in mean.values()]))
+
+        out[objective] = {"rungs": rungs, "points": points, "mean_abs_error": errors,
+                          "mean_abs_step": steps,
+                          "spearman_with_R4": {
+                              r: _spearman([m[r] for m in mean.values()],
+                                           [m["R4"] for m in mean.values()])
+                              for r in rungs if r != "R4"}}
+    return out
+
+
+def _spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's ρ of ``x`` and ``y``; ``None`` with fewer than 3 points or a constant side."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(scipy.stats.spearmanr(x, y).statistic)
+
+
+def verdicts(summary: dict[str, Any]) -> list[str]:
+    """Sentences, computed from the summary: how far each rung is from the measurement, and
+    which step of the ladder moves the prediction most."""
+    lines = []
+    for objective, s in summary.items():
+        err = s["mean_abs_error"]
+        rungs = [r for r in s["rungs"] if r != "R4"]
+        parts = ", ".join(f"{r} {err[r]:.1f}" for r in rungs)
+        lines.append(f"{objective}: mean |rung − R4| over {len(s['points'])} points, in "
+                     f"points of gray accuracy: {parts}.")
+        chain = [(a, b, what) for a, b, what in STEPS[:4] if f"{a}->{b}" in s["mean_abs_step"]]
+        if "R0->R2" in s["mean_abs_step"]:
+            chain = [("R0", "R2", "the loss, the optimizer and the features' first-order "
+                                  "motion together (R1 is undefined)"), *chain]
+        a, b, what = max(chain, key=lambda c: s["mean_abs_step"][f"{c[0]}->{c[1]}"])
+        moves = ", ".join(f"{x}→{y} {s['mean_abs_step'][f'{x}->{y}']:.1f}" for x, y, _ in chain)
+        lines.append(f"{objective}: mean |step| along the ladder: {moves}; the largest is "
+                     f"{a}→{b}, {what}.")
+    return lines
+
+
+def format_budget(payload: dict[str, Any]) -> str:
+    """The ladder as a table per objective: forgetting (mean ± std over seeds) at each rung,
+    and the task fraction of R2 and R3; then the verdicts."""
+    blocks = []
+    for objective, s in payload["summary"].items():
+        rungs = s["rungs"]
+        head = f"{'point':18s}" + "".join(f"{r:>14s}" for r in rungs) + f"{'task R2/R3':>14s}"
+        lines = [f"{objective} objective: forgetting (points)", head, "-" * len(head)]
+        for label, p in s["points"].items():
+            cells = "".join(f"{p[r]['forgetting'][0]:8.2f}±{p[r]['forgetting'][1]:<5.2f}"
+                            for r in rungs)
+            frac = "/".join(f"{p[r]['task_fraction'][0]:.2f}" for r in ("R2", "R3")
+                            if r in p and "task_fraction" in p[r])
+            lines.append(f"{label:18s}{cells}{frac:>14s}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join([*blocks, "\n".join(payload["verdicts"])])
