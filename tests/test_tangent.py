@@ -1,4 +1,4 @@
-"""The tangent model and the whole-network closed forms (THEORY §6.8), float64.
+"""The tangent model and the whole-network closed forms (THEORY §6.7), float64.
 
 References: central finite differences of the real network, an explicit ``jax.jacrev``
 Jacobian, gradient descent on the tangent model run to convergence, and the linear theory's

@@ -1,5 +1,5 @@
 """The empirical NTK of an image tower on a finetuning sample, and the linear theory's closed
-forms on the tangent model (THEORY §6.8).
+forms on the tangent model (THEORY §6.7).
 
 On ``n`` finetuning images the tower's embeddings, scaled like the linear problem's
 (``E = [e(x_1) … e(x_n)]/√n``), are linear in ``Δθ = θ − θ⁰`` under the tangent model:

@@ -1,4 +1,4 @@
-"""The tangent model: a module linearized at its pretrained parameters (THEORY §6.8).
+"""The tangent model: a module linearized at its pretrained parameters (THEORY §6.7).
 
 ``Linearized(f)(x) = f(x; θ⁰) + J(x)(θ − θ⁰)``, evaluated with one ``jax.jvp`` (no Jacobian is
 ever formed). ``linearize(clip)`` puts the image encoder of any CLIP here (toy CNN or

@@ -54,6 +54,20 @@ class ExperimentData:
                 setattr(self, name, resize_images(getattr(self, name), size))
             self.color_test = {p: resize_images(x, size) for p, x in self.color_test.items()}
 
+    def sample(self, n: int) -> np.ndarray:
+        """Indices (n,) of a fixed subset of the training split, balanced over the classes (a
+        seeded draw in each class, taken in turn): the splits are sorted by label, so a prefix
+        ``[:n]`` would hold one or two classes."""
+        total = len(self.train_labels)
+        if not 1 <= n <= total:
+            raise ValueError(f"n must be in [1, {total}] training images, got {n}")
+        perm = np.random.default_rng(0).permutation(total)
+        rank = np.empty(total, int)  # position of each image among its class in the draw
+        for c in np.unique(self.train_labels):
+            members = perm[self.train_labels[perm] == c]
+            rank[members] = np.arange(len(members))
+        return np.sort(perm[np.argsort(rank[perm], kind="stable")][:n])
+
     def hybrid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The gray training images with their first caption and labels (replay batches)."""
         return self.gray_train, self.captions[self.train_labels, 0], self.train_labels

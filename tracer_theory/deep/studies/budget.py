@@ -1,4 +1,4 @@
-"""The theory's error budget, rung by rung (THEORY §6.8).
+"""The theory's error budget, rung by rung (THEORY §6.7).
 
 For every seed, objective and strategy with a linear counterpart (and a λ grid), the
 forgetting (gray zero-shot accuracy drop, points) and the relative change of the zero-shot
@@ -29,6 +29,7 @@ projection, so R1 does not move from the pretrained model and is left out (undef
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -175,7 +176,8 @@ class _Seed:
         if self._tangent is None:
             with jax.enable_x64(True):
                 tower = _float64(image_tower(self.pretrained))
-                images = jnp.asarray(self.data.color_train[:self.config.n], jnp.float64)
+                images = jnp.asarray(self.data.color_train[self.data.sample(self.config.n)],
+                                     jnp.float64)
                 self._tangent = TangentProblem.build(
                     tower, images, contrastive_target(self.linear).T, block=self.config.block,
                     memory_gb=self.config.memory_gb, progress=self.progress)
@@ -256,7 +258,8 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
             side = _Seed(config, pretrained, data,
                          f"eNTK Gram seed {seed}" if progress else None)
             theory_path = out_dir / config.name / f"seed{seed}_closed_forms.json"
-            theory_key = {"data": data.fingerprint, "seed": seed, "n": config.n,
+            sample = hashlib.sha256(data.sample(config.n).tobytes()).hexdigest()[:12]
+            theory_key = {"data": data.fingerprint, "seed": seed, "n": config.n, "sample": sample,
                           "pretrain": dataclasses.asdict(experiment.pretrain),
                           "steps": ft.steps, "points": [describe(s) for _, s in config.points()]}
             theory_key = json.loads(json.dumps(theory_key, default=str))
@@ -278,15 +281,15 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
                     model, used = _train(rung, pretrained, strategy)
                     path = (out_dir / config.name / objective
                             / f"seed{seed}_{label.replace(' ', '_')}_{rung}.json")
-                    images = None if rung == "R4" else config.n
-                    training = ft if images is None else dataclasses.replace(
-                        ft, batch_size=min(ft.batch_size, images))
+                    index = slice(None) if rung == "R4" else data.sample(config.n)
+                    training = ft if rung == "R4" else dataclasses.replace(
+                        ft, batch_size=min(ft.batch_size, config.n))
                     key = {**run_key(experiment, data, seed, used, training), "rung": rung,
-                           "train_images": images}
+                           "train_images": None if rung == "R4" else [config.n, sample]}
                     record = resumed(path, key, overwrite)
                     if record is None:
                         trained = finetune(
-                            model, data.color_train[:images], data.train_labels[:images], used,
+                            model, data.color_train[index], data.train_labels[index], used,
                             training,
                             class_emb=class_emb, probe=data.probe(), hybrid=data.hybrid(),
                             seed=seed, progress=(f"{objective} seed {seed} {label} {rung}"

@@ -21,7 +21,7 @@ def task_bases(pretrained: Finetunee, data: ExperimentData, n: int = 500) -> dic
     """Orthonormal bases (d_in, r) of the task subspaces: the span of the pretrained model's
     inputs to the image projection (and, for the toy CNN, to its dense layer) on ``n``
     finetuning images."""
-    images = jnp.asarray(data.color_train[:n])
+    images = jnp.asarray(data.color_train[data.sample(n)])
     inputs = [("proj", chunked(pretrained.clip.image_features, images, 250).T)]  # (width, n)
     if isinstance(pretrained.clip, ToyCLIP):
         conv = jax.vmap(lambda x: jax.nn.relu(pretrained.clip.image.conv2(

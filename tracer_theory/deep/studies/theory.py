@@ -74,8 +74,9 @@ def linear_problem(pretrained: Finetunee, data: ExperimentData, n: int = 500,
     ``labels``: the training labels the captions follow (default ``data.train_labels``; noisy
     ones for a label-noise study)."""
     clip = pretrained.clip
-    images = jnp.asarray(data.color_train[:n])
-    labels = (data.train_labels if labels is None else np.asarray(labels))[:n]
+    index = data.sample(n)
+    images = jnp.asarray(data.color_train[index])
+    labels = (data.train_labels if labels is None else np.asarray(labels))[index]
     feats = np.asarray(clip.image_features(images), np.float64).T
     text = np.asarray(jax.vmap(clip.text)(jnp.asarray(data.captions[labels, 0])), np.float64).T
     scale = 1 / np.sqrt(feats.shape[1])
