@@ -314,3 +314,19 @@ def test_bad_arguments():
         D.batches(10, 0, seed=0)
     with pytest.raises(ValueError, match="colors and labels"):
         D.color_agreement(np.zeros(3), np.zeros(4))
+
+
+@pytest.mark.parametrize("n", [10, 37, 128])
+def test_finetuning_sample_is_balanced_over_the_classes(n):
+    from tracer_theory.deep.studies.arrays import ExperimentData
+
+    data = ExperimentData(quick=True)
+    index = data.sample(n)
+    assert len(np.unique(index)) == n  # distinct images
+    counts = np.bincount(data.train_labels[index], minlength=10)
+    assert counts.max() - counts.min() <= 1  # every class has at least 49 images here
+    np.testing.assert_array_equal(data.sample(n), index)  # deterministic
+    prefix = np.bincount(data.train_labels[:n], minlength=10)
+    assert np.count_nonzero(prefix) <= 3  # why a prefix will not do: the split is sorted
+    with pytest.raises(ValueError, match="n must be in"):
+        data.sample(len(data.train_labels) + 1)
