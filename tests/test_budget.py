@@ -6,6 +6,7 @@ import json
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -130,6 +131,11 @@ def test_quick_budget_end_to_end_and_resume(tmp_path, capsys):
         for rung in ("R2", "R3"):
             assert 0 <= row[rung]["task_fraction"] <= 1 + 1e-9, rung
         assert row["R0'"]["task_fraction"] == 1.0
+        # gradient descent keeps the tangent model's change in the row space of J (up to the
+        # product of the projection's and the encoder's changes); AdamW does not
+        assert row["R2gd"]["task_fraction"] > 0.99
+        assert row["R2gd"]["task_fraction"] > row["R2"]["task_fraction"]
+        assert row["R2gd"]["curvature"] > 0
         assert row["R1"] != row["R3"]  # a frozen encoder changes the outcome
     spectrum = payload["spectra"]["0"]
     assert spectrum["size"] == 8 * 64 and 0 < spectrum["rank"] <= spectrum["size"]
@@ -154,3 +160,59 @@ def test_cli_bad_input_is_a_usage_error(argv, flag, tmp_path, capsys):
     assert code == cli.EXIT_USAGE
     assert flag in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.json"))  # refused before any work
+
+
+def test_gradient_descent_strategy_takes_plain_gradient_steps(small):
+    """One step of ``GradientDescent(Direct, s)`` is ``θ − s·lr·∇L`` on the trained leaves,
+    with ``∇L`` from ``jax.grad`` of the same loss (an independent reference)."""
+    from tracer_theory.deep.finetune import GradientDescent
+    from tracer_theory.deep.finetune.step import finetune_loss, start, train_step
+    from tracer_theory.deep.finetune.strategies import image_side
+    from tracer_theory.deep.studies.budget import _batch
+
+    model, data, class_emb = small
+    base = REGISTRY["direct"].strategy
+    strategy = GradientDescent(base, lr_scale=2.5)
+    config = FinetuneConfig(objective="prompts", steps=1, batch_size=16, lr=1e-2)
+    batch = _batch(data.color_train[data.sample(16)], data.train_labels[data.sample(16)],
+                   data.captions.shape[-1])
+    state, optimizer, schedule = start(model, strategy, config)
+    after = train_step(state, batch, strategy, schedule, config, optimizer, model, class_emb,
+                       model.head)[0].model
+    grads = jax.grad(lambda m: finetune_loss(m, batch, base, "prompts", pretrained=model,
+                                             teacher_tower=None, class_emb=class_emb,
+                                             teacher_head=model.head)[0])(model)
+    for before_leaf, after_leaf, grad in zip(_leaves(image_side(model)), _leaves(
+            image_side(after)), _leaves(image_side(grads)), strict=True):
+        np.testing.assert_allclose(after_leaf, before_leaf - 2.5 * 1e-2 * grad, rtol=1e-4,
+                                   atol=1e-7)
+    assert not any(_moved(model.clip.text, after.clip.text))
+    with pytest.raises(ValueError, match="lr_scale"):
+        GradientDescent(base, lr_scale=0.0)
+
+
+def test_curvature_is_the_largest_hessian_eigenvalue(small):
+    """Power iteration against the eigenvalues of the explicit Hessian (``jax.hessian``) of
+    the loss over the head and the projection (the leaves ``Restricted`` trains)."""
+    from tracer_theory.deep.finetune.step import finetune_loss
+    from tracer_theory.deep.studies.budget import _batch, curvature
+
+    model, data, class_emb = small
+    strategy = Restricted(REGISTRY["direct"].strategy)
+    index = data.sample(32)
+    batch = _batch(data.color_train[index], data.train_labels[index], data.captions.shape[-1])
+    params = (model.head, model.clip.image_proj)
+    flat, unravel = jax.flatten_util.ravel_pytree(eqx.filter(params, eqx.is_inexact_array))
+
+    def loss(v):
+        head, proj = eqx.combine(unravel(v), eqx.filter(params, eqx.is_inexact_array,
+                                                        inverse=True))
+        m = eqx.tree_at(lambda m: (m.head, m.clip.image_proj), model, (head, proj))
+        return finetune_loss(m, batch, strategy, "prompts", pretrained=model,
+                             teacher_tower=None, class_emb=class_emb,
+                             teacher_head=model.head)[0]
+
+    eigenvalues = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
+    expected = np.abs(eigenvalues).max()
+    got = curvature(model, strategy, batch, class_emb, "prompts", iters=300)
+    assert got == pytest.approx(expected, rel=1e-3)

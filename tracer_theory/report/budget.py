@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..deep.finetune.strategies import REGISTRY
-from ..deep.studies.budget import RUNG_LABELS
+from ..deep.studies.budget import GD, RUNG_LABELS
 from .result import Result
 from .style import subplots
 
@@ -42,8 +42,9 @@ def _fmt(value: float | None) -> str:
 def budget_figure(payload: dict[str, Any]) -> Result:
     """Top row: forgetting (points, mean ± std over seeds) at each rung, one line per point
     (registered λ solid, the λ grid dotted; colors of the strategy registry). Bottom row: the
-    share of the parameter change in the tangent model's task subspace, R2 and R3, per point at
-    its registered λ. One column per objective."""
+    share of the parameter change in the tangent model's task subspace for the tangent model
+    trained by gradient descent (the control) and by AdamW (R2), and the real network (R3), per
+    point at its registered λ. One column per objective."""
     summary = payload["summary"]
     objectives = list(summary)
     fig, axes = subplots(2, len(objectives), figsize=(5.6 * len(objectives), 8.0),
@@ -71,19 +72,21 @@ def budget_figure(payload: dict[str, Any]) -> Result:
         ax.set_title(f"{objective} objective (dotted: λ grid)", fontsize=10)
         ax.grid(alpha=0.3)
         bars = axes[1][j]
-        width = 0.38
+        width = 0.27
         for i, (point, entry) in enumerate(registered):
-            for k, rung in enumerate(("R2", "R3")):
+            for k, (rung, alpha, hatch) in enumerate(((GD, 1.0, "//"), ("R2", 1.0, None),
+                                                      ("R3", 0.45, None))):
                 frac = point.get(rung, {}).get("task_fraction")
                 if frac is not None:
-                    bars.bar(i + (k - 0.5) * width, frac[0], width, yerr=frac[1],
-                             color=entry.color, alpha=1.0 if rung == "R2" else 0.45,
-                             edgecolor="black", lw=0.5)
+                    bars.bar(i + (k - 1) * width, frac[0], width, yerr=frac[1],
+                             color=entry.color, alpha=alpha, hatch=hatch, edgecolor="black",
+                             lw=0.5)
         bars.set_xticks(np.arange(len(registered)),
                         [e.label for _, e in registered], fontsize=7, rotation=20)
         bars.set_ylim(0, 1.05)
         bars.axhline(1, color="gray", ls="--", lw=0.8)
-        bars.set_title("in the task subspace: R2 tangent (dark), R3 real (light)", fontsize=9)
+        bars.set_title("in the task subspace: tangent by gradient descent (hatched), by AdamW "
+                       "(R2), real network (R3, light)", fontsize=8)
         bars.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("forgetting: gray zero-shot drop (points)")
     axes[1][0].set_ylabel("share of ‖Δθ‖² in the row space of J")

@@ -13,6 +13,7 @@ from .strategies import (
     WMA as WMA,
     DataHybrid as DataHybrid,
     Direct as Direct,
+    GradientDescent as GradientDescent,
     KLDistill as KLDistill,
     LossInputs as LossInputs,
     LowLR as LowLR,

@@ -77,17 +77,18 @@ class TrainState(eqx.Module):
 
 @functools.lru_cache(maxsize=64)
 def phase_optimizer(config: FinetuneConfig, phase: Phase) -> optax.GradientTransformation:
-    """AdamW at ``config.lr / phase.lr_divisor`` on the leaves ``phase`` trains (the others get
-    zero updates); one object per (config, phase), so a jitted program compiles once."""
-    adamw = optax.adamw(learning_rate(config, config.lr / phase.lr_divisor),
-                        weight_decay=config.weight_decay)
-    return optax.multi_transform({True: adamw, False: optax.set_to_zero()},
+    """The phase's optimizer (AdamW unless it says otherwise) at ``config.lr /
+    phase.lr_divisor`` on the leaves ``phase`` trains (the others get zero updates); one object
+    per (config, phase), so a jitted program compiles once."""
+    chosen = phase.optimizer(learning_rate(config, config.lr / phase.lr_divisor),
+                             config.weight_decay)
+    return optax.multi_transform({True: chosen, False: optax.set_to_zero()},
                                  functools.partial(trainable_mask, phase=phase))
 
 
 def start_phase(model: Finetunee, teacher_state: TeacherState, phase: Phase,
                 config: FinetuneConfig) -> tuple[TrainState, optax.GradientTransformation]:
-    """The state and optimizer at the start of ``phase``: fresh AdamW moments on the phase's
+    """The state and optimizer at the start of ``phase``: fresh optimizer state on the phase's
     trainable leaves at ``config.lr / phase.lr_divisor``, the teacher carried over."""
     optimizer = phase_optimizer(config, phase)
     state = TrainState(model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)),

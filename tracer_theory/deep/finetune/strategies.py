@@ -25,6 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jaxtyping import Array, Float, PyTree
 
 from ...dynamics.schedules import Schedule, StaticSchedule, ema_teacher, static_teacher, wma_teacher
@@ -82,13 +83,25 @@ def projection_side(model) -> tuple:
     return (model.head, model.clip.image_proj, model.clip.last_layer())
 
 
+def adamw(lr: optax.ScalarOrSchedule, weight_decay: float) -> optax.GradientTransformation:
+    """AdamW (the default of every phase)."""
+    return optax.adamw(lr, weight_decay=weight_decay)
+
+
+def gradient_descent(lr: optax.ScalarOrSchedule, weight_decay: float
+                     ) -> optax.GradientTransformation:
+    """Plain gradient descent (decoupled weight decay, no momentum): the theory's optimizer."""
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr))
+
+
 class Phase(NamedTuple):
-    """``steps`` optimizer steps on the leaves ``trainable(model)`` selects, at the run's
+    """``steps`` ``optimizer`` steps on the leaves ``trainable(model)`` selects, at the run's
     learning rate divided by ``lr_divisor``."""
 
     steps: int
     trainable: Callable[[Any], tuple] = image_side
     lr_divisor: float = 1.0
+    optimizer: Callable[[optax.ScalarOrSchedule, float], optax.GradientTransformation] = adamw
 
 
 def _floats(tree: PyTree) -> PyTree:
@@ -262,19 +275,20 @@ class SelfDistill(Strategy):
         return TeacherSD(self.lam, schedule, steps=steps, lr=lr)
 
 
-class Restricted(Strategy):
-    """``strategy`` with every phase training only the leaves ``trainable`` selects (by
-    default the head and the image projection: the encoder keeps its pretrained features, the
-    last-layer model of the linear theory); everything else is ``strategy``'s."""
+class Wrapped(Strategy):
+    """``strategy`` with its phases changed by ``phase``; its loss, teacher, replay and
+    linear counterpart unchanged."""
 
-    strategy: Strategy
-    trainable: Callable[[Any], tuple] = head_and_projection
+    strategy: eqx.AbstractVar[Strategy]
+
+    def phase(self, phase: Phase) -> Phase:
+        raise NotImplementedError
 
     def regularizer(self, inputs):
         return self.strategy.regularizer(inputs)
 
     def phases(self, steps):
-        return tuple(p._replace(trainable=self.trainable) for p in self.strategy.phases(steps))
+        return tuple(self.phase(p) for p in self.strategy.phases(steps))
 
     def schedule(self, steps):
         return self.strategy.schedule(steps)
@@ -284,6 +298,33 @@ class Restricted(Strategy):
 
     def linear(self, problem, steps):
         return self.strategy.linear(problem, steps)
+
+
+class Restricted(Wrapped):
+    """``strategy`` with every phase training only the leaves ``trainable`` selects (by
+    default the head and the image projection: the encoder keeps its pretrained features, the
+    last-layer model of the linear theory)."""
+
+    strategy: Strategy
+    trainable: Callable[[Any], tuple] = head_and_projection
+
+    def phase(self, phase):
+        return phase._replace(trainable=self.trainable)
+
+
+class GradientDescent(Wrapped):
+    """``strategy`` trained by plain gradient descent in place of AdamW, at the run's learning
+    rate times ``lr_scale`` (warm-up and decay as configured)."""
+
+    strategy: Strategy
+    lr_scale: float
+
+    def __check_init__(self):
+        _positive("lr_scale", self.lr_scale)
+
+    def phase(self, phase):
+        return phase._replace(optimizer=gradient_descent,
+                              lr_divisor=phase.lr_divisor / self.lr_scale)
 
 
 class LPFT(Strategy):

@@ -37,17 +37,20 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
+from jaxtyping import Array
 from tqdm.auto import tqdm
 
 from ..._io import write_json_atomic
 from ...linear.closed_forms import solve
 from ...linear.problem import contrastive_target
-from ..finetune.finetunee import Finetunee, image_tower
+from ..finetune.finetunee import Batch, Finetunee, image_tower
 from ..finetune.loop import finetune
-from ..finetune.strategies import REGISTRY, Restricted, Strategy, describe
+from ..finetune.step import finetune_loss, trainable_mask
+from ..finetune.strategies import REGISTRY, GradientDescent, Restricted, Strategy, describe
 from ..models import PRESETS, make_model, normalize
 from ..models.tangent import Linearized, linearize
 from ..ntk import TangentProblem, check_memory
@@ -69,6 +72,10 @@ STEPS = (("R0", "R1", "the loss and the optimizer (features fixed)"),
          ("R0", "R0'", "the features' motion, in the closed form"))
 #: The trained rungs.
 TRAINED = ("R1", "R2", "R3", "R4")
+#: The control beside the ladder: R2 trained by gradient descent (at half the stability bound
+#: of the loss at θ⁰) in place of AdamW, for the registered points: how much of the tangent
+#: model's change leaves the task subspace because of Adam.
+GD = "R2gd"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +215,7 @@ class _Seed:
         logits = chunked(lambda x: normalize(clip.embed_images(x)) @ class_emb.T,
                          self.data.gray_test)
         out = self._rung(np.asarray(logits, np.float64))
-        if rung in ("R2", "R3"):  # trained on the n images whose Jacobian spans the subspace
+        if rung in ("R2", "R3", GD):  # trained on the n images whose Jacobian spans it
             with jax.enable_x64(True):
                 out["task_fraction"] = float(self.tangent.task_fraction(
                     _float64(_change(self.pretrained, model))))
@@ -231,13 +238,52 @@ def _rungs(objective: str) -> tuple[str, ...]:
     return TRAINED if objective == "prompts" else ("R2", "R3", "R4")
 
 
-def _train(rung: str, pretrained: Finetunee, strategy: Strategy) -> tuple[Finetunee, Strategy]:
-    """The model and strategy a trained rung runs."""
+def _train(rung: str, pretrained: Finetunee, strategy: Strategy, lr_scale: float = 1.0
+           ) -> tuple[Finetunee, Strategy]:
+    """The model and strategy a trained rung runs (``GD``: gradient descent at the run's
+    learning rate times ``lr_scale``)."""
     if rung == "R1":
         return pretrained, Restricted(strategy)
-    if rung == "R2":
-        return eqx.tree_at(lambda m: m.clip, pretrained, linearize(pretrained.clip)), strategy
+    if rung in ("R2", GD):
+        tangent = eqx.tree_at(lambda m: m.clip, pretrained, linearize(pretrained.clip))
+        return tangent, GradientDescent(strategy, lr_scale) if rung == GD else strategy
     return pretrained, strategy
+
+
+def _batch(images: np.ndarray, labels: np.ndarray, length: int) -> Batch:
+    """A finetuning batch of ``images``/``labels`` with no replay examples."""
+    return Batch(jnp.asarray(images), jnp.asarray(labels),
+                 jnp.zeros((0, *images.shape[1:]), images.dtype),
+                 jnp.zeros((0, length), jnp.int32), jnp.zeros((0,), jnp.int32))
+
+
+def curvature(model: Finetunee, strategy: Strategy, batch: Batch, class_emb: Array,
+              objective: str, *, iters: int = 40, seed: int = 0) -> float:
+    """``|λ|_max`` of the Hessian of ``strategy``'s finetuning loss (``finetune_loss``, the
+    teacher at ``model``) on ``batch``, over the leaves its first phase trains: power iteration
+    on Hessian-vector products (``iters`` of them, from a seeded random direction)."""
+    params, rest = eqx.partition(model, trainable_mask(model, strategy.phases(1)[0]))
+    tower = image_tower(model)
+
+    def loss(p):
+        return finetune_loss(eqx.combine(p, rest), batch, strategy, objective, pretrained=model,
+                             teacher_tower=tower, class_emb=class_emb,
+                             teacher_head=model.head)[0]
+
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    @jax.jit
+    def hvp(v):
+        return jax.flatten_util.ravel_pytree(
+            jax.jvp(jax.grad(loss), (params,), (unravel(v),))[1])[0]
+
+    v = jax.random.normal(jax.random.key(seed), flat.shape, flat.dtype)
+    value = 0.0
+    for _ in range(iters):
+        v = v / jnp.linalg.norm(v)
+        w = hvp(v)
+        value, v = float(v @ w), w
+    return abs(value)
 
 
 def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
@@ -277,17 +323,26 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
                 row = {"objective": objective, "seed": seed, "point": label,
                        "strategy": label.split(" ")[0], "lam": getattr(strategy, "lam", None),
                        **{r: dict(v) for r, v in theory["points"][label].items()}}
-                for rung in _rungs(objective):
-                    model, used = _train(rung, pretrained, strategy)
+                control = (GD,) if label == row["strategy"] else ()
+                for rung in (*_rungs(objective), *control):
                     path = (out_dir / config.name / objective
                             / f"seed{seed}_{label.replace(' ', '_')}_{rung}.json")
                     index = slice(None) if rung == "R4" else data.sample(config.n)
                     training = ft if rung == "R4" else dataclasses.replace(
                         ft, batch_size=min(ft.batch_size, config.n))
-                    key = {**run_key(experiment, data, seed, used, training), "rung": rung,
+                    named = strategy if rung == GD else _train(rung, pretrained, strategy)[1]
+                    key = {**run_key(experiment, data, seed, named, training), "rung": rung,
                            "train_images": None if rung == "R4" else [config.n, sample]}
                     record = resumed(path, key, overwrite)
                     if record is None:
+                        extra, scale = {}, 1.0
+                        if rung == GD:  # the step: half the stability bound at θ⁰
+                            batch = _batch(data.color_train[index], data.train_labels[index],
+                                           data.captions.shape[-1])
+                            extra["curvature"] = curvature(_train("R2", pretrained, strategy)[0],
+                                                           strategy, batch, class_emb, objective)
+                            scale = 1 / (extra["curvature"] * training.lr)
+                        model, used = _train(rung, pretrained, strategy, scale)
                         trained = finetune(
                             model, data.color_train[index], data.train_labels[index], used,
                             training,
@@ -296,7 +351,7 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
                                                  if progress else None)).model
                         scores = evaluate(trained, data, objective)
                         record = {"config": key, **side.measured(trained, rung),
-                                  "id_acc": scores["id_acc"]}
+                                  "id_acc": scores["id_acc"], **extra}
                         write_json_atomic(path, record)
                     row[rung] = {k: v for k, v in record.items() if k != "config"}
                 rows.append(row)
@@ -339,9 +394,9 @@ def summarize(rows: list[dict[str, Any]], config: BudgetConfig) -> dict[str, Any
             group = [r for r in mine if r["point"] == label]
             points[label] = {"strategy": group[0]["strategy"], "lam": group[0]["lam"],
                              "seeds": [g["seed"] for g in group]}
-            for rung in rungs:
-                for metric in ("forgetting", "logit_change", "task_fraction"):
-                    values = [g[rung][metric] for g in group if metric in g[rung]]
+            for rung in (*rungs, GD):
+                for metric in ("forgetting", "logit_change", "task_fraction", "curvature"):
+                    values = [g[rung][metric] for g in group if metric in g.get(rung, {})]
                     if values:
                         points[label].setdefault(rung, {})[metric] = [
                             float(np.mean(values)), float(np.std(values))]
@@ -371,8 +426,9 @@ def _spearman(x: list[float], y: list[float]) -> float | None:
 
 
 def verdicts(summary: dict[str, Any]) -> list[str]:
-    """Sentences, computed from the summary: how far each rung is from the measurement, and
-    which step of the ladder moves the prediction most."""
+    """Sentences, computed from the summary: how far each rung is from the measurement, which
+    step of the ladder moves the prediction most, and how much of the change stays in the task
+    subspace under gradient descent, AdamW and in the real network."""
     lines = []
     for objective, s in summary.items():
         err = s["mean_abs_error"]
@@ -388,22 +444,30 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
         moves = ", ".join(f"{x}→{y} {s['mean_abs_step'][f'{x}->{y}']:.1f}" for x, y, _ in chain)
         lines.append(f"{objective}: mean |step| along the ladder: {moves}; the largest is "
                      f"{a}→{b}, {what}.")
+        fractions = {r: [p[r]["task_fraction"][0] for p in s["points"].values()
+                         if "task_fraction" in p.get(r, {})] for r in (GD, "R2", "R3")}
+        if all(fractions.values()):
+            lo_hi = {r: f"{min(v):.2f}–{max(v):.2f}" for r, v in fractions.items()}
+            lines.append(f"{objective}: share of the change in the task subspace (row space of "
+                         f"J): tangent model by gradient descent {lo_hi[GD]}, by AdamW "
+                         f"{lo_hi['R2']}, real network {lo_hi['R3']}.")
     return lines
 
 
 def format_budget(payload: dict[str, Any]) -> str:
     """The ladder as a table per objective: forgetting (mean ± std over seeds) at each rung,
-    and the task fraction of R2 and R3; then the verdicts."""
+    and the task fraction of the gradient-descent control, R2 and R3; then the verdicts."""
     blocks = []
     for objective, s in payload["summary"].items():
         rungs = s["rungs"]
-        head = f"{'point':18s}" + "".join(f"{r:>14s}" for r in rungs) + f"{'task R2/R3':>14s}"
+        head = (f"{'point':18s}" + "".join(f"{r:>14s}" for r in rungs)
+                + f"{'task GD/R2/R3':>18s}")
         lines = [f"{objective} objective: forgetting (points)", head, "-" * len(head)]
         for label, p in s["points"].items():
             cells = "".join(f"{p[r]['forgetting'][0]:8.2f}±{p[r]['forgetting'][1]:<5.2f}"
                             for r in rungs)
-            frac = "/".join(f"{p[r]['task_fraction'][0]:.2f}" for r in ("R2", "R3")
+            frac = "/".join(f"{p[r]['task_fraction'][0]:.2f}" for r in (GD, "R2", "R3")
                             if r in p and "task_fraction" in p[r])
-            lines.append(f"{label:18s}{cells}{frac:>14s}")
+            lines.append(f"{label:18s}{cells}{frac:>18s}")
         blocks.append("\n".join(lines))
     return "\n\n".join([*blocks, "\n".join(payload["verdicts"])])
