@@ -18,6 +18,7 @@ per-image gradient pushed through ``J`` by ``jax.jvp``; predictions on other ima
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -26,6 +27,7 @@ import numpy as np
 from jaxtyping import Array, Float, PyTree
 from tqdm.auto import tqdm
 
+from .._io import write_atomic
 from ..errors import MemoryBudgetExceeded
 from ..linear import strategies as linear_strategies
 
@@ -133,21 +135,28 @@ class TangentProblem(eqx.Module):
     @classmethod
     def build(cls, tower: PyTree, images: Float[Array, "n C H W"],
               target: Float[Array, "n k"], *, include: Callable | None = None,
-              block: int = 64, memory_gb: float = 8.0, progress: str | None = None
-              ) -> TangentProblem:
+              block: int = 64, memory_gb: float = 8.0, progress: str | None = None,
+              cache: str | Path | None = None) -> TangentProblem:
         """The problem of ``tower`` (``(image, image_proj)``, at θ⁰) on ``images`` with the
         contrastive ``target`` ``Y`` (n, k) in the scaled units of ``linear_problem`` (the
         centred projected captions over √n). ``include`` restricts the parameters (see
         ``tower_embed``). The rank tolerance is ``numpy.linalg.matrix_rank``'s on ``K``:
-        ``σ_i² > n·k·eps·σ_max²``."""
+        ``σ_i² > n·k·eps·σ_max²``. ``cache``: an ``.npz`` file the Gram's eigendecomposition
+        is saved to and read back from (name it after everything the Gram depends on)."""
         params, embed = tower_embed(tower, include)
         n = images.shape[0]
         scale = 1 / np.sqrt(n)
-        gram = entk_gram(params, embed, images, scale=scale, block=block, memory_gb=memory_gb,
-                         progress=progress)
-        sigma_sq, u = np.linalg.eigh(gram)
-        sigma_sq, u = sigma_sq[::-1], u[:, ::-1]
-        mask = sigma_sq > gram.shape[0] * np.finfo(gram.dtype).eps * sigma_sq[0]
+        if cache is not None and Path(cache).exists():
+            with np.load(cache) as saved:
+                sigma_sq, u = saved["sigma_sq"], saved["u"]
+        else:
+            gram = entk_gram(params, embed, images, scale=scale, block=block,
+                             memory_gb=memory_gb, progress=progress)
+            sigma_sq, u = np.linalg.eigh(gram)
+            sigma_sq, u = sigma_sq[::-1], np.ascontiguousarray(u[:, ::-1])
+            if cache is not None:
+                write_atomic(cache, lambda f: np.savez(f, sigma_sq=sigma_sq, u=u), binary=True)
+        mask = sigma_sq > len(sigma_sq) * np.finfo(sigma_sq.dtype).eps * sigma_sq[0]
         e0 = scale * embed(params, images)
         residual = (jnp.asarray(target, e0.dtype) - e0).reshape(-1)
         return cls(jnp.asarray(np.where(mask, sigma_sq, 0.0)), jnp.asarray(mask), jnp.asarray(u),

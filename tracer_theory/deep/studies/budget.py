@@ -33,7 +33,7 @@ import hashlib
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -170,8 +170,9 @@ class _Seed:
     Gram is the costly part), the zero-shot probe and its pretrained logits."""
 
     def __init__(self, config: BudgetConfig, pretrained: Finetunee, data: ExperimentData,
-                 progress: str | None):
+                 progress: str | None, cache: Path | None = None):
         self.config, self.pretrained, self.data, self.progress = config, pretrained, data, progress
+        self.cache = cache
         self.probe = ZeroShotProbe.of(pretrained, data)
         with jax.enable_x64(True):
             self.linear = linear_problem(pretrained, data, config.n)
@@ -187,7 +188,7 @@ class _Seed:
                                      jnp.float64)
                 self._tangent = TangentProblem.build(
                     tower, images, contrastive_target(self.linear).T, block=self.config.block,
-                    memory_gb=self.config.memory_gb, progress=self.progress)
+                    memory_gb=self.config.memory_gb, progress=self.progress, cache=self.cache)
         return self._tangent
 
     def closed_forms(self, strategy: Strategy, steps: int) -> dict[str, dict[str, float]]:
@@ -288,73 +289,35 @@ def curvature(model: Finetunee, strategy: Strategy, batch: Batch, class_emb: Arr
 
 def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
                progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
-    """Run (or resume) the budget; writes one JSON per (objective, seed, point, rung) under
-    ``<out_dir>/<name>/`` and the summary ``<out_dir>/<name>.json`` (returned)."""
+    """Run (or resume) the budget; writes one JSON per (objective, seed, point, rung) and each
+    seed's closed forms (and its Gram's eigendecomposition, ``.npz``) under
+    ``<out_dir>/<name>/``, and the summary ``<out_dir>/<name>.json`` (returned)."""
     config.check_memory()
     out_dir = Path(out_dir)
+    experiments = {objective: config.experiment(objective) for objective in config.objectives}
+    first = experiments[config.objectives[0]]  # pretraining, data and steps: the same for all
+    data = first.data()
+    sample = hashlib.sha256(data.sample(config.n).tobytes()).hexdigest()[:12]
     rows: list[dict[str, Any]] = []
     spectra: dict[str, Any] = {}
-    data = None
-    for objective in config.objectives:
-        experiment = config.experiment(objective)
-        data = experiment.data() if data is None else data
-        ft = dataclasses.replace(experiment.finetune, objective=objective)
-        for seed in config.seeds:
-            pretrained = pretrained_model(experiment, data, out_dir, seed, progress)
-            side = _Seed(config, pretrained, data,
-                         f"eNTK Gram seed {seed}" if progress else None)
-            theory_path = out_dir / config.name / f"seed{seed}_closed_forms.json"
-            sample = hashlib.sha256(data.sample(config.n).tobytes()).hexdigest()[:12]
-            theory_key = {"data": data.fingerprint, "seed": seed, "n": config.n, "sample": sample,
-                          "pretrain": dataclasses.asdict(experiment.pretrain),
-                          "steps": ft.steps, "points": [describe(s) for _, s in config.points()]}
-            theory_key = json.loads(json.dumps(theory_key, default=str))
-            theory = resumed(theory_path, theory_key, overwrite)
-            if theory is None:
-                theory = {"config": theory_key, "points": {
-                    label: side.closed_forms(strategy, ft.steps)
-                    for label, strategy in tqdm(config.points(), desc=f"closed forms seed {seed}",
-                                                leave=False, disable=not progress)}}
-                theory["spectrum"] = _spectrum_summary(side.tangent, side.linear)
-                write_json_atomic(theory_path, theory)
-            spectra[str(seed)] = theory["spectrum"]
-            class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
+    for seed in config.seeds:
+        pretrained = pretrained_model(first, data, out_dir, seed, progress)
+        key = json.loads(json.dumps(
+            {"data": data.fingerprint, "seed": seed, "n": config.n, "sample": sample,
+             "pretrain": dataclasses.asdict(first.pretrain), "steps": first.finetune.steps,
+             "points": [describe(s) for _, s in config.points()]}, default=str))
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        side = _Seed(config, pretrained, data, f"eNTK Gram seed {seed}" if progress else None,
+                     cache=out_dir / config.name / f"seed{seed}_gram_{digest}.npz")
+        theory = _closed_forms(side, key, out_dir / config.name / f"seed{seed}_closed_forms.json",
+                               progress, overwrite)
+        spectra[str(seed)] = theory["spectrum"]
+        run = _Runs(config, data, seed, pretrained, side, sample, out_dir, progress, overwrite)
+        for objective in config.objectives:
             for label, strategy in config.points():
-                row = {"objective": objective, "seed": seed, "point": label,
-                       "strategy": label.split(" ")[0], "lam": getattr(strategy, "lam", None),
-                       **{r: dict(v) for r, v in theory["points"][label].items()}}
-                control = (GD,) if label == row["strategy"] else ()
-                for rung in (*_rungs(objective), *control):
-                    path = (out_dir / config.name / objective
-                            / f"seed{seed}_{label.replace(' ', '_')}_{rung}.json")
-                    index = slice(None) if rung == "R4" else data.sample(config.n)
-                    training = ft if rung == "R4" else dataclasses.replace(
-                        ft, batch_size=min(ft.batch_size, config.n))
-                    named = strategy if rung == GD else _train(rung, pretrained, strategy)[1]
-                    key = {**run_key(experiment, data, seed, named, training), "rung": rung,
-                           "train_images": None if rung == "R4" else [config.n, sample]}
-                    record = resumed(path, key, overwrite)
-                    if record is None:
-                        extra, scale = {}, 1.0
-                        if rung == GD:  # the step: half the stability bound at θ⁰
-                            batch = _batch(data.color_train[index], data.train_labels[index],
-                                           data.captions.shape[-1])
-                            extra["curvature"] = curvature(_train("R2", pretrained, strategy)[0],
-                                                           strategy, batch, class_emb, objective)
-                            scale = 1 / (extra["curvature"] * training.lr)
-                        model, used = _train(rung, pretrained, strategy, scale)
-                        trained = finetune(
-                            model, data.color_train[index], data.train_labels[index], used,
-                            training,
-                            class_emb=class_emb, probe=data.probe(), hybrid=data.hybrid(),
-                            seed=seed, progress=(f"{objective} seed {seed} {label} {rung}"
-                                                 if progress else None)).model
-                        scores = evaluate(trained, data, objective)
-                        record = {"config": key, **side.measured(trained, rung),
-                                  "id_acc": scores["id_acc"], **extra}
-                        write_json_atomic(path, record)
-                    row[rung] = {k: v for k, v in record.items() if k != "config"}
-                rows.append(row)
+                rows.append(run.point(experiments[objective], objective, label, strategy,
+                                      theory["points"][label]))
+    rows.sort(key=lambda r: config.objectives.index(r["objective"]))  # objective, seed, point
     payload = {"config": config.describe(), "data": data.source,
                "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
                                "python": platform.python_version()},
@@ -362,6 +325,84 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
     payload["verdicts"] = verdicts(payload["summary"])
     write_json_atomic(out_dir / f"{config.name}.json", payload)
     return payload
+
+
+def _closed_forms(side: _Seed, key: dict[str, Any], path: Path, progress: bool,
+                  overwrite: bool) -> dict[str, Any]:
+    """The seed's R0 and R0' at every point with the Gram's spectrum summary, from ``path`` if
+    it was written for ``key``."""
+    theory = resumed(path, key, overwrite)
+    if theory is None:
+        points = side.config.points()
+        theory = {"config": key, "points": {
+            label: side.closed_forms(strategy, key["steps"])
+            for label, strategy in tqdm(points, desc=f"closed forms seed {key['seed']}",
+                                        leave=False, disable=not progress)}}
+        theory["spectrum"] = _spectrum_summary(side.tangent, side.linear)
+        write_json_atomic(path, theory)
+    return theory
+
+
+class _Runs(NamedTuple):
+    """One seed's trained rungs: what every run of the seed shares."""
+
+    config: BudgetConfig
+    data: ExperimentData
+    seed: int
+    pretrained: Finetunee
+    side: _Seed
+    sample: str
+    out_dir: Path
+    progress: bool
+    overwrite: bool
+
+    def point(self, experiment: ExperimentConfig, objective: str, label: str,
+              strategy: Strategy, closed: dict[str, Any]) -> dict[str, Any]:
+        """The row of one point: its closed forms, then every trained rung (and the
+        gradient-descent control at a registered λ), each run or read back."""
+        row = {"objective": objective, "seed": self.seed, "point": label,
+               "strategy": label.split(" ")[0], "lam": getattr(strategy, "lam", None),
+               **{r: dict(v) for r, v in closed.items()}}
+        control = (GD,) if label == row["strategy"] else ()
+        for rung in (*_rungs(objective), *control):
+            record = self.rung(experiment, objective, label, strategy, rung)
+            row[rung] = {k: v for k, v in record.items() if k != "config"}
+        return row
+
+    def rung(self, experiment: ExperimentConfig, objective: str, label: str,
+             strategy: Strategy, rung: str) -> dict[str, Any]:
+        """The record of one trained rung: its forgetting, logit change, ID accuracy (and task
+        fraction; curvature for the control), read back if it was written for this run."""
+        data, seed, pretrained, n = self.data, self.seed, self.pretrained, self.config.n
+        ft = dataclasses.replace(experiment.finetune, objective=objective)
+        path = (self.out_dir / self.config.name / objective
+                / f"seed{seed}_{label.replace(' ', '_')}_{rung}.json")
+        index = slice(None) if rung == "R4" else data.sample(n)
+        training = ft if rung == "R4" else dataclasses.replace(
+            ft, batch_size=min(ft.batch_size, n))
+        named = strategy if rung == GD else _train(rung, pretrained, strategy)[1]
+        key = {**run_key(experiment, data, seed, named, training), "rung": rung,
+               "train_images": None if rung == "R4" else [n, self.sample]}
+        record = resumed(path, key, self.overwrite)
+        if record is not None:
+            return record
+        images, labels = data.color_train[index], data.train_labels[index]
+        class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
+        extra, scale = {}, 1.0
+        if rung == GD:  # the step: half the stability bound of the loss at θ⁰
+            batch = _batch(images, labels, data.captions.shape[-1])
+            extra["curvature"] = curvature(_train("R2", pretrained, strategy)[0], strategy,
+                                           batch, class_emb, objective)
+            scale = 1 / (extra["curvature"] * training.lr)
+        model, used = _train(rung, pretrained, strategy, scale)
+        trained = finetune(model, images, labels, used, training, class_emb=class_emb,
+                           probe=data.probe(), hybrid=data.hybrid(), seed=seed,
+                           progress=(f"{objective} seed {seed} {label} {rung}"
+                                     if self.progress else None)).model
+        record = {"config": key, **self.side.measured(trained, rung),
+                  "id_acc": evaluate(trained, data, objective)["id_acc"], **extra}
+        write_json_atomic(path, record)
+        return record
 
 
 def _spectrum_summary(tangent: TangentProblem, linear) -> dict[str, Any]:
