@@ -158,3 +158,19 @@ def test_gram_too_large_for_the_memory_budget_is_refused_by_name(getkey):
     with pytest.raises(MemoryBudgetExceeded, match=r"6000 × 6000.*memory budget of 0.1 GiB "
                                                     r"\(memory_gb\)"):
         entk_gram(params, embed, images, memory_gb=0.1)
+
+
+def test_gram_cache_is_written_once_and_read_back(getkey, tmp_path, monkeypatch):
+    from tracer_theory.deep import ntk
+
+    tower = _tower(getkey())
+    images = jax.random.normal(getkey(), (4, 5), jnp.float64)
+    target = jax.random.normal(getkey(), (4, 3), jnp.float64)
+    cache = tmp_path / "gram.npz"
+    built = TangentProblem.build((tower.image, tower.proj), images, target, cache=cache)
+    assert cache.exists()
+    monkeypatch.setattr(ntk, "entk_gram", lambda *a, **k: pytest.fail("the Gram was rebuilt"))
+    read = TangentProblem.build((tower.image, tower.proj), images, target, cache=cache)
+    for a, b in ((built.sigma_sq, read.sigma_sq), (built.u, read.u), (built.mask, read.mask),
+                 (built.residual, read.residual)):
+        np.testing.assert_array_equal(a, b)
