@@ -71,8 +71,12 @@ def test_quick_runs_reproduce_the_pinned_numbers(quick_run):
     assert set(payload["summary"]) == set(reference["summary"])
     for strategy, metrics in reference["summary"].items():
         for key, (mean, _) in metrics.items():
+            # the dense layer's task basis is a rank-masked float32 SVD of 500 convolutional
+            # feature vectors whose smallest singular values sit at the cutoff: repeated runs on
+            # one machine differ by up to 5e-4 relative there, and by nothing elsewhere
+            rel = 2e-3 if key.startswith("dense_") else 1e-5
             assert payload["summary"][strategy][key][0] == pytest.approx(
-                mean, rel=1e-5, abs=1e-4), (strategy, key)
+                mean, rel=rel, abs=1e-4), (strategy, key)
     for strategy, curves in reference["gap"].items():
         got = payload["runs"][strategy]["0"]["gap"]["curves"]
         for key, values in curves.items():

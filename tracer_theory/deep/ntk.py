@@ -100,20 +100,21 @@ def entk_gram(params: PyTree, embed: Embed, images: Float[Array, "n C H W"], *,
 
 
 def _gram_rows(params, embed: Embed, images, k: int):
-    """A jitted ``index (m,) -> K[index] (m, n·k)`` (unscaled)."""
-
-    def one_gradient(q):
-        i, a = q // k, q % k
-        return jax.grad(lambda p: embed(p, jax.lax.dynamic_slice_in_dim(images, i, 1))[0, a])(
-            params)
+    """``index (m,) -> K[index] (m, n·k)`` (unscaled): one jitted program, with the parameters
+    and images as its arguments (not constants folded into it)."""
 
     @jax.jit
-    def rows(index):
+    def rows(index, params, images):
+        def one_gradient(q):
+            i, a = q // k, q % k
+            one = jax.lax.dynamic_slice_in_dim(images, i, 1)
+            return jax.grad(lambda p: embed(p, one)[0, a])(params)
+
         grads = jax.vmap(one_gradient)(index)
         push = jax.vmap(lambda t: jax.jvp(lambda p: embed(p, images), (params,), (t,))[1])
         return push(grads).reshape(index.shape[0], -1)
 
-    return rows
+    return lambda index: rows(index, params, images)
 
 
 class TangentProblem(eqx.Module):
