@@ -85,8 +85,8 @@ def budget_figure(payload: dict[str, Any]) -> Result:
                         [e.label for _, e in registered], fontsize=7, rotation=20)
         bars.set_ylim(0, 1.05)
         bars.axhline(1, color="gray", ls="--", lw=0.8)
-        bars.set_title("in the task subspace: tangent by gradient descent (hatched), by AdamW "
-                       "(R2), real network (R3, light)", fontsize=8)
+        bars.set_title("task-subspace share: tangent by GD (hatched), by AdamW (R2), "
+                       "network (R3, light)", fontsize=8)
         bars.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("forgetting: gray zero-shot drop (points)")
     axes[1][0].set_ylabel("share of ‖Δθ‖² in the row space of J")
