@@ -25,7 +25,7 @@ def _finding(payload: dict[str, Any]) -> tuple[str, bool]:
     parts, agrees = [], True
     for objective, s in payload["summary"].items():
         rho = s["spearman_with_R4"]
-        steps = s["mean_abs_step"]
+        steps = {k: v for k, v in s["mean_abs_step"].items() if k != "R0->R0'"}  # the ladder
         biggest = max(steps, key=steps.get)
         agrees &= rho["R0"] is not None and rho["R0"] >= 0.5
         tangent = _fmt(rho["R0'"])
