@@ -69,7 +69,9 @@ def budget_figure(payload: dict[str, Any]) -> Result:
         ax.set_xticks(x, [f"{r}\n{RUNG_LABELS[r]}".replace(", ", ",\n") for r in rungs],
                       fontsize=7)
         ax.axhline(0, color="gray", lw=0.8)
-        ax.set_title(f"{objective} objective (dotted: λ grid)", fontsize=10)
+        grid = any(label != point["strategy"] for label, point in s["points"].items())
+        ax.set_title(f"{objective} objective" + (" (dotted: λ grid)" if grid else ""),
+                     fontsize=10)
         ax.grid(alpha=0.3)
         bars = axes[1][j]
         width = 0.27
