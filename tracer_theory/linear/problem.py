@@ -79,7 +79,9 @@ class LinearProblem(eqx.Module):
     def sigma_max_sq(self) -> Array:
         """``σ_max²``, the largest squared singular value of ``X_I`` (sets a gradient-descent
         step)."""
-        return jnp.linalg.svd(self.x_img, compute_uv=False)[0] ** 2
+        from .spectrum import spectrum  # the one rank-masked SVD (spectrum imports this module)
+
+        return spectrum(self).sigma_sq[0]
 
 
 def contrast_matrix(problem: LinearProblem) -> Float[Array, "n n"]:

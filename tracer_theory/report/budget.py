@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..deep.finetune.strategies import REGISTRY
-from ..deep.studies.budget import GD, RUNG_LABELS
+from ..deep.studies.budget import GD, RUNG_LABELS, largest_step
 from .result import Result
 from .style import subplots
 
@@ -25,13 +25,13 @@ def _finding(payload: dict[str, Any]) -> tuple[str, bool]:
     parts, agrees = [], True
     for objective, s in payload["summary"].items():
         rho = s["spearman_with_R4"]
-        steps = {k: v for k, v in s["mean_abs_step"].items() if k != "R0->R0'"}  # the ladder
-        biggest = max(steps, key=steps.get)
+        first, last = largest_step(s)
+        move = s["mean_abs_step"][f"{first}->{last}"]
         agrees &= rho["R0"] is not None and rho["R0"] >= 0.5
         tangent = _fmt(rho["R0'"])
         parts.append(f"{objective}: R0 ρ = {_fmt(rho['R0'])}, mean |R0 − R4| = "
                      f"{s['mean_abs_error']['R0']:.1f} points; R0' ρ = {tangent}; "
-                     f"largest step {biggest.replace('->', '→')} ({steps[biggest]:.1f} points)")
+                     f"largest step {first}→{last} ({move:.1f} points)")
     return "; ".join(parts), agrees
 
 

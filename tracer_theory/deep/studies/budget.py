@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import platform
 from pathlib import Path
@@ -46,10 +47,11 @@ from tqdm.auto import tqdm
 
 from ..._io import write_json_atomic
 from ...linear.closed_forms import solve
-from ...linear.problem import contrastive_target
+from ...linear.problem import LinearProblem, contrastive_target
+from ...linear.spectrum import spectrum
 from ..finetune.finetunee import Batch, Finetunee, image_tower
-from ..finetune.loop import finetune
-from ..finetune.step import finetune_loss, trainable_mask
+from ..finetune.loop import TrainingData, finetune
+from ..finetune.step import finetune_loss, in_compute_dtype, trainable_mask
 from ..finetune.strategies import REGISTRY, GradientDescent, Restricted, Strategy, describe
 from ..models import PRESETS, make_model, normalize
 from ..models.tangent import Linearized, linearize
@@ -64,12 +66,15 @@ RUNGS = ("R0", "R0'", "R1", "R2", "R3", "R4")
 RUNG_LABELS = {"R0": "closed form, last layer", "R0'": "closed form, tangent model",
                "R1": "last layer, trained", "R2": "tangent model, trained",
                "R3": "real network", "R4": "real network, all images"}
-#: The steps between rungs and what each one changes.
-STEPS = (("R0", "R1", "the loss and the optimizer (features fixed)"),
-         ("R1", "R2", "the features' motion, to first order"),
-         ("R2", "R3", "what first order misses"),
-         ("R3", "R4", "the finetuning sample (n images vs all)"),
-         ("R0", "R0'", "the features' motion, in the closed form"))
+#: What each step between rungs changes (R0→R2 where R1 is undefined; R0→R0' beside the
+#: ladder).
+STEPS = {("R0", "R1"): "the loss and the optimizer (features fixed)",
+         ("R1", "R2"): "the features' motion, to first order",
+         ("R0", "R2"): "the loss, the optimizer and the features' first-order motion together "
+                       "(R1 is undefined)",
+         ("R2", "R3"): "what first order misses",
+         ("R3", "R4"): "the finetuning sample (n images vs all)",
+         ("R0", "R0'"): "the features' motion, in the closed form"}
 #: The trained rungs.
 TRAINED = ("R1", "R2", "R3", "R4")
 #: The control beside the ladder: R2 trained by gradient descent (at half the stability bound
@@ -161,10 +166,6 @@ def quick_budget_config(**overrides: Any) -> BudgetConfig:
     return BudgetConfig(**(base | overrides))
 
 
-def _float64(tree):
-    return jax.tree.map(lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, tree)
-
-
 class _Seed:
     """One seed's closed-form side: the linear problem, the tangent problem (built lazily: its
     Gram is the costly part), the zero-shot probe and its pretrained logits."""
@@ -183,7 +184,7 @@ class _Seed:
     def tangent(self) -> TangentProblem:
         if self._tangent is None:
             with jax.enable_x64(True):
-                tower = _float64(image_tower(self.pretrained))
+                tower = in_compute_dtype(image_tower(self.pretrained), "float64")
                 images = jnp.asarray(self.data.color_train[self.data.sample(self.config.n)],
                                      jnp.float64)
                 self._tangent = TangentProblem.build(
@@ -219,7 +220,7 @@ class _Seed:
         if rung in ("R2", "R3", GD):  # trained on the n images whose Jacobian spans it
             with jax.enable_x64(True):
                 out["task_fraction"] = float(self.tangent.task_fraction(
-                    _float64(_change(self.pretrained, model))))
+                    in_compute_dtype(_change(self.pretrained, model), "float64")))
         return out
 
 
@@ -251,11 +252,11 @@ def _train(rung: str, pretrained: Finetunee, strategy: Strategy, lr_scale: float
     return pretrained, strategy
 
 
-def _batch(images: np.ndarray, labels: np.ndarray, length: int) -> Batch:
-    """A finetuning batch of ``images``/``labels`` with no replay examples."""
-    return Batch(jnp.asarray(images), jnp.asarray(labels),
-                 jnp.zeros((0, *images.shape[1:]), images.dtype),
-                 jnp.zeros((0, length), jnp.int32), jnp.zeros((0,), jnp.int32))
+def _batch(images: np.ndarray, labels: np.ndarray) -> Batch:
+    """All of ``images``/``labels`` as one finetuning batch, with no replay examples."""
+    data = TrainingData.of(images, labels)
+    return Batch(data.images, data.labels, data.hybrid_images, data.hybrid_tokens,
+                 data.hybrid_labels)
 
 
 def curvature(model: Finetunee, strategy: Strategy, batch: Batch, class_emb: Array,
@@ -306,13 +307,16 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
             {"data": data.fingerprint, "seed": seed, "n": config.n, "sample": sample,
              "pretrain": dataclasses.asdict(first.pretrain), "steps": first.finetune.steps,
              "points": [describe(s) for _, s in config.points()]}, default=str))
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        gram = {k: key[k] for k in ("data", "seed", "n", "sample", "pretrain")}  # not points
+        digest = hashlib.sha256(json.dumps(gram, sort_keys=True).encode()).hexdigest()[:12]
         side = _Seed(config, pretrained, data, f"eNTK Gram seed {seed}" if progress else None,
                      cache=out_dir / config.name / f"seed{seed}_gram_{digest}.npz")
         theory = _closed_forms(side, key, out_dir / config.name / f"seed{seed}_closed_forms.json",
                                progress, overwrite)
         spectra[str(seed)] = theory["spectrum"]
-        run = _Runs(config, data, seed, pretrained, side, sample, out_dir, progress, overwrite)
+        run = _Runs(config, data, seed, pretrained, side, data.sample(config.n), sample,
+                    pretrained.clip.class_embeddings(jnp.asarray(data.captions)), out_dir,
+                    progress, overwrite)
         for objective in config.objectives:
             for label, strategy in config.points():
                 rows.append(run.point(experiments[objective], objective, label, strategy,
@@ -351,7 +355,9 @@ class _Runs(NamedTuple):
     seed: int
     pretrained: Finetunee
     side: _Seed
+    index: np.ndarray
     sample: str
+    class_emb: Array
     out_dir: Path
     progress: bool
     overwrite: bool
@@ -377,7 +383,7 @@ class _Runs(NamedTuple):
         ft = dataclasses.replace(experiment.finetune, objective=objective)
         path = (self.out_dir / self.config.name / objective
                 / f"seed{seed}_{label.replace(' ', '_')}_{rung}.json")
-        index = slice(None) if rung == "R4" else data.sample(n)
+        index = slice(None) if rung == "R4" else self.index
         training = ft if rung == "R4" else dataclasses.replace(
             ft, batch_size=min(ft.batch_size, n))
         named = strategy if rung == GD else _train(rung, pretrained, strategy)[1]
@@ -387,10 +393,10 @@ class _Runs(NamedTuple):
         if record is not None:
             return record
         images, labels = data.color_train[index], data.train_labels[index]
-        class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
+        class_emb = self.class_emb
         extra, scale = {}, 1.0
         if rung == GD:  # the step: half the stability bound of the loss at θ⁰
-            batch = _batch(images, labels, data.captions.shape[-1])
+            batch = _batch(images, labels)
             extra["curvature"] = curvature(_train("R2", pretrained, strategy)[0], strategy,
                                            batch, class_emb, objective)
             scale = 1 / (extra["curvature"] * training.lr)
@@ -405,20 +411,19 @@ class _Runs(NamedTuple):
         return record
 
 
-def _spectrum_summary(tangent: TangentProblem, linear) -> dict[str, Any]:
+def _spectrum_summary(tangent: TangentProblem, linear: LinearProblem) -> dict[str, Any]:
     """How the tangent model's Gram compares with the last layer's: sizes, ranks, top and
     bottom eigenvalues, and the share of the residual in the top 10% of the eigen-directions."""
     sigma = np.asarray(tangent.sigma_sq)
     mask = np.asarray(tangent.mask)
     proj = (np.asarray(tangent.u).T @ np.asarray(tangent.residual)) ** 2
     top = max(1, len(sigma) // 10)
-    s_lin = np.linalg.svd(np.asarray(linear.x_img), compute_uv=False) ** 2
+    last = spectrum(linear)
     return {"size": len(sigma), "rank": int(mask.sum()),
             "sigma_sq_max": float(sigma[0]), "sigma_sq_min": float(sigma[mask][-1]),
             "residual_in_top_tenth": float(proj[:top].sum() / proj.sum()),
-            "last_layer_sigma_sq_max": float(s_lin[0]),
-            "last_layer_rank": int((s_lin > s_lin[0] * (max(linear.x_img.shape)
-                                                    * np.finfo(np.float64).eps) ** 2).sum())}
+            "last_layer_sigma_sq_max": float(last.sigma_sq[0]),
+            "last_layer_rank": int(np.asarray(last.mask).sum())}
 
 
 def summarize(rows: list[dict[str, Any]], config: BudgetConfig) -> dict[str, Any]:
@@ -446,9 +451,7 @@ def summarize(rows: list[dict[str, Any]], config: BudgetConfig) -> dict[str, Any
         errors = {rung: float(np.mean([abs(m[rung] - m["R4"]) for m in mean.values()]))
                   for rung in rungs}
         steps = {f"{a}->{b}": float(np.mean([abs(m[b] - m[a]) for m in mean.values()]))
-                 for a, b, _ in STEPS if a in rungs and b in rungs}
-        if "R1" not in rungs:  # head objective: R0 -> R2 in one step
-            steps["R0->R2"] = float(np.mean([abs(m["R2"] - m["R0"]) for m in mean.values()]))
+                 for a, b in (*ladder(rungs), ("R0", "R0'"))}
 
         out[objective] = {"rungs": rungs, "points": points, "mean_abs_error": errors,
                           "mean_abs_step": steps,
@@ -457,6 +460,17 @@ def summarize(rows: list[dict[str, Any]], config: BudgetConfig) -> dict[str, Any
                                            [m["R4"] for m in mean.values()])
                               for r in rungs if r != "R4"}}
     return out
+
+
+def ladder(rungs: list[str]) -> list[tuple[str, str]]:
+    """The consecutive steps along the ladder of ``rungs`` (R0' stands beside it)."""
+    return list(itertools.pairwise(r for r in rungs if r != "R0'"))
+
+
+def largest_step(summary: dict[str, Any]) -> tuple[str, str]:
+    """The step of one objective's ladder (``summarize``) that moves the forgetting most."""
+    return max(ladder(summary["rungs"]),
+               key=lambda step: summary["mean_abs_step"]["{}->{}".format(*step)])
 
 
 def _spearman(x: list[float], y: list[float]) -> float | None:
@@ -477,14 +491,11 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
         parts = ", ".join(f"{r} {err[r]:.1f}" for r in rungs)
         lines.append(f"{objective}: mean |rung − R4| over {len(s['points'])} points, in "
                      f"points of gray accuracy: {parts}.")
-        chain = [(a, b, what) for a, b, what in STEPS[:4] if f"{a}->{b}" in s["mean_abs_step"]]
-        if "R0->R2" in s["mean_abs_step"]:
-            chain = [("R0", "R2", "the loss, the optimizer and the features' first-order "
-                                  "motion together (R1 is undefined)"), *chain]
-        a, b, what = max(chain, key=lambda c: s["mean_abs_step"][f"{c[0]}->{c[1]}"])
-        moves = ", ".join(f"{x}→{y} {s['mean_abs_step'][f'{x}->{y}']:.1f}" for x, y, _ in chain)
+        chain = ladder(s["rungs"])
+        a, b = largest_step(s)
+        moves = ", ".join(f"{x}→{y} {s['mean_abs_step'][f'{x}->{y}']:.1f}" for x, y in chain)
         lines.append(f"{objective}: mean |step| along the ladder: {moves}; the largest is "
-                     f"{a}→{b}, {what}.")
+                     f"{a}→{b}, {STEPS[a, b]}.")
         fractions = {r: [p[r]["task_fraction"][0] for p in s["points"].values()
                          if "task_fraction" in p.get(r, {})] for r in (GD, "R2", "R3")}
         if all(fractions.values()):
