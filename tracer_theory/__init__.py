@@ -3,6 +3,17 @@
 Public names are re-exported here; implementations live in one module per concept.
 """
 
+from .dynamics.design import (
+    BetaFamily as BetaFamily,
+    Design as Design,
+    DirectionalFamily as DirectionalFamily,
+    EMAFamily as EMAFamily,
+    Family as Family,
+    GridFamily as GridFamily,
+    ScheduledEMAFamily as ScheduledEMAFamily,
+    StaticFamily as StaticFamily,
+    design as design,
+)
 from .dynamics.diagnostics import (
     CollapseDiagnostics as CollapseDiagnostics,
     collapse_diagnostics as collapse_diagnostics,
@@ -10,6 +21,7 @@ from .dynamics.diagnostics import (
 from .dynamics.schedules import (
     BetaKernel as BetaKernel,
     EMASchedule as EMASchedule,
+    GridKernel as GridKernel,
     Kernel as Kernel,
     KernelSchedule as KernelSchedule,
     Schedule as Schedule,
@@ -48,19 +60,34 @@ from .linear.gd import (
     gradient_descent_until as gradient_descent_until,
     objective as objective,
 )
+from .linear.pareto import (
+    Frontier as Frontier,
+    ParetoCurve as ParetoCurve,
+    Tradeoff as Tradeoff,
+    frontier as frontier,
+    frontier_ratio as frontier_ratio,
+    oracle_forgetting as oracle_forgetting,
+    oracle_frontier as oracle_frontier,
+    pareto as pareto,
+    tradeoff as tradeoff,
+)
 from .linear.problem import (
     LinearProblem as LinearProblem,
     contrast_matrix as contrast_matrix,
     contrastive_target as contrastive_target,
     fit_loss as fit_loss,
+    forgetting as forgetting,
     mmcl_loss_lstsq as mmcl_loss_lstsq,
     mmcl_loss_trace as mmcl_loss_trace,
+    task_loss as task_loss,
 )
 from .linear.random import random_problem as random_problem
 from .linear.spectrum import Spectrum as Spectrum, spectrum as spectrum
 from .linear.strategies import (
     L2SP as L2SP,
     DirectFT as DirectFT,
+    DirectionalSD as DirectionalSD,
+    ReplaySD as ReplaySD,
     StaticSD as StaticSD,
     StoppedGD as StoppedGD,
     Strategy as Strategy,

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._validation import as_fraction, as_scalar, ensure, is_traced, show
+from .._validation import as_fraction, as_real_array, as_scalar, ensure, is_traced, show
 
 _GRID = "the grid τ_k = (k + 0.5)/(horizon + 1), k = 0..horizon"
 
@@ -159,6 +159,31 @@ class BetaKernel(Kernel):
 
     def log(self, tau):
         return (self.a - 1) * jnp.log(tau) + (self.b - 1) * jnp.log1p(-tau)
+
+
+class GridKernel(Kernel):
+    """A free-form positive kernel: ``log κ`` linear between ``G ≥ 2`` values on the knots
+    ``τ = 0, 1/(G − 1), …, 1`` (``log_values``, shape (G,), finite).
+
+    Positive for every finite ``log_values`` and differentiable in them, so a kernel's shape can
+    be optimized by gradient (the designed teachers of THEORY §7).
+    """
+
+    log_values: Float[Array, " G"]
+
+    def __init__(self, log_values: ArrayLike):
+        values = as_real_array("log_values", log_values)
+        if values.ndim != 1 or values.shape[0] < 2:
+            raise ValueError(f"log_values must be a 1-D array of at least 2 knots, got shape "
+                             f"{values.shape}")
+        if not jnp.issubdtype(values.dtype, jnp.floating):
+            values = values.astype(_float_dtype())
+        self.log_values = ensure(values, jnp.all(jnp.isfinite(values)),
+                                 "log_values must be finite")
+
+    def log(self, tau):
+        knots = jnp.linspace(0.0, 1.0, self.log_values.shape[0], dtype=self.log_values.dtype)
+        return jnp.interp(tau, knots, self.log_values)
 
 
 def beta_kernel(a: ArrayLike, b: ArrayLike) -> BetaKernel:

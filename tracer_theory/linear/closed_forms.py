@@ -25,11 +25,14 @@ def anchor_of(problem: LinearProblem, strategy: Strategy) -> Float[Array, "k d_I
     return problem.w0 if strategy.anchor == "pretrained" else jnp.zeros_like(problem.w0)
 
 
-@eqx.filter_jit
-def _filter(spec: Spectrum, strategy: Strategy) -> Float[Array, " r"]:
+def masked_filter(spec: Spectrum, strategy: Strategy) -> Float[Array, " r"]:
+    """The strategy's filter factors (r,), 0 below the rank tolerance, in the spectrum's
+    dtype (a float64 λ never changes a float32 problem's)."""
     sigma_sq = strategy.check(spec.sigma_sq)
-    # Hyper-parameters never change the problem's dtype (a float64 λ on a float32 problem).
     return jnp.where(spec.mask, strategy.filter(sigma_sq), 0.0).astype(spec.s.dtype)
+
+
+_filter = eqx.filter_jit(masked_filter)
 
 
 def from_filter(problem: LinearProblem, spec: Spectrum, f: Float[Array, " r"],
@@ -51,8 +54,7 @@ def _solve(problem: LinearProblem, strategy: Strategy, spec: Spectrum):
     y = contrastive_target(problem)
     anchor = anchor_of(problem, strategy)
     residual = y - anchor @ problem.x_img
-    f = _filter(spec, strategy)
-    w = from_filter(problem, spec, f, anchor, residual=residual)
+    w, f = strategy.solution(problem, spec, anchor, residual)
     return w, (all_finite(y), all_finite(residual), all_finite(f), all_finite(w))
 
 

@@ -23,8 +23,11 @@ class LinearProblem(eqx.Module):
         w_txt: frozen text encoder ``W_T⁰``, shape ``(k, d_T)``.
         contrast: ``"paper"`` uses ``C = n I − J`` (the paper); ``"centered"`` uses
             ``H = I − J/n = C/n`` (the authors' analysis code). Y differs by the factor n.
+        x_pre: optional pretraining features ``X_pre``, shape ``(d_I, m)``: inputs of the
+            pretraining distribution on which ``forgetting`` measures how far the encoder moved
+            (THEORY §7). Needed by ``forgetting``, ``ReplaySD`` and the Pareto analysis only.
 
-    All four arrays must share one floating dtype; nothing is cast. Shapes and finiteness are
+    All arrays must share one floating dtype; nothing is cast. Shapes and finiteness are
     checked at construction and a ``ValueError`` names the offending argument.
     """
 
@@ -33,9 +36,10 @@ class LinearProblem(eqx.Module):
     w0: Float[Array, "k d_I"]
     w_txt: Float[Array, "k d_T"]
     contrast: Contrast = eqx.field(static=True, default="paper")
+    x_pre: Float[Array, "d_I m"] | None = None
 
     def __init__(self, x_img: ArrayLike, x_txt: ArrayLike, w0: ArrayLike, w_txt: ArrayLike,
-                 contrast: Contrast = "paper"):
+                 contrast: Contrast = "paper", *, x_pre: ArrayLike | None = None):
         x_img = as_float_matrix("x_img", x_img, "(d_I, n)")
         x_txt = as_float_matrix("x_txt", x_txt, "(d_T, n)")
         w0 = as_float_matrix("w0", w0, "(k, d_I)")
@@ -63,8 +67,25 @@ class LinearProblem(eqx.Module):
                 f"{x_img.dtype}, {x_txt.dtype}, {w0.dtype}, {w_txt.dtype}; cast them explicitly")
         if contrast not in ("paper", "centered"):
             raise ValueError(f"contrast must be 'paper' or 'centered', got {contrast!r}")
+        if x_pre is not None:
+            x_pre = as_float_matrix("x_pre", x_pre, "(d_I, m)")
+            if x_pre.shape[0] != x_img.shape[0]:
+                raise ValueError(
+                    f"x_pre has d_I = {x_pre.shape[0]} rows but x_img has d_I = "
+                    f"{x_img.shape[0]}; x_pre must be (d_I, m), pretraining features in the "
+                    "image feature space")
+            if x_pre.dtype != x_img.dtype:
+                raise ValueError(f"x_pre has dtype {x_pre.dtype} but x_img has {x_img.dtype}; "
+                                 "cast them explicitly")
+        self.x_pre = x_pre
         self.x_img, self.x_txt, self.w0, self.w_txt = x_img, x_txt, w0, w_txt
         self.contrast = contrast
+
+    def with_pretraining(self, x_pre: ArrayLike) -> LinearProblem:
+        """This problem with pretraining features ``x_pre`` (d_I, m) (checked as at
+        construction)."""
+        return LinearProblem(self.x_img, self.x_txt, self.w0, self.w_txt, self.contrast,
+                             x_pre=x_pre)
 
     @property
     def n(self) -> int:
@@ -136,6 +157,33 @@ def fit_loss(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, "
     """
     w = check_encoder(problem, w)
     return _finite_loss(unchecked_fit_loss(problem, w), "fit_loss", problem)
+
+
+#: The task loss of the Pareto analysis is the data term every strategy fits.
+task_loss = fit_loss
+
+
+def forgetting(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
+    """``‖(W − W⁰) X_pre‖²_F``: how far the encoder ``w`` (k, d_I) moved the embeddings of the
+    pretraining features ``problem.x_pre`` (THEORY §7), a scalar. Refuses a problem without
+    ``x_pre`` and a value that overflows."""
+    w = check_encoder(problem, w)
+    return _finite_loss(unchecked_forgetting(problem, w), "forgetting", problem)
+
+
+def unchecked_forgetting(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
+    """``forgetting`` without its checks (but ``x_pre`` must be there)."""
+    return jnp.sum(((w - problem.w0) @ pretraining_features(problem)) ** 2)
+
+
+def pretraining_features(problem: LinearProblem) -> Float[Array, "d_I m"]:
+    """``problem.x_pre``, or a ``ValueError`` saying how to give it."""
+    check_instance("problem", problem, LinearProblem)
+    if problem.x_pre is None:
+        raise ValueError("this problem has no pretraining features: forgetting is measured on "
+                         "X_pre; build it with LinearProblem(..., x_pre=X_pre) or "
+                         "problem.with_pretraining(X_pre), X_pre of shape (d_I, m)")
+    return problem.x_pre
 
 
 def unchecked_fit_loss(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:

@@ -17,7 +17,8 @@ def _orthonormal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
 def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
                    rank: int | None = None, cond: float | None = None,
                    decay: float | None = None, dtype: str = "float64",
-                   contrast: Contrast = "paper") -> LinearProblem:
+                   contrast: Contrast = "paper", m_pre: int | None = None,
+                   pre_decay: float = 1.0) -> LinearProblem:
     """A seeded Gaussian problem with ``X_I`` of shape (d_img, n) and unit-scale features.
 
     Arguments:
@@ -25,6 +26,9 @@ def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
         cond: make ``X_I`` have singular values log-spaced from 1 down to ``1/cond``.
         decay: make the singular values follow the power law ``σ_i = i^(−decay)``.
         dtype: ``"float64"`` needs ``jax_enable_x64`` (e.g. ``with jax.enable_x64(True):``).
+        m_pre: also draw ``m_pre`` pretraining features ``X_pre`` (d_img, m_pre): Gaussian with
+            covariance ``Q diag(i^(−2·pre_decay)) Qᵀ`` in a random basis ``Q`` independent of
+            ``X_I`` (anisotropic, so not aligned with the task eigenbasis), scaled like ``X_I``.
 
     Data come from ``numpy.random.default_rng(seed)``, independent of any jax key.
     """
@@ -70,8 +74,19 @@ def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
     x_txt = rng.standard_normal((d_txt, n)) / np.sqrt(max(d_txt, n))
     w0 = rng.standard_normal((k, d_img)) / np.sqrt(d_img)
     w_txt = rng.standard_normal((k, d_txt)) / np.sqrt(d_txt)
+    x_pre = None
+    if m_pre is not None:
+        _positive_int("m_pre", m_pre)
+        if not (np.isfinite(pre_decay) and pre_decay >= 0):
+            raise ValueError(f"pre_decay must be >= 0 and finite, got {pre_decay}")
+        if m_pre < 1:
+            raise ValueError(f"m_pre must be >= 1, got {m_pre}")
+        scales = np.arange(1, d_img + 1, dtype=float) ** (-float(pre_decay))
+        basis = _orthonormal(rng, d_img, d_img)
+        x_pre = (basis * scales) @ rng.standard_normal((d_img, m_pre)) / np.sqrt(m_pre)
+        x_pre = jnp.asarray(x_pre, dtype=dtype)
     arrays = (jnp.asarray(a, dtype=dtype) for a in (x_img, x_txt, w0, w_txt))
-    return LinearProblem(*arrays, contrast=contrast)
+    return LinearProblem(*arrays, contrast=contrast, x_pre=x_pre)
 
 
 def _positive_int(name: str, value: object) -> None:

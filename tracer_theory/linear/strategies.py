@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._validation import as_scalar, ensure, show
-from .problem import LinearProblem
+from .problem import LinearProblem, pretraining_features
+from .spectrum import Spectrum
 
 Anchor = Literal["pretrained", "zero"]
 
@@ -54,6 +55,19 @@ class Strategy(eqx.Module):
     def check(self, sigma_sq: Float[Array, " r"]) -> Float[Array, " r"]:
         """Validate problem-dependent hyper-parameters against ``σ_i²``; returns its input."""
         return sigma_sq
+
+    def solution(self, problem: LinearProblem, spec: Spectrum, anchor: Float[Array, "k d_I"],
+                 residual: Float[Array, "k n"]) -> tuple[Float[Array, "k d_I"], Array]:
+        """The converged encoder (k, d_I) and the filter factors (r,) it was built from.
+
+        ``anchor`` is ``anchor_of(problem, self)`` and ``residual`` is ``Y − anchor·X_I``.
+        Here: the anchor moved by ``filter`` in the task eigenbasis; a strategy that is not a
+        per-direction filter (``ReplaySD``) overrides this and returns no factors (shape (0,)).
+        """
+        from .closed_forms import from_filter, masked_filter  # closed_forms imports this module
+
+        f = masked_filter(spec, self)
+        return from_filter(problem, spec, f, anchor, residual=residual), f
 
 
 class DirectFT(Strategy):
@@ -160,3 +174,68 @@ class StoppedGD(Strategy):
                       f"lr must be below the stability bound 2/σ_max² = {show(bound)} for this "
                       f"problem, got lr = {show(self.lr)}")
 
+
+
+class ReplaySD(Strategy):
+    """Self-distillation toward ``W⁰`` on the pretraining features (the linear data-hybrid
+    replay): penalty ``(λ/2)‖(W − W⁰) X_pre‖²``, ``λ ≥ 0``; needs ``problem.x_pre``.
+
+    Closed form ``W = W⁰ + (Y − W⁰X_I) X_Iᵀ (X_I X_Iᵀ + λ X_pre X_preᵀ)⁺`` (THEORY §7): not a
+    per-direction filter (it moves ``W`` outside the task subspace wherever ``X_pre`` does), so
+    ``filter`` is refused. ``X_pre = X_I`` gives static SD; its λ-curve is the Pareto frontier
+    of forgetting against task loss over all encoders. GD on its objective needs
+    ``lr < 2/λ_max(X_I X_Iᵀ + λ X_pre X_preᵀ)``, which ``curvature`` (task directions only)
+    does not bound.
+    """
+
+    lam: Float[Array, ""]
+
+    def __init__(self, lam: ArrayLike = 1.0):
+        self.lam = as_scalar("lam", lam, minimum=0.0)
+
+    def filter(self, sigma_sq):
+        raise ValueError("ReplaySD is not a per-direction filter: its solution leaves the task "
+                         "subspace where X_pre does; use tt.solve(problem, ReplaySD(lam))")
+
+    def penalty(self, problem, w):
+        return 0.5 * self.lam * jnp.sum(((w - problem.w0) @ pretraining_features(problem)) ** 2)
+
+    def solution(self, problem, spec, anchor, residual):
+        x, x_pre = problem.x_img, pretraining_features(problem)
+        hessian = x @ x.T + self.lam * (x_pre @ x_pre.T)  # (d_I, d_I)
+        # The minimum-norm minimizer: the one gradient descent from W⁰ converges to.
+        w = anchor + (residual @ x.T) @ jnp.linalg.pinv(hessian, hermitian=True)
+        return w, jnp.zeros((0,), spec.s.dtype)
+
+
+class DirectionalSD(Strategy):
+    """Static SD with one weight per task direction: penalty
+    ``½ Σ_i λ_i σ_i² ‖(W − W⁰) u_i‖²``, ``f_i = 1/(1 + λ_i)``; ``lams`` (r,) ≥ 0, ordered like
+    ``spectrum(problem).s``. Every filter in ``(0, 1]`` is one of these: the family a designer
+    of per-direction weights searches (THEORY §7)."""
+
+    lams: Float[Array, " r"]
+
+    def __init__(self, lams: ArrayLike):
+        lams = jnp.asarray(lams)
+        if lams.ndim != 1:
+            raise ValueError(f"lams must be a 1-D array (one λ per task direction), got shape "
+                             f"{lams.shape}")
+        self.lams = ensure(lams, jnp.all(jnp.isfinite(lams) & (lams >= 0)),
+                           "lams must be finite and >= 0")
+
+    def filter(self, sigma_sq):
+        if self.lams.shape != sigma_sq.shape:
+            raise ValueError(f"lams has {self.lams.shape[0]} entries but the problem has "
+                             f"{sigma_sq.shape[0]} task directions (r = min(d_I, n))")
+        return 1 / (1 + self.lams)
+
+    def penalty(self, problem, w):
+        from .spectrum import spectrum  # one SVD, never cached on the value
+
+        spec = spectrum(problem)
+        moved = (w - problem.w0) @ spec.u  # (k, r)
+        return 0.5 * jnp.sum(self.lams * spec.sigma_sq * jnp.sum(moved**2, axis=0))
+
+    def curvature(self, sigma_sq):
+        return (1 + self.lams) * sigma_sq

@@ -68,11 +68,13 @@ def clip_config(preset: str = "tiny", *, seeds: tuple[int, ...] = (0, 1), mnist:
 
 
 def linear_problem(pretrained: Finetunee, data: ExperimentData, n: int = 500,
-                   labels: np.ndarray | None = None) -> LinearProblem:
+                   labels: np.ndarray | None = None, n_pre: int | None = None) -> LinearProblem:
     """The linearization at ``pretrained`` on ``n`` finetuning images (float64; call inside
     ``jax.enable_x64(True)``): ``X_I`` (width, n), ``X_T`` (text_width, n), ``W⁰``, ``W_T⁰``.
     ``labels``: the training labels the captions follow (default ``data.train_labels``; noisy
-    ones for a label-noise study)."""
+    ones for a label-noise study). ``n_pre``: also ``X_pre`` (width, n_pre), the pretrained
+    features of a class-balanced sample of the gray pretraining images, scaled like ``X_I`` so
+    that ``forgetting`` is a per-image mean (THEORY §7)."""
     clip = pretrained.clip
     index = data.sample(n)
     images = jnp.asarray(data.color_train[index])
@@ -80,9 +82,14 @@ def linear_problem(pretrained: Finetunee, data: ExperimentData, n: int = 500,
     feats = np.asarray(clip.image_features(images), np.float64).T
     text = np.asarray(jax.vmap(clip.text)(jnp.asarray(data.captions[labels, 0])), np.float64).T
     scale = 1 / np.sqrt(feats.shape[1])
+    x_pre = None
+    if n_pre is not None:
+        gray = jnp.asarray(data.gray_train[data.sample(n_pre)])
+        x_pre = np.asarray(clip.image_features(gray), np.float64).T / np.sqrt(n_pre)
     return LinearProblem(feats * scale, text * scale, np.asarray(clip.image_proj.weight,
                                                                  np.float64),
-                         np.asarray(clip.text_proj.weight, np.float64), contrast="centered")
+                         np.asarray(clip.text_proj.weight, np.float64), contrast="centered",
+                         x_pre=x_pre)
 
 
 class ZeroShotProbe(NamedTuple):
