@@ -213,6 +213,43 @@ def build_parser() -> argparse.ArgumentParser:
                  quick="8 images, three strategies, one seed, tiny budgets (for tests)")
     budget.set_defaults(run=_budget)
 
+    teachers = sub.add_parser("teachers", help="the designed-kernel teacher and replay-SD "
+                                               "against WMA and EMA SD in the deep toy, λ "
+                                               "chosen on validation, at equal ID accuracy")
+    teachers.add_argument("--kernel", metavar="FILE", default=None,
+                          help='the designed kernel: a JSON file {"log_values": [...]} of a '
+                               "GridKernel (e.g. experiments/results/pareto/designed_kernel.json;"
+                               " without it the designed-kernel teacher is skipped)")
+    teachers.add_argument("--strategies", nargs="+", default=None,
+                          help="strategies compared (default: wma_sd ema_sd designed_sd "
+                               "replay_sd; designed_sd needs --kernel)")
+    teachers.add_argument("--lambdas", type=float, nargs="+", default=None,
+                          help="the shared λ grid, increasing (default: 0.3 1 3 10; 0.3 3 "
+                               "with --quick)")
+    teachers.add_argument("--objective", choices=["head", "prompts"], default=None,
+                          help="finetuning objective (default: head)")
+    teachers.add_argument("--seeds", type=_seed, nargs="+", default=None,
+                          help="seeds; λ is chosen on the first (default: 0 1 2, or 0 with "
+                               "--quick)")
+    _study_flags(teachers, "teachers", quick="tiny budgets, two λs, one seed (for tests)")
+    teachers.set_defaults(run=_teachers)
+
+    pareto = sub.add_parser("pareto", help="forgetting against task loss: every strategy's "
+                                           "curve, the oracle frontier, replay-SD and teachers "
+                                           "designed by gradient (THEORY §7)")
+    pareto.add_argument("--random", nargs="*", default=None,
+                        help="spectra of the random problems (default: flat 'power law' "
+                             "ill-conditioned)")
+    pareto.add_argument("--models", nargs="*", choices=["toy", "tiny"], default=None,
+                        help="deep linearizations (default: toy tiny; none with --quick); a "
+                             "missing pretrained checkpoint is pretrained into --cache")
+    pareto.add_argument("--cache", default=None, metavar="DIR",
+                        help="folder of the pretrained checkpoints (default: OUT)")
+    pareto.add_argument("--design-steps", type=int, default=None,
+                        help="Adam steps of each teacher design (default: 300)")
+    _study_flags(pareto, "pareto", quick="one random problem, short horizons (for tests)")
+    pareto.set_defaults(run=_pareto)
+
     figures = sub.add_parser("figures", help="regenerate every figure of the notebooks "
                                              "(PNG + PDF) and figures/README.md")
     figures.add_argument("--out", default="figures", help="output folder (default: figures)")
@@ -355,6 +392,71 @@ def _budget(args: argparse.Namespace) -> int:
     written = save(result.figure, f"{figures}/{config.name}")[0]
     print(f"wrote {args.out}/{config.name}.json, {written}")
     return 0
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    from .deep.studies.pareto import ParetoConfig, format_pareto, quick_pareto_config, run_pareto
+    from .report.pareto import pareto_figure
+    from .report.style import save
+
+    given = _given(random=args.random, models=args.models, design_steps=args.design_steps,
+                   mnist=args.mnist)
+    config = (quick_pareto_config if args.quick else ParetoConfig)(**given)
+    figures = _study_folders(args)
+    _check_input("--cache", args.cache)
+    payload = run_pareto(config, args.out, cache=args.cache, progress=not args.quiet)
+    print(format_pareto(payload))
+    result = pareto_figure(payload)
+    print(result.report())
+    written = save(result.figure, f"{figures}/pareto")[0]
+    print(f"wrote {args.out}/pareto.json, {written}")
+    return 0
+
+
+def _teachers(args: argparse.Namespace) -> int:
+    from .deep.studies.teachers import (
+        TeachersConfig,
+        format_teachers,
+        quick_teachers_config,
+        run_teachers,
+    )
+    from .report.style import save
+    from .report.teachers import teachers_figure
+
+    given = _given(kernel=None if args.kernel is None else _kernel_file(args.kernel),
+                   names=args.strategies, lambdas=args.lambdas, objective=args.objective,
+                   seeds=args.seeds, mnist=args.mnist)
+    config = (quick_teachers_config if args.quick else TeachersConfig)(**given)
+    figures = _study_folders(args)
+    payload = run_teachers(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
+    print(f"== teachers at equal ID accuracy, objective {config.objective}, seeds "
+          f"{list(config.seeds)}, data: {payload['data']}")
+    print(format_teachers(payload))
+    result = teachers_figure(payload)
+    print(result.report())
+    written = save(result.figure, f"{figures}/{config.name}")[0]
+    print(f"wrote {args.out}/{config.name}.json, {written}")
+    return 0
+
+
+def _kernel_file(path: str) -> tuple[float, ...]:
+    """The designed kernel's log-values from a JSON file ``{"log_values": [...]}``; an
+    ``InputError`` naming ``--kernel`` for a missing or malformed file."""
+    import math
+    from pathlib import Path
+
+    _check_input("--kernel", path)
+    try:
+        values = json.loads(Path(path).read_text())["log_values"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f'--kernel {path} is not a JSON file holding {{"log_values": [...]}} '
+                         f"({type(err).__name__}: {err})") from None
+    if not isinstance(values, list) or len(values) < 2 or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values):
+        raise InputError(f"--kernel {path}: log_values must be a list of at least 2 finite "
+                         f"numbers, got {values!r}")
+    return tuple(float(v) for v in values)
 
 
 def _setting(text: str) -> tuple[str, float]:

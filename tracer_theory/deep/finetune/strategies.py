@@ -28,7 +28,15 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PyTree
 
-from ...dynamics.schedules import Schedule, StaticSchedule, ema_teacher, static_teacher, wma_teacher
+from ...dynamics.schedules import (
+    Kernel,
+    Schedule,
+    StaticSchedule,
+    ema_teacher,
+    kernel_teacher,
+    static_teacher,
+    wma_teacher,
+)
 from ...dynamics.spectral import TeacherSD, stability_bound
 from ...linear import strategies as linear_strategies
 from ...linear.problem import LinearProblem
@@ -238,11 +246,68 @@ class WMA(eqx.Module):
         return wma_teacher(steps, self.a, self.b)
 
 
+class KernelTeacher(eqx.Module):
+    """A kernel teacher over the whole run for any ``Kernel`` (``kernel_teacher``): e.g. a
+    designed free-form kernel ``GridKernel(log_values)``, or ``BetaKernel(a, b)``.
+
+    A strategy is a static value of the jitted step (hashed, compared, never traced), so the
+    teacher keeps the kernel as plain Python values: its type (``kind``) and its fields
+    (``values``: ``(name, value)`` pairs, arrays as nested tuples of numbers), and rebuilds it
+    as ``kind(**fields)`` (``kernel``). It is equal, hashes and pickles by them, and
+    ``describe`` gives them (the resume keys). The kernel is checked on the τ grid when the
+    teacher is made, not in training."""
+
+    kind: type
+    values: tuple[tuple[str, Any], ...]
+
+    def __init__(self, kernel: Kernel):
+        if not isinstance(kernel, Kernel):
+            raise TypeError(f"kernel must be a Kernel (GridKernel, BetaKernel, …), got "
+                            f"{kernel!r}")
+        self.kind = type(kernel)
+        self.values = tuple((f.name, _frozen(getattr(kernel, f.name)))
+                            for f in dataclasses.fields(kernel))
+        rebuilt = self.kernel
+        same = jax.tree.structure(rebuilt) == jax.tree.structure(kernel) and all(
+            np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(jax.tree.leaves(rebuilt), jax.tree.leaves(kernel), strict=True))
+        if not same:
+            raise TypeError(f"{self.kind.__name__} cannot be rebuilt from its fields by "
+                            f"{self.kind.__name__}(**fields); KernelTeacher needs a kernel "
+                            "that can")
+        kernel_teacher(2, rebuilt)  # a ValueError now for a kernel that cannot be normalized
+
+    @property
+    def kernel(self) -> Kernel:
+        """The kernel, rebuilt from its fields."""
+        return self.kind(**{name: _thawed(value) for name, value in self.values})
+
+    def __call__(self, steps: int) -> Schedule:
+        return kernel_teacher(steps, self.kernel)
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` as hashable Python data: an array as nested tuples of numbers."""
+    if isinstance(value, jax.Array | np.ndarray | np.generic):
+        return _tuples(np.asarray(value).tolist())
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _thawed(value: Any) -> Any:
+    """A ``_frozen`` array (nested tuples, or a float) back as a NumPy array; other values
+    unchanged."""
+    return np.asarray(value) if isinstance(value, tuple | float) else value
+
+
 class SelfDistill(Strategy):
     """Self-distillation toward a teacher: ``λ·distill(student, teacher)`` (+ ``ρ`` times the
     cross-Frobenius term). The teacher is the shared ``tracer_theory.teacher`` driven by
     ``teacher``: a function ``steps -> Schedule`` of the run's length (``Static()``,
-    ``EMA(m)``, ``WMA(a, b)``, or e.g. ``lambda T: kernel_teacher(T, my_kernel)``) or a ready
+    ``EMA(m)``, ``WMA(a, b)``, ``KernelTeacher(kernel)``) or a ready
     ``Schedule``. Static, EMA, WMA and any kernel teacher are this one strategy with different
     schedules."""
 
@@ -381,6 +446,49 @@ class DataHybrid(Strategy):
         img = clip.embed_images(batch.hybrid_images)
         txt = jax.lax.stop_gradient(clip.embed_texts(batch.hybrid_tokens))
         return clip_loss(img, txt, clip.scale, labels=batch.hybrid_labels), {}
+
+
+class ReplayDistill(Strategy):
+    """Replay self-distillation, the deep counterpart of the linear theory's replay-SD: a
+    ``fraction`` of every batch (``round(fraction · batch_size)`` images) is gray pretraining
+    images, on which the student's image embedding is pulled toward the frozen pretrained
+    model's: ``λ · mean_i ‖P φ(x_i) − P⁰ φ⁰(x_i)‖²`` over the replay images ``x_i``, with ``φ``
+    the image features and ``P`` the image projection (the embedding before normalization: the
+    ``W x`` of the linear model; the pretrained side under ``stop_gradient``). The task loss
+    sees the finetuning images alone. In the linear model the minimizer is
+    ``W = (Y X_Iᵀ + λ W⁰ X_pre X_preᵀ)(X_I X_Iᵀ + λ X_pre X_preᵀ)⁻¹``."""
+
+    lam: float = 1.0
+    fraction: float = 0.25
+
+    def __check_init__(self):
+        _non_negative("lam", self.lam)
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
+
+    def hybrid_size(self, batch_size):
+        return round(self.fraction * batch_size)
+
+    def regularizer(self, inputs):
+        images = inputs.batch.hybrid_images
+        if images.shape[0] == 0:  # a batch too small to hold a replay image
+            return jnp.zeros((), inputs.logits.dtype), {}
+        student = replay_embeddings(inputs.model, images)
+        anchor = jax.lax.stop_gradient(replay_embeddings(inputs.pretrained, images))
+        distance = jnp.mean(jnp.sum((student - anchor) ** 2, axis=-1))
+        return self.lam * distance, {"replay_distance": distance}
+
+    def linear(self, problem, steps):
+        # λ·mean‖ΔW x‖² is (λ'/2)‖ΔW X_pre‖² with λ' = 2λ on X_pre scaled by 1/√m (as
+        # ``linear_problem`` scales it); the problem must carry X_pre.
+        return linear_strategies.ReplaySD(2 * self.lam)
+
+
+def replay_embeddings(model: Finetunee, images: Float[Array, "B C H W"]) -> Float[Array, "B D"]:
+    """The image embeddings before normalization, ``P φ(x)`` (B, dim): what ``ReplayDistill``
+    compares."""
+    clip = model.clip
+    return jax.vmap(clip.image_proj)(clip.image_features(images))
 
 
 def _positive(name: str, value: float) -> None:
