@@ -288,6 +288,13 @@ def test_quick_study_end_to_end_chooses_on_validation_and_resumes(tmp_path, caps
     assert len(list(run_dir.glob("*.json"))) == 7
     designed = payload["config"]["strategies"]["designed_sd"]["strategy"]["teacher"]
     assert designed["values"] == [["log_values", list(LOG_VALUES)]]
+    # The linear twins: one prediction per point; more λ, less linear forgetting (replay-SD's
+    # closed form moves monotonically toward W⁰); the sentence carries the stated ρ.
+    theory = payload["theory"]
+    assert len(theory["points"]) == 7
+    replay = [p["linear_forgetting"] for p in theory["points"] if p["strategy"] == "replay_sd"]
+    assert replay[0] > replay[1] > 0
+    assert f"{theory['spearman']['linear_forgetting']:+.2f}" in payload["verdicts"][-1]
     for name in ("wma_sd", "designed_sd", "replay_sd"):
         chosen = payload["selection"][name]
         # the scores λ was chosen from are the seed-0 runs' validation scores, nothing else

@@ -13,8 +13,9 @@ from ..deep.studies.teachers import COLORS, LABELS, comparisons
 from .result import Result
 from .style import subplots
 
-CLAIM = ("a teacher designed on the linearization forgets less in the real network than WMA "
-         "Beta(0.5, 0.5) and EMA SD at equal ID accuracy")
+CLAIM = ("(the hypothesis this study tests, not a claim of the paper) a teacher designed on the "
+         "linearization forgets less in the real network than WMA Beta(0.5, 0.5) and EMA SD at "
+         "equal ID accuracy")
 _SPARE = ("#7b4173", "#637939", "#843c39", "#3182bd", "#636363")
 
 

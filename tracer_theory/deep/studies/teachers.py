@@ -43,10 +43,13 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 from tqdm.auto import tqdm
 
 from ..._io import write_json_atomic
 from ...dynamics.schedules import GridKernel
+from ...linear.closed_forms import solve
+from ...linear.problem import forgetting
 from ..finetune.config import FinetuneConfig, PretrainConfig
 from ..finetune.loop import SAMPLER, finetune
 from ..finetune.strategies import (
@@ -62,6 +65,7 @@ from ..finetune.strategies import (
 from .arrays import ExperimentData
 from .evaluation import evaluate, validation_scores
 from .experiment import ExperimentConfig, pretrained_model, resumed
+from .theory import ZeroShotProbe, linear_problem, predicted_forgetting
 
 #: A compared strategy: its strategy as a function of λ, and its λ grid (increasing).
 Compared = tuple[Callable[[float], Strategy], tuple[float, ...]]
@@ -294,13 +298,48 @@ def run_teachers(config: TeachersConfig, out_dir: str | Path = "results/teachers
                                    for k, per_seed in per_lam.items()}, config.seeds[0])
                  for name, per_lam in runs.items()}
     summary = summarize(runs, selection, direct or None, reference=config.reference)
+    pretrained = pretrained_model(experiment, data, out_dir, config.seeds[0], progress)
+    theory = linear_check(config, pretrained, data, summary)
     payload = {"config": config.describe(), "data": data.source, "sampler": SAMPLER,
                "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
                                "python": platform.python_version()},
-               "selection": selection, "summary": summary, "verdicts": verdicts(summary),
+               "selection": selection, "summary": summary, "theory": theory,
+               "verdicts": [*verdicts(summary), theory["sentence"]],
                "runs": _strip(runs), "direct": {s: _strip_one(r) for s, r in direct.items()}}
     write_json_atomic(out_dir / f"{config.name}.json", payload)
     return payload
+
+
+def linear_check(config: TeachersConfig, pretrained, data: ExperimentData,
+                 summary: dict[str, Any], n: int = 500, n_pre: int = 500) -> dict[str, Any]:
+    """The linear theory against the measurement (THEORY §7.6): at the first seed's pretrained
+    model, linearized on ``n`` finetuning and ``n_pre`` gray pretraining images, each run's
+    linear twin (``Strategy.linear``) gives the forgetting ``‖(W − W⁰)X_pre‖²`` and the
+    zero-shot drop with the features held fixed; their Spearman ρ with the measured seed-mean
+    forgetting over every (strategy, λ) point and Direct FT."""
+    points = [(name, lam, strategy) for name, lam, strategy in config.plan()]
+    with jax.enable_x64(True):
+        problem = linear_problem(pretrained, data, n=min(n, len(data.train_labels)),
+                                 n_pre=min(n_pre, len(data.train_labels)))
+        probe = ZeroShotProbe.of(pretrained, data)
+        rows = []
+        for name, lam, strategy in points:
+            w = solve(problem, strategy.linear(problem, config.training().steps))
+            measured = (summary["direct"] if lam is None else
+                        summary["strategies"][name]["curve"][lam_key(lam)])["forgetting"]["mean"]
+            rows.append({"strategy": name, "lam": lam,
+                         "linear_forgetting": float(forgetting(problem, w)),
+                         "predicted_drop": predicted_forgetting(probe, problem.w0,
+                                                                w)["predicted_forgetting"],
+                         "measured": measured})
+    measured = [r["measured"] for r in rows]
+    rho = {key: float(scipy.stats.spearmanr([r[key] for r in rows], measured).statistic)
+           for key in ("linear_forgetting", "predicted_drop")}
+    sentence = (f"The linear theory ranks the {len(rows)} (strategy, λ) points' measured "
+                f"forgetting with Spearman ρ = {rho['linear_forgetting']:+.2f} through "
+                f"‖(W − W⁰)X_pre‖² on {n_pre} gray pretraining images and ρ = "
+                f"{rho['predicted_drop']:+.2f} through the predicted zero-shot drop")
+    return {"points": rows, "spearman": rho, "sentence": sentence}
 
 
 def _stem(seed: int, name: str, lam: float | None) -> str:
