@@ -373,10 +373,20 @@ def _horizon(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finish(table: str, result, figures: str, stem: str, out: str) -> int:
+    """Print a study's table and its figure's finding, save the figure as ``stem``; exit 0."""
+    from .report.style import save
+
+    print(table)
+    print(result.report())
+    written = save(result.figure, f"{figures}/{stem}")[0]
+    print(f"wrote {out}/{stem}.json, {written}")
+    return 0
+
+
 def _budget(args: argparse.Namespace) -> int:
     from .deep.studies.budget import BudgetConfig, format_budget, quick_budget_config, run_budget
     from .report.budget import budget_figure
-    from .report.style import save
 
     figures = _study_folders(args)
     given = _given(model=args.model, objectives=args.objectives, strategies=args.strategies,
@@ -386,18 +396,12 @@ def _budget(args: argparse.Namespace) -> int:
     payload = run_budget(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(f"== error budget, {config.model} model, n = {config.n} images, seeds "
           f"{list(config.seeds)}, data: {payload['data']}")
-    print(format_budget(payload))
-    result = budget_figure(payload)
-    print(result.report())
-    written = save(result.figure, f"{figures}/{config.name}")[0]
-    print(f"wrote {args.out}/{config.name}.json, {written}")
-    return 0
+    return _finish(format_budget(payload), budget_figure(payload), figures, config.name, args.out)
 
 
 def _pareto(args: argparse.Namespace) -> int:
     from .deep.studies.pareto import ParetoConfig, format_pareto, quick_pareto_config, run_pareto
     from .report.pareto import pareto_figure
-    from .report.style import save
 
     given = _given(random=args.random, models=args.models, design_steps=args.design_steps,
                    mnist=args.mnist)
@@ -405,12 +409,7 @@ def _pareto(args: argparse.Namespace) -> int:
     figures = _study_folders(args)
     _check_input("--cache", args.cache)
     payload = run_pareto(config, args.out, cache=args.cache, progress=not args.quiet)
-    print(format_pareto(payload))
-    result = pareto_figure(payload)
-    print(result.report())
-    written = save(result.figure, f"{figures}/pareto")[0]
-    print(f"wrote {args.out}/pareto.json, {written}")
-    return 0
+    return _finish(format_pareto(payload), pareto_figure(payload), figures, "pareto", args.out)
 
 
 def _teachers(args: argparse.Namespace) -> int:
@@ -420,7 +419,6 @@ def _teachers(args: argparse.Namespace) -> int:
         quick_teachers_config,
         run_teachers,
     )
-    from .report.style import save
     from .report.teachers import teachers_figure
 
     given = _given(kernel=None if args.kernel is None else _kernel_file(args.kernel),
@@ -431,12 +429,8 @@ def _teachers(args: argparse.Namespace) -> int:
     payload = run_teachers(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(f"== teachers at equal ID accuracy, objective {config.objective}, seeds "
           f"{list(config.seeds)}, data: {payload['data']}")
-    print(format_teachers(payload))
-    result = teachers_figure(payload)
-    print(result.report())
-    written = save(result.figure, f"{figures}/{config.name}")[0]
-    print(f"wrote {args.out}/{config.name}.json, {written}")
-    return 0
+    return _finish(format_teachers(payload), teachers_figure(payload), figures, config.name,
+                   args.out)
 
 
 def _kernel_file(path: str) -> tuple[float, ...]:
