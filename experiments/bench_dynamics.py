@@ -10,10 +10,25 @@ Three comparisons, each timed in the same run and checked for agreement:
      ``Y = tt.contrastive_target``, same order of operations) for ``--numpy-steps`` steps.
   3. ``tt.sweep`` over a grid of WMA horizon × λ × Beta(a, a) kernel configurations in one call,
      versus a Python loop calling ``tt.spectral_dynamics`` once per configuration.
+  4. Reverse mode through the spectral solver: ``jax.value_and_grad`` of a kernel-design
+     objective ``fᵀAf + Σ_i d_i (1 − f_i)²`` of the filter ``f`` of
+     ``tt.TeacherSD(λ, tt.kernel_teacher(T, tt.GridKernel(v)), steps=T, lr=lr)``, with respect to
+     the 16 log-values ``v`` and λ, on the problem of [1], at T = ``--grad-steps``: the library's
+     checkpointed scan (``TeacherSD.filter``) versus a plain ``lax.scan`` of the same recursion
+     (the pre-checkpoint implementation, whose reverse mode stores the state at every step):
+     compiled temporary memory (``memory_analysis().temp_size_in_bytes``) and time. The row
+     "kernel design step" is one such gradient step at T = ``--design-steps``.
+
+The final table lists each comparison's ratio next to its target (issue 14, item 5): spectral
+≥ 1000× simulate, sweep ≥ 20× the loop, gradient memory sublinear in T (ratios of the plain
+scan's memory to the checkpointed one's that grow with T).
 
 Timing: every call is blocked on (``jax.block_until_ready``) and timed with
 ``time.perf_counter``; jitted code is warmed up (compiled) with the same shapes first and the best
-of ``--repeats`` runs is kept, except where the output says otherwise. Float64 throughout.
+of ``--repeats`` runs is kept, except where the output says otherwise. The first calls after
+compiling run slower (a 5 ms call takes up to 8 ms for its first few runs), so the fast methods
+(spectral, sweep, the gradients) are called again for ``--warmup`` seconds before they are timed;
+the slow ones take seconds per call and are timed after one warm-up run. Float64 throughout.
 
     python experiments/bench_dynamics.py --steps 10000 --numpy-steps 1000
 """
@@ -26,11 +41,13 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from _timing import best_time, fmt_time
 from tqdm import tqdm
 
 import tracer_theory as tt
+from tracer_theory.dynamics.spectral import coefficient_step, schedule_weights
 
 FIELDS = ("gap", "bias", "distance", "loss")
 
@@ -58,6 +75,16 @@ def _rel_series(a: Any, ref: Any) -> tuple[float, float]:
 
 def _verdict(value: float, limit: float) -> str:
     return "ok" if value <= limit else f"ABOVE {limit:g}"
+
+
+def warm_up(fn: Any, seconds: float) -> None:
+    """Call ``fn`` (blocking) at least once and until ``seconds`` have passed: the first calls
+    after compiling are slower than the steady state."""
+    start = time.perf_counter()
+    while True:
+        jax.block_until_ready(fn())
+        if time.perf_counter() - start >= seconds:
+            return
 
 
 def numpy_loop(x: np.ndarray, y: np.ndarray, w0: np.ndarray, lam: float, lr: float,
@@ -96,8 +123,10 @@ def bench_spectral_vs_simulate(args: argparse.Namespace) -> dict[str, Any]:
                            spectrum=spec)
 
     jax.block_until_ready(run_spectral())  # compile
+    warm_up(run_spectral, args.warmup)
     t_spec, res_spec = best_time(run_spectral, args.repeats)
-    print(f"    spectral: best of {args.repeats}: {fmt_time(t_spec)}", flush=True)
+    print(f"    spectral: best of {args.repeats} after {args.warmup:g} s of warm-up calls: "
+          f"{fmt_time(t_spec)}", flush=True)
 
     t0 = time.perf_counter()
     jax.block_until_ready(run_simulate())  # compile + one full run with the same shapes
@@ -129,7 +158,7 @@ def bench_spectral_vs_simulate(args: argparse.Namespace) -> dict[str, Any]:
     return dict(name="spectral vs simulate", detail=f"{steps} steps", fast=t_spec, slow=t_sim,
                 fast_label="spectral", slow_label="simulate", slow_repeats=sim_repeats,
                 agreement=f"{worst:.1e} (pointwise {worst_pointwise:.1e})",
-                check=_verdict(worst, 1e-8))
+                check=_verdict(worst, 1e-8), target=1000.0)
 
 
 def bench_scan_vs_numpy(args: argparse.Namespace, dims: tuple[int, int, int, int],
@@ -186,9 +215,9 @@ def bench_sweep_vs_loop(args: argparse.Namespace) -> dict[str, Any]:
           f"{horizons.size} WMA horizons {horizons.tolist()} x {lams.size} lambdas in "
           f"[{lams.min():g}, {lams.max():g}] x {kernel_as.size} Beta(a, a) kernels, a in "
           f"[{kernel_as.min():g}, {kernel_as.max():g}]; lr = {args.lr_fraction:g} x stability "
-          f"bound per lambda; sweep scans steps = max horizon = {steps} for every config (frozen "
-          f"past its horizon), the loop runs each config for its own horizon; the precomputed "
-          f"spectrum is passed to both")
+          f"bound per lambda; sweep with steps = max horizon = {steps} (make_omegas gives "
+          f"{steps} weights per config), the loop runs each config for its own horizon; the "
+          f"precomputed spectrum is passed to both")
 
     def make_omegas(c):
         return tt.kernel_weights(tt.beta_kernel(c["a"], c["a"]), c["horizon"], steps)
@@ -199,9 +228,10 @@ def bench_sweep_vs_loop(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     jax.block_until_ready(run_sweep())
     t_sweep_warm = time.perf_counter() - t0
+    warm_up(run_sweep, args.warmup)
     t_sweep, out = best_time(run_sweep, args.repeats)
-    print(f"    sweep: warm-up incl. compile {fmt_time(t_sweep_warm)}; best of {args.repeats} "
-          f"(compile excluded): {fmt_time(t_sweep)}", flush=True)
+    print(f"    sweep: first call incl. compile {fmt_time(t_sweep_warm)}; best of {args.repeats} "
+          f"after {args.warmup:g} s of warm-up calls: {fmt_time(t_sweep)}", flush=True)
 
     def one(i: int):
         schedule = tt.kernel_teacher(int(hh[i]), tt.beta_kernel(float(aa[i]), float(aa[i])))
@@ -251,16 +281,119 @@ def bench_sweep_vs_loop(args: argparse.Namespace) -> dict[str, Any]:
     else:
         print(f"    loop: all {count} configs, one pass after the compile pass (compile "
               f"excluded, tqdm included): {fmt_time(t_loop)}")
-    print(f"    scan steps: loop sum of horizons = {int(hh.sum()):,}, sweep configs x max "
-          f"horizon = {count * steps:,} ({count * steps / hh.sum():.2f}x the loop's); the sweep "
-          f"also records the gap at every step for its diagnostics")
+    print(f"    scan steps: loop sum of horizons = {int(hh.sum()):,} (configs x max horizon "
+          f"= {count * steps:,}); the sweep sorts the configs by horizon into batches, scans "
+          f"each batch only to its longest horizon and keeps the gap diagnostics online")
     print(f"    final bias, loop vs sweep on the {subset_size} looped configs: max |diff| = "
           f"{diff:.2e} (bias range [{loop_bias.min():.3g}, {loop_bias.max():.3g}])")
     detail = f"{count} configs" + (f", loop extrapolated from {subset_size}" if extrapolated
                                    else "")
     return dict(name="sweep vs Python loop", detail=detail, fast=t_sweep, slow=t_loop,
                 fast_label="sweep", slow_label="loop", slow_repeats=1,
-                agreement=f"{diff:.1e} (abs)", check=_verdict(diff, 1e-8))
+                agreement=f"{diff:.1e} (abs)", check=_verdict(diff, 1e-8), target=20.0)
+
+
+def plain_filter(s: jax.Array, lam: jax.Array, omegas: jax.Array) -> jax.Array:
+    """The TeacherSD filter ``1 − e_T`` as one plain ``lax.scan`` of ``coefficient_step`` (the
+    implementation before the checkpointed scan): its reverse mode stores every step's state."""
+    def body(carry, omega):
+        return coefficient_step(*carry, s, lam, omega, "gd"), None
+
+    ones = jnp.ones_like(s)
+    (e, _), _ = jax.lax.scan(body, (ones, ones), omegas)
+    return 1 - e
+
+
+def design_objective(problem: tt.LinearProblem, spec: Any, lr: float, steps: int, plain: bool):
+    """``(v, λ) ↦ fᵀAf + Σ_i d_i (1 − f_i)²`` for the filter ``f`` of
+    ``TeacherSD(λ, kernel_teacher(steps, GridKernel(v)), steps=steps, lr=lr)``: ``A = BBᵀ/r``
+    (a fixed random PSD form, the "forgetting"), ``d = σ²/σ_max²`` (the "fit")."""
+    sigma_sq = spec.sigma_sq
+    r = sigma_sq.shape[0]
+    b = jax.random.normal(jax.random.key(7), (r, 8), sigma_sq.dtype)
+    a, d = b @ b.T / r, sigma_sq / spec.sigma_max_sq
+
+    def objective(params):
+        values, lam = params
+        strategy = tt.TeacherSD(lam, tt.kernel_teacher(steps, tt.GridKernel(values)),
+                                steps=steps, lr=lr)
+        if plain:
+            omegas = schedule_weights(strategy.schedule, steps, sigma_sq.dtype)
+            f = plain_filter(strategy.lr * sigma_sq, strategy.lam, omegas)
+        else:
+            f = strategy.filter(sigma_sq)
+        return f @ a @ f + jnp.sum(d * (1 - f) ** 2)
+
+    return objective
+
+
+def _temp_bytes(compiled: Any) -> float:
+    memory = compiled.memory_analysis()
+    return float("nan") if memory is None else float(memory.temp_size_in_bytes)
+
+
+def _fmt_bytes(n: float) -> str:
+    return "n/a" if n != n else (f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB")
+
+
+def bench_gradients(args: argparse.Namespace) -> list[dict[str, Any]]:
+    problem = tt.random_problem(args.d_img, args.n, args.d_txt, args.k, seed=args.seed)
+    spec = jax.block_until_ready(tt.spectrum(problem))
+    lr = args.lr_fraction * float(tt.stability_bound(spec.sigma_max_sq, 1.0))
+    params = (jnp.zeros(16, problem.dtype), jnp.asarray(1.0, problem.dtype))
+    print(f"\n[4] reverse mode through TeacherSD.filter: value_and_grad of fᵀAf + Σ d(1-f)² "
+          f"w.r.t. the 16 GridKernel log-values and lambda (at v = 0, lambda = 1), problem of "
+          f"[1] (rank {int(spec.rank)}), lr = {args.lr_fraction:g} x stability bound at "
+          f"lambda = 1 = {lr:.4g}; checkpointed scan (the library) vs plain lax.scan")
+    rows, measured = [], {}
+    for steps in sorted(set(args.grad_steps) | {args.design_steps}):
+        out = {}
+        for plain in (False, True):
+            name = "plain" if plain else "ckpt"
+            fn = jax.jit(jax.value_and_grad(design_objective(problem, spec, lr, steps, plain)))
+            t0 = time.perf_counter()
+            compiled = fn.lower(params).compile()
+            t_compile = time.perf_counter() - t0
+            warm_up(lambda c=compiled: c(params), args.warmup)
+            t, (value, grads) = best_time(lambda c=compiled: c(params), args.repeats)
+            out[name] = dict(time=t, temp=_temp_bytes(compiled), value=value,
+                             grads=np.concatenate([np.ravel(g) for g in grads]))
+            print(f"    T={steps:>7,} {name:<5}: temp {_fmt_bytes(out[name]['temp']):>9}, "
+                  f"value_and_grad best of {args.repeats}: {fmt_time(t)} (compile "
+                  f"{fmt_time(t_compile)})", flush=True)
+        ref = out["plain"]["grads"]
+        rel = float(np.max(np.abs(out["ckpt"]["grads"] - ref)) / np.max(np.abs(ref)))
+        rel_value = abs(float(out["ckpt"]["value"]) / float(out["plain"]["value"]) - 1)
+        print(f"    T={steps:>7,} gradients ckpt vs plain: max|diff|/max|ref| = {rel:.1e}, "
+              f"objective rel diff {rel_value:.1e}")
+        measured[steps] = (out, max(rel, rel_value))
+    previous = None
+    for steps in args.grad_steps:
+        out, rel = measured[steps]
+        growth = ("" if previous is None else
+                  f", x{out['ckpt']['temp'] / previous['ckpt']['temp']:.1f} vs "
+                  f"x{out['plain']['temp'] / previous['plain']['temp']:.1f}")
+        rows.append(dict(name="grad memory", detail=f"T={steps:,}{growth}",
+                         fast=out["ckpt"]["temp"], slow=out["plain"]["temp"],
+                         fast_label="ckpt", slow_label="plain", slow_repeats=1, unit="bytes",
+                         agreement=f"{rel:.1e}", check=_verdict(rel, 1e-8), target=None))
+        rows.append(dict(name="grad time", detail=f"T={steps:,}", fast=out["ckpt"]["time"],
+                         slow=out["plain"]["time"], fast_label="ckpt", slow_label="plain",
+                         slow_repeats=args.repeats, agreement=f"{rel:.1e}",
+                         check=_verdict(rel, 1e-8), target=None))
+        previous = out
+    if len(args.grad_steps) > 1:
+        first, last = args.grad_steps[0], args.grad_steps[-1]
+        growth = {name: measured[last][0][name]["temp"] / measured[first][0][name]["temp"]
+                  for name in ("ckpt", "plain")}
+        print(f"    temp memory from T={first:,} to T={last:,} (x{last / first:g} steps): "
+              f"ckpt x{growth['ckpt']:.1f}, plain x{growth['plain']:.1f}")
+    out, rel = measured[args.design_steps]
+    rows.append(dict(name="kernel design step", detail=f"T={args.design_steps:,}, d_I={args.d_img}",
+                     fast=out["ckpt"]["time"], slow=out["plain"]["time"], fast_label="ckpt",
+                     slow_label="plain", slow_repeats=args.repeats, agreement=f"{rel:.1e}",
+                     check=_verdict(rel, 1e-8), target=None))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -280,6 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr-fraction", type=float, default=0.5,
                         help="lr as a fraction of the stability bound 2/(sigma_max^2 (1+lambda))")
     parser.add_argument("--repeats", type=int, default=3, help="timings: best of")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="[1, 3, 4] seconds of untimed calls of the fast methods first")
     parser.add_argument("--sim-repeats", type=int, default=None,
                         help="[1] timed runs of simulate (default: --repeats, or 1 when its "
                              "warm-up run takes >= --slow-threshold seconds)")
@@ -302,13 +437,19 @@ def main(argv: list[str] | None = None) -> None:
                              "extrapolate (overrides --loop-budget)")
     parser.add_argument("--loop-probe", type=int, default=20,
                         help="[3] random configs timed to project the loop's duration")
+    parser.add_argument("--grad-steps", type=int, nargs="+", default=[1_000, 10_000, 100_000],
+                        help="[4] horizons T of the gradient memory/time comparison")
+    parser.add_argument("--design-steps", type=int, default=10_000,
+                        help="[4] horizon T of the kernel design step")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip", type=int, nargs="*", default=[], choices=[1, 2, 3],
+    parser.add_argument("--skip", type=int, nargs="*", default=[], choices=[1, 2, 3, 4],
                         help="comparisons to skip")
     args = parser.parse_args(argv)
     if min(args.repeats, args.steps, args.numpy_steps, args.record_every, args.grid,
-           args.loop_probe, args.min_horizon) < 1 or args.max_horizon < args.min_horizon:
+           args.loop_probe, args.min_horizon, args.design_steps, *args.grad_steps) < 1 \
+            or args.max_horizon < args.min_horizon:
         parser.error("counts must be >= 1 and --max-horizon >= --min-horizon")
+    args.grad_steps = sorted(set(args.grad_steps))
     if args.steps % args.record_every:
         parser.error("--record-every must divide --steps")
     if args.sim_repeats is not None and args.sim_repeats < 1:
@@ -332,21 +473,32 @@ def main(argv: list[str] | None = None) -> None:
     benches = [(1, bench_spectral_vs_simulate),
                (2, lambda a: bench_scan_vs_numpy(a, large, a.numpy_steps)),   # BLAS-bound
                (2, lambda a: bench_scan_vs_numpy(a, small, a.small_steps)),   # overhead-bound
-               (3, bench_sweep_vs_loop)]
-    rows = [bench(args) for number, bench in benches if number not in args.skip]
+               (3, bench_sweep_vs_loop),
+               (4, bench_gradients)]
+    rows = []
+    for number, bench in benches:
+        if number not in args.skip:
+            out = bench(args)
+            rows += out if isinstance(out, list) else [out]
 
     width = max([4] + [len(r["detail"]) for r in rows])
-    header = (f"{'comparison':<23} {'size':<{width}} {'fast':>18} {'slow':>26} {'ratio':>9} "
-              f"{'agreement':>24} {'<= 1e-8':>10}")
+    header = (f"{'comparison':<20} {'size':<{width}} {'fast':>18} {'slow':>26} {'ratio':>9} "
+              f"{'target':>8} {'met':>4} {'agreement':>24} {'<= 1e-8':>10}")
     print("\n" + header)
     print("-" * len(header))
     for r in rows:
-        slow_note = "" if r["slow_repeats"] > 1 else " (1 run)"
-        print(f"{r['name']:<23} {r['detail']:<{width}} "
-              f"{r['fast_label'] + ' ' + fmt_time(r['fast']):>18} "
-              f"{r['slow_label'] + ' ' + fmt_time(r['slow']) + slow_note:>26} "
-              f"{r['slow'] / r['fast']:>8.1f}x {r['agreement']:>24} {r['check']:>10}")
-    print(f"\nratio = slow / fast (> 1: the first-named method is faster). Total wall time "
+        fmt = _fmt_bytes if r.get("unit") == "bytes" else fmt_time
+        slow_note = "" if r["slow_repeats"] > 1 or r.get("unit") else " (1 run)"
+        ratio = r["slow"] / r["fast"]
+        target = r.get("target")
+        met = "" if target is None else ("yes" if ratio >= target else "NO")
+        print(f"{r['name']:<20} {r['detail']:<{width}} "
+              f"{r['fast_label'] + ' ' + fmt(r['fast']):>18} "
+              f"{r['slow_label'] + ' ' + fmt(r['slow']) + slow_note:>26} "
+              f"{ratio:>8.1f}x {'' if target is None else f'{target:g}x':>8} {met:>4} "
+              f"{r['agreement']:>24} {r['check']:>10}")
+    print(f"\nratio = slow / fast (> 1: the first-named method is faster or, for memory, "
+          f"smaller); target: issue 14 item 5. Total wall time "
           f"{fmt_time(time.perf_counter() - t_start)}.")
 
 

@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._validation import ensure, is_traced
 
@@ -93,6 +93,97 @@ def unchecked_collapse_diagnostics(gap: Array, steps: Array,
         normalized_auc=jnp.where(ok, area / (safe_peak * jnp.where(span > 0, span, 1.0)), 0.0),
         final=jnp.where(peak > 0, final_gap / safe_peak, 0.0))
     return jax.tree.map(lambda x: jnp.where(broken, jnp.nan, x).astype(gap.dtype), out)
+
+
+class GapTrace(eqx.Module):
+    """The running state of ``collapse_diagnostics`` over a gap curve seen a block of records at
+    a time (``trace_start``, ``trace_update``, ``trace_end``): O(1) memory, not the whole curve.
+
+    Fields (any batch shape): ``peak`` the largest finite gap so far and ``peak_step`` its
+    (first) step; ``half_step`` the first later step whose gap is ``≤ peak/2`` (``inf`` while
+    there is none); ``area`` the trapezoid area so far; ``last_gap``, ``last_step`` the latest
+    record within ``stop``; ``broken`` whether a non-finite gap was seen within ``stop``.
+    """
+
+    peak: Float[Array, "*b"]
+    peak_step: Float[Array, "*b"]
+    half_step: Float[Array, "*b"]
+    area: Float[Array, "*b"]
+    last_gap: Float[Array, "*b"]
+    last_step: Float[Array, "*b"]
+    broken: Bool[Array, "*b"]
+
+
+def trace_start(gap: Float[Array, "*b"], step: Float[ArrayLike, "*b"]) -> GapTrace:
+    """The trace after the first record ``gap`` at ``step`` (which must be within ``stop``)."""
+    bad = ~jnp.isfinite(gap)
+    gap = jnp.where(bad, 0, gap)
+    step = jnp.broadcast_to(jnp.asarray(step, gap.dtype), gap.shape)
+    return GapTrace(peak=gap, peak_step=step, half_step=jnp.full_like(gap, jnp.inf),
+                    area=jnp.zeros_like(gap), last_gap=gap, last_step=step, broken=bad)
+
+
+def trace_update(trace: GapTrace, gaps: Float[Array, " K *b"], steps: Float[ArrayLike, " K *b"],
+                 stop: Float[ArrayLike, "*b"]) -> GapTrace:
+    """The trace after K more records ``gaps`` at ``steps`` (increasing, after the previous
+    records; (K,) or one per curve); records past ``stop`` are ignored. The same definitions as
+    ``unchecked_collapse_diagnostics``, vectorized over the K records."""
+    steps = jnp.asarray(steps, gaps.dtype)
+    if steps.ndim == 1:
+        steps = steps.reshape((-1,) + (1,) * (gaps.ndim - 1))
+    steps = jnp.broadcast_to(steps, gaps.shape)
+    stop = jnp.broadcast_to(jnp.asarray(stop, gaps.dtype), gaps.shape[1:])
+    valid = steps <= stop[None]  # a prefix of the records: steps increase
+    bad = ~jnp.isfinite(gaps)
+    gaps = jnp.where(bad, 0, gaps)
+    masked = jnp.where(valid, gaps, -jnp.inf)
+    i_max = jnp.argmax(masked, axis=0)  # the first maximum of the block
+    # A new peak only if strictly larger (the first maximum of the whole curve); then the search
+    # for the half-way step starts again after it, else it goes on over the whole block.
+    block_peak = jnp.max(masked, axis=0)
+    new_peak = block_peak > trace.peak
+    peak = jnp.where(new_peak, block_peak, trace.peak)
+    at = jnp.arange(gaps.shape[0]).reshape((-1,) + (1,) * (gaps.ndim - 1))
+    below = valid & (~new_peak[None] | (at > i_max[None])) & (gaps <= 0.5 * peak[None])
+    half_step = jnp.where(new_peak, jnp.inf, trace.half_step)
+    first = _take(steps, jnp.argmax(below, axis=0))
+    half_step = jnp.where(jnp.isinf(half_step) & jnp.any(below, axis=0), first, half_step)
+    previous_gap = jnp.concatenate([trace.last_gap[None], gaps[:-1]])
+    previous_step = jnp.concatenate([trace.last_step[None], steps[:-1]])
+    area = jnp.sum(jnp.where(valid, 0.5 * (gaps + previous_gap) * (steps - previous_step), 0.0),
+                   axis=0)
+    last = jnp.sum(valid, axis=0) - 1
+    any_valid = last >= 0
+    last = jnp.maximum(last, 0)
+    return GapTrace(
+        peak=peak, peak_step=jnp.where(new_peak, _take(steps, i_max), trace.peak_step),
+        half_step=half_step, area=trace.area + area,
+        last_gap=jnp.where(any_valid, _take(gaps, last), trace.last_gap),
+        last_step=jnp.where(any_valid, _take(steps, last), trace.last_step),
+        broken=trace.broken | jnp.any(valid & bad, axis=0))
+
+
+def _take(x: Array, i: Array) -> Array:
+    """``x[i_b, b]`` for each trailing index b: (K, *b) and (*b) → (*b)."""
+    return jnp.take_along_axis(x, i[None], axis=0)[0]
+
+
+def trace_end(trace: GapTrace, first_step: Float[ArrayLike, "*b"],
+              stop: Float[ArrayLike, "*b"]) -> CollapseDiagnostics:
+    """The ``CollapseDiagnostics`` of a traced curve whose first record was at ``first_step``,
+    equal to ``unchecked_collapse_diagnostics`` of the stored curve (the area up to round-off:
+    it is summed in step order)."""
+    dtype = trace.peak.dtype
+    span = jnp.asarray(stop, dtype) - jnp.asarray(first_step, dtype)
+    peak = trace.peak
+    ok = (peak > 0) & (span > 0)
+    safe_peak = jnp.where(peak > 0, peak, 1.0)
+    out = CollapseDiagnostics(
+        peak=peak, peak_step=trace.peak_step, half_life=trace.half_step - trace.peak_step,
+        normalized_auc=jnp.where(ok, trace.area / (safe_peak * jnp.where(span > 0, span, 1.0)),
+                                 0.0),
+        final=jnp.where(peak > 0, trace.last_gap / safe_peak, 0.0))
+    return jax.tree.map(lambda x: jnp.where(trace.broken, jnp.nan, x).astype(dtype), out)
 
 
 def _real(name: str, value: ArrayLike) -> Array:

@@ -6,7 +6,8 @@ In direction i, with ``s = lr·σ_i²``, the student and teacher coefficients fo
 
 from ``a_0 = b_0 = 0``, and ``W_t = W⁰ + Σ_i a_t^{(i)} (W_FT − W⁰) u_i u_iᵀ`` (likewise ``T_t``
 with ``b``). The fixed-point iteration replaces the student step by its optimum,
-``a_{k+1} = (1 + λ b_k)/(1 + λ)``. Both are one ``lax.scan`` over O(#directions) scalars.
+``a_{k+1} = (1 + λ b_k)/(1 + λ)``. Both are scans over O(#directions) scalars, nested so that the
+summaries are computed only at the recorded steps and reverse mode keeps O(√steps) states.
 
 The scan carries the deviations ``e = 1 − a`` and ``f = 1 − b`` (from 1), the same recursion
 written so that the geometric tail of a collapsing gap keeps full relative precision instead of
@@ -15,6 +16,7 @@ cancelling in ``a − b`` near 1.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import equinox as eqx
@@ -41,6 +43,9 @@ from ..linear.strategies import Strategy
 from .schedules import Schedule
 
 Rule = Literal["gd", "fixed_point"]
+
+#: Steps per iteration of the step loops (``lax.scan(unroll=...)``): fewer loop iterations.
+_UNROLL = 2
 
 
 class TaskGeometry(eqx.Module):
@@ -104,26 +109,80 @@ def coefficient_step(e: Array, f: Array, s: Array, lam: Array, omega: Array,
     return e_next, (1 - omega) * f + omega * e_next
 
 
+def checkpointed_scan(body, carry, xs, *, unroll: int = 1):
+    """``lax.scan(body, carry, xs)``, same results, with reverse-mode memory O(√n) carries.
+
+    The n iterations run as an outer scan over ``⌊n/b⌋`` blocks of ``b = ⌊√n⌋`` iterations, each
+    block a ``jax.checkpoint``-ed inner scan, then a plain scan over the ``n mod b < b`` left over.
+    Reverse mode stores the carry at the block boundaries and recomputes one block at a time (one
+    more forward pass): memory O((n/b + b)·|carry|) besides the stacked outputs. ``xs`` is a
+    pytree of arrays with leading length n.
+    """
+    n = jax.tree.leaves(xs)[0].shape[0]
+    b = math.isqrt(n)
+    if b < 2:
+        return jax.lax.scan(body, carry, xs, unroll=unroll)
+    nb = n // b
+    head = jax.tree.map(lambda x: x[:nb * b].reshape(nb, b, *x.shape[1:]), xs)
+    block = jax.checkpoint(lambda c, x: jax.lax.scan(body, c, x, unroll=unroll), prevent_cse=False)
+    carry, ys = jax.lax.scan(block, carry, head)
+    ys = jax.tree.map(lambda y: y.reshape(nb * b, *y.shape[2:]), ys)
+    if n == nb * b:
+        return carry, ys
+    carry, tail = jax.lax.scan(body, carry, jax.tree.map(lambda x: x[nb * b:], xs), unroll=unroll)
+    return carry, jax.tree.map(lambda y, t: jnp.concatenate([y, t]), ys, tail)
+
+
+def coefficient_run(s: Float[Array, " r"], lam: Float[ArrayLike, ""], omegas: Float[Array, " T"],
+                    *, rule: Rule = "gd", e: Float[Array, " r"] | None = None,
+                    f: Float[Array, " r"] | None = None,
+                    active: Bool[Array, " T"] | None = None,
+                    ) -> tuple[Float[Array, " r"], Float[Array, " r"]]:
+    """The deviations ``(e, f)`` (r,) after the steps ``omegas`` (T,), from ``e = f = 1``
+    (``a = b = 0``) unless given. Where ``active`` (T,) is False the state is frozen.
+
+    A ``checkpointed_scan``: reverse-mode memory O(√T·r), not O(T·r).
+    """
+    e = jnp.ones_like(s) if e is None else e
+    f = jnp.ones_like(s) if f is None else f
+
+    def step(carry, xs):
+        omega, on = xs
+        e_next, f_next = coefficient_step(*carry, s, lam, omega, rule)
+        if on is None:
+            return (e_next, f_next), None
+        return (jnp.where(on, e_next, carry[0]), jnp.where(on, f_next, carry[1])), None
+
+    (e, f), _ = checkpointed_scan(step, (e, f), (omegas, active), unroll=_UNROLL)
+    return e, f
+
+
 def coefficient_scan(s: Float[Array, " r"], lam: Float[ArrayLike, ""],
                      omegas: Float[Array, " steps"], summary_fn, *, rule: Rule = "gd",
-                     active: Bool[Array, " steps"] | None = None):
+                     active: Bool[Array, " steps"] | None = None, record_every: int = 1):
     """Run the recursion over ``omegas`` (ω_1..ω_T) from ``a = b = 0`` (``e = f = 1``).
 
-    ``summary_fn(e, f)`` is evaluated at step 0 and after every step and stacked (length T+1).
-    Where ``active`` is False the state is frozen (a run shorter than the scan).
-    Returns ``(e_T, f_T, stacked summaries)``: the final deviations and the summaries.
+    ``summary_fn(e, f)`` is evaluated at step 0 and after every ``record_every`` steps (which must
+    divide T) and stacked: length ``T/record_every + 1``. Where ``active`` is False the state is
+    frozen (a run shorter than the scan). Returns ``(e_T, f_T, stacked summaries)``: the final
+    deviations and the summaries. A ``checkpointed_scan`` over the records, each a
+    ``coefficient_run`` (no summary between records): reverse-mode memory O(√T·r) plus the
+    summaries, not O(T·r).
     """
+    steps = omegas.shape[0]
+    if record_every < 1 or steps % record_every:
+        raise ValueError(f"record_every must be a positive int dividing {steps}, got "
+                         f"{record_every!r}")
+    chunks = jax.tree.map(lambda x: x.reshape(steps // record_every, record_every),
+                          (omegas, active))
+
+    def record(carry, chunk):
+        carry = coefficient_run(s, lam, chunk[0], rule=rule, e=carry[0], f=carry[1],
+                                active=chunk[1])
+        return carry, summary_fn(*carry)
+
     ones = jnp.ones_like(s)
-    active = jnp.ones(omegas.shape, bool) if active is None else active
-
-    def body(carry, xs):
-        e, f = carry
-        omega, on = xs
-        e_next, f_next = coefficient_step(e, f, s, lam, omega, rule)
-        e, f = jnp.where(on, e_next, e), jnp.where(on, f_next, f)
-        return (e, f), summary_fn(e, f)
-
-    (e, f), ys = jax.lax.scan(body, (ones, ones), (omegas, active))
+    (e, f), ys = checkpointed_scan(record, (ones, ones), chunks)
     first = jax.tree.map(lambda x: x[None], summary_fn(ones, ones))
     return e, f, jax.tree.map(lambda x0, xs: jnp.concatenate([x0, xs]), first, ys)
 
@@ -168,7 +227,7 @@ def schedule_weights(schedule: Schedule, steps: int, dtype: object) -> Float[Arr
         raise ValueError(f"schedule {name} must give real weights ω_t, got dtype "
                          f"{omegas.dtype}")
     omegas = omegas.astype(dtype)
-    ok = (omegas >= 0) & (omegas <= 1)  # False for NaN
+    ok = _in_unit_interval(omegas)
     where = ""
     if not is_traced(omegas):
         host = np.asarray(ok)
@@ -176,6 +235,12 @@ def schedule_weights(schedule: Schedule, steps: int, dtype: object) -> Float[Arr
             t = int(np.argmin(host))
             where = f": ω_{t + 1} = {float(omegas[t])!r}"
     return ensure(omegas, ok, f"schedule {name} must give teacher weights ω_t in [0, 1]{where}")
+
+
+@jax.jit
+def _in_unit_interval(omegas: Array) -> Array:
+    """``0 ≤ ω ≤ 1`` elementwise, False for NaN (one dispatch for the checks)."""
+    return (omegas >= 0) & (omegas <= 1)
 
 
 def check_run(problem: LinearProblem, schedule: Schedule, lam: ArrayLike, lr: ArrayLike | None,
@@ -196,9 +261,16 @@ def check_run(problem: LinearProblem, schedule: Schedule, lam: ArrayLike, lr: Ar
 
 def check_stable(value: Array, lr: Array, lam: Array, sigma_sq: Array) -> Array:
     """``value`` after checking ``lr·σ_max²·(1 + λ) < 2``."""
+    ok, bound = _stability(lr, lam, sigma_sq)
+    return ensure(value, ok, f"lr must be below the stability bound 2/(σ_max²(1+λ)) = "
+                             f"{show(bound)} for this problem and λ, got lr = {show(lr)}")
+
+
+@jax.jit
+def _stability(lr: Array, lam: Array, sigma_sq: Array) -> tuple[Array, Array]:
+    """``(lr < bound, bound)`` with the stability bound of ``σ_max² = max sigma_sq``."""
     bound = unchecked_stability_bound(jnp.max(sigma_sq), lam)
-    return ensure(value, lr < bound, f"lr must be below the stability bound 2/(σ_max²(1+λ)) = "
-                                  f"{show(bound)} for this problem and λ, got lr = {show(lr)}")
+    return lr < bound, bound
 
 
 def checked_result(run: tuple[DynamicsResult, Array], where: str,
@@ -210,11 +282,22 @@ def checked_result(run: tuple[DynamicsResult, Array], where: str,
     parts = [("the final student W", result.student), ("the final teacher T", result.teacher)]
     parts += [(f"summary.{name}", getattr(result.summary, name))
               for name in ("gap", "bias", "distance", "loss")]
-    checks = [(target_finite, not_finite(f"{where}: the contrastive target Y = W_T⁰ X_T C",
-                                         dtype, "rescale x_txt or w_txt"))]
-    checks += [(all_finite(value), not_finite(f"{where}: {what}", dtype, hint))
-               for what, value in parts]
-    return ensure_each(result, checks)
+    messages = [not_finite(f"{where}: the contrastive target Y = W_T⁰ X_T C", dtype,
+                           "rescale x_txt or w_txt")]
+    messages += [not_finite(f"{where}: {what}", dtype, hint) for what, _ in parts]
+    oks = _all_finite_each(target_finite, [value for _, value in parts])  # one dispatch
+    if is_traced(oks):
+        return ensure_each(result, list(zip(oks, messages, strict=True)))
+    for ok, message in zip(np.asarray(oks), messages, strict=True):
+        if not ok:
+            raise ValueError(message)
+    return result
+
+
+@jax.jit
+def _all_finite_each(target_finite: Array, values: list[Array]) -> Bool[Array, " n"]:
+    """``[target_finite, all_finite(v) for v in values]``."""
+    return jnp.stack([jnp.all(target_finite)] + [all_finite(v) for v in values])
 
 
 @eqx.filter_jit
@@ -222,11 +305,10 @@ def _spectral(problem, spec, lam, lr, omegas, record_every: int, rule: Rule):
     geometry = task_geometry(problem, spec)
     s = (lr if lr is not None else 1.0) * geometry.sigma_sq
     e, f, summary = coefficient_scan(s, lam, omegas, lambda e, f: summarize(geometry, e, f),
-                                     rule=rule)
+                                     rule=rule, record_every=record_every)
     mask = spec.mask.astype(spec.s.dtype)
     steps = jnp.arange(omegas.shape[0] + 1)[::record_every]
-    result = DynamicsResult(steps=steps,
-                            summary=jax.tree.map(lambda x: x[::record_every], summary),
+    result = DynamicsResult(steps=steps, summary=summary,
                             student=from_filter(problem, spec, (1 - e) * mask, problem.w0),
                             teacher=from_filter(problem, spec, (1 - f) * mask, problem.w0))
     return result, all_finite(contrastive_target(problem))
@@ -239,7 +321,8 @@ def spectral_dynamics(problem: LinearProblem, lam: ArrayLike, schedule: Schedule
 
     ``steps`` student steps of size ``lr`` with self-distillation weight ``lam`` toward a
     teacher driven by ``schedule``. Summaries at steps ``0, record_every, …, steps``.
-    O(steps · r) work, r = min(d_I, n). Returns a ``DynamicsResult``. ``spectrum``, if given,
+    O(steps · r) work, r = min(d_I, n); reverse mode (``jax.grad``) keeps O(√steps · r) states.
+    Returns a ``DynamicsResult``. ``spectrum``, if given,
     must be ``tt.spectrum(problem)``; weights ω_t outside ``[0, 1]`` and results that overflow
     are refused.
     """
@@ -290,6 +373,7 @@ class TeacherSD(Strategy):
 
     Its filter factors are the exact spectral coefficients ``a_T^{(i)}``, so ``tt.solve`` and
     ``tt.filter_factors`` give the finite-horizon EMA-SD / WMA-SD solution without simulation.
+    Differentiable in λ, ``lr`` and the schedule; reverse mode keeps O(√steps · r) states.
     """
 
     lam: Float[Array, ""]
@@ -311,7 +395,7 @@ class TeacherSD(Strategy):
         if self.steps == 0:
             return jnp.zeros_like(sigma_sq)
         omegas = schedule_weights(self.schedule, self.steps, sigma_sq.dtype)
-        e, _, _ = coefficient_scan(self.lr * sigma_sq, self.lam, omegas, lambda e, f: ())
+        e, _ = coefficient_run(self.lr * sigma_sq, self.lam, omegas)
         return 1 - e
 
     def curvature(self, sigma_sq):

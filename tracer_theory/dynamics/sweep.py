@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import equinox as eqx
@@ -13,39 +14,112 @@ from jaxtyping import Array, ArrayLike
 from .._validation import all_finite, as_real_array, check_instance, ensure, is_traced, not_finite
 from ..linear.problem import LinearProblem, contrastive_target
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
-from .diagnostics import unchecked_collapse_diagnostics
-from .spectral import Rule, coefficient_scan, summarize, task_geometry, unchecked_stability_bound
+from .diagnostics import trace_end, trace_start, trace_update
+from .spectral import (
+    Rule,
+    coefficient_step,
+    summarize,
+    task_geometry,
+    unchecked_stability_bound,
+)
 
 #: What ``sweep`` returns for each configuration, all shape (C,).
 SWEEP_FIELDS = ("bias", "gap", "distance", "loss", "gap_at_half", "gap_peak", "half_life",
                 "normalized_auc", "gap_final")
 
 
+#: Configurations advanced together (one vmapped batch of a ``lax.map``): about this many
+#: (configuration, direction) entries, so that a step's state stays in cache.
+_BATCH_ENTRIES = 2048
+#: Steps per iteration of the step loop (``lax.scan(unroll=...)``).
+_UNROLL = 2
+
+
 @eqx.filter_jit
 def _sweep(problem, spec, configs, make_omegas, steps: int, rule: Rule):
+    """The configurations sorted by horizon, in batches of about ``_BATCH_ENTRIES / r``; each
+    batch scanned in blocks of ``⌈√steps⌉`` steps that are skipped (``lax.cond``) once past the
+    batch's longest horizon; the gap diagnostics accumulated online (``GapTrace``)."""
     geometry = task_geometry(problem, spec)
-    t = jnp.arange(1, steps + 1)
+    dtype = spec.s.dtype
+    count = jax.tree.leaves(configs)[0].shape[0]
+    horizons = configs.get("horizon", jnp.full(count, steps))
 
-    def one(config):
-        lam = config["lam"]
-        lr = config["lr"] if rule == "gd" else jnp.ones((), spec.s.dtype)
+    # Batches of equal size over the configurations sorted by horizon (the last member
+    # repeated to fill the last batch), so that the members of a batch stop close together.
+    target = max(1, _BATCH_ENTRIES // max(1, geometry.sigma_sq.shape[0]))
+    batches = -(-count // target)
+    size = -(-count // batches)
+    order = jnp.argsort(horizons)
+    index = order[jnp.minimum(jnp.arange(batches * size), count - 1)]
+    block = max(1, math.isqrt(steps - 1) + 1)  # ⌈√steps⌉
+    blocks = -(-steps // block)
+    members = jax.tree.map(lambda x: x[index].reshape(batches, size), configs)
+
+    def start(config):
+        lr = config["lr"] if rule == "gd" else jnp.ones((), dtype)
+        s = lr * geometry.sigma_sq
+        ones = jnp.ones_like(s)
+        gap0 = summarize(geometry, ones, ones).gap
+        return s, ((ones, ones), trace_start(gap0, jnp.zeros((), dtype)), gap0)
+
+    def step(config, s, state, omega, t):
+        """Step t of one configuration (frozen past its horizon): the state and the gap."""
+        e, f = state
+        e_next, f_next = coefficient_step(e, f, s, config["lam"], omega, rule)
+        on = t <= config.get("horizon", steps)
+        e, f = jnp.where(on, e_next, e), jnp.where(on, f_next, f)
+        return (e, f), summarize(geometry, e, f).gap
+
+    def record(config, carry, gaps, t):
+        """The gap diagnostics after the gaps (K,) of steps t (K,)."""
+        state, trace, gap_half = carry
         horizon = config.get("horizon", steps)
-        omegas = _omegas_of(make_omegas, config, steps).astype(spec.s.dtype)
-        # Float reductions (NaN propagates): a boolean all() of constant weights is slow to fold.
-        omega_range = jnp.stack([jnp.min(omegas), jnp.max(omegas)])
-        # Only the gap is kept per step (for its diagnostics); the rest from the final state.
-        e, f, gap = coefficient_scan(lr * geometry.sigma_sq, lam, omegas,
-                                     lambda e, f: summarize(geometry, e, f).gap, rule=rule,
-                                     active=t <= horizon)
-        return summarize(geometry, e, f), gap, horizon, omega_range
+        trace = trace_update(trace, gaps, t.astype(dtype), jnp.asarray(horizon, dtype))
+        hit = t == horizon // 2
+        gap_half = jnp.where(jnp.any(hit), jnp.sum(jnp.where(hit, gaps, 0)), gap_half)
+        return state, trace, gap_half
 
-    final, gap, horizon, omega_range = jax.vmap(one)(configs)
-    record = jnp.arange(steps + 1)
-    diag = unchecked_collapse_diagnostics(gap, record.astype(gap.dtype), horizon.astype(gap.dtype))
-    half = jnp.take_along_axis(gap, (horizon // 2)[:, None], axis=1)[:, 0]
+    def end(config, carry):
+        (e, f), trace, gap_half = carry
+        stop = jnp.asarray(config.get("horizon", steps), dtype)
+        return summarize(geometry, e, f), trace_end(trace, 0, stop), gap_half
+
+    def run(config):
+        """One batch of (size,) configurations."""
+        omegas = jax.vmap(lambda c: _omegas_of(make_omegas, c, steps))(config).astype(dtype)
+        # Float reductions (NaN propagates): a boolean all() of constant weights is slow to fold.
+        omega_range = jnp.stack([jnp.min(omegas, axis=1), jnp.max(omegas, axis=1)], axis=1)
+        # ω past `steps` (padding to whole blocks) is never used: past every horizon.
+        omegas = jnp.pad(omegas, ((0, 0), (0, blocks * block - steps)))
+        chunk = omegas.reshape(size, blocks, block).transpose(1, 2, 0)
+        s, carry = jax.vmap(start)(config)
+        last = jnp.max(config.get("horizon", jnp.full(size, steps)))
+        advance = jax.vmap(step, in_axes=(0, 0, 0, 0, None))
+
+        def one_block(carry, xs):
+            first, omega = xs  # the block's first step, its weights (block, size)
+            t = first + jnp.arange(block)
+
+            def go(carry):
+                def body(state, xs):
+                    return advance(config, s, state, *xs)
+                state, gaps = jax.lax.scan(body, carry[0], (omega, t), unroll=_UNROLL)
+                return jax.vmap(record, in_axes=(0, 0, 1, None))(
+                    config, (state, *carry[1:]), gaps, t)
+
+            return jax.lax.cond(first <= last, go, lambda c: c, carry), None
+
+        carry, _ = jax.lax.scan(one_block, carry, (1 + block * jnp.arange(blocks), chunk))
+        return jax.vmap(end)(config, carry), omega_range
+
+    out, omega_range = jax.lax.map(run, members)
+    inverse = jnp.argsort(order)
+    final, diag, gap_half = jax.tree.map(lambda x: x.reshape(-1)[inverse], out)
+    omega_range = omega_range.reshape(-1, 2)[inverse]
     safe_peak = jnp.where(diag.peak > 0, diag.peak, 1.0)
     out = {"bias": final.bias, "gap": final.gap, "distance": final.distance, "loss": final.loss,
-           "gap_at_half": jnp.where(diag.peak > 0, half / safe_peak, 0.0),
+           "gap_at_half": jnp.where(diag.peak > 0, gap_half / safe_peak, 0.0),
            "gap_peak": diag.peak, "half_life": diag.half_life,
            "normalized_auc": diag.normalized_auc, "gap_final": diag.final}
     # half_life is inf when the gap never halves; every other field must be finite.
@@ -69,7 +143,12 @@ def _omegas_of(make_omegas, config, steps: int) -> Array:
 def sweep(problem: LinearProblem, configs: Mapping[str, ArrayLike],
           make_omegas: Callable[[dict[str, Array]], Array], *, steps: int, rule: Rule = "gd",
           spectrum: Spectrum | None = None) -> dict[str, Array]:
-    """Solve C student–teacher configurations exactly, in one jitted ``vmap`` of the spectral scan.
+    """Solve C student–teacher configurations exactly, in one jitted call of batched spectral
+    scans.
+
+    The configurations are sorted by horizon into batches advanced together (``vmap``), each
+    batch only up to its longest horizon, with the gap diagnostics accumulated during the scan:
+    about Σ horizons · r work (not C · steps · r), and one batch's weights in memory at a time.
 
     Arguments:
         configs: equal-length 1-D arrays (C,): ``lam`` always, ``lr`` for ``rule="gd"``, an
