@@ -55,7 +55,8 @@ class ParetoConfig:
     """The study: ``random`` spectra (names of ``RANDOM``), deep ``models`` (``"toy"``,
     ``"tiny"``) linearized on ``n`` finetuning and ``n_pre`` gray pretraining images (seed 0),
     the teachers' horizon ``steps`` for random problems (the deep ones use their finetuning
-    steps), the λ grid size, the optimizer steps of each design, and ``quick`` (smaller)."""
+    steps), the λ grid size, the optimizer steps of each design, the ``designs`` (names of
+    ``DESIGNED``), and ``quick`` (smaller)."""
 
     random: tuple[str, ...] = tuple(RANDOM)
     models: tuple[str, ...] = ("toy", "tiny")
@@ -64,6 +65,7 @@ class ParetoConfig:
     steps: int = 1000
     n_lams: int = 41
     design_steps: int = 300
+    designs: tuple[str, ...] = DESIGNED
     mnist: str | None = None
     quick: bool = False
 
@@ -71,6 +73,8 @@ class ParetoConfig:
         unknown = set(self.random) - set(RANDOM)
         if unknown:
             raise ValueError(f"unknown random spectra {sorted(unknown)}; known {list(RANDOM)}")
+        if set(self.designs) - set(DESIGNED):
+            raise ValueError(f"designs must be among {list(DESIGNED)}, got {self.designs}")
         if set(self.models) - {"toy", "tiny"}:
             raise ValueError(f"models must be 'toy' and/or 'tiny', got {self.models}")
         for name in ("n", "n_pre", "steps", "n_lams", "design_steps"):
@@ -80,8 +84,8 @@ class ParetoConfig:
 
 def quick_pareto_config(**overrides: Any) -> ParetoConfig:
     """A small study for tests: one random spectrum, no deep model, short horizons."""
-    values = dict(random=("power law",), models=(), steps=50, n_lams=9, design_steps=20,
-                  quick=True)
+    values = dict(random=("power law",), models=(), steps=50, n_lams=7, design_steps=10,
+                  designs=("grid",), quick=True)
     return ParetoConfig(**(values | overrides))
 
 
@@ -134,6 +138,8 @@ def analyse(problem: LinearProblem, steps: int, config: ParetoConfig) -> dict[st
                  for name, (family, _) in paper.items()}
     designed = {}
     for name, family in design_families(steps).items():
+        if name not in config.designs:
+            continue
         result = design(problem, family, target, steps=config.design_steps, spectrum=spec,
                         frontier=front)
         designed[name] = point(result) | {"params": family.describe(result.params)}
