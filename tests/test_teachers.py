@@ -285,7 +285,8 @@ def test_quick_study_end_to_end_chooses_on_validation_and_resumes(tmp_path, caps
     assert len(count_runs) == 3 * 2 + 1  # three strategies at two λs, and Direct FT
     payload = json.loads((out / "teachers_head_quick.json").read_text())
     run_dir = out / "teachers_head_quick"
-    assert len(list(run_dir.glob("*.json"))) == 7
+    assert len(list(run_dir.glob("seed*.json"))) == 7
+    assert (run_dir / "linear_twins.json").exists()  # the linear twins, computed once
     designed = payload["config"]["strategies"]["designed_sd"]["strategy"]["teacher"]
     assert designed["values"] == [["log_values", list(LOG_VALUES)]]
     # The linear twins: one prediction per point; more λ, less linear forgetting (replay-SD's

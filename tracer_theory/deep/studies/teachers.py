@@ -298,8 +298,16 @@ def run_teachers(config: TeachersConfig, out_dir: str | Path = "results/teachers
                                    for k, per_seed in per_lam.items()}, config.seeds[0])
                  for name, per_lam in runs.items()}
     summary = summarize(runs, selection, direct or None, reference=config.reference)
-    pretrained = pretrained_model(experiment, data, out_dir, config.seeds[0], progress)
-    theory = linear_check(config, pretrained, data, summary)
+    size = 64 if config.quick else 500
+    theory_key = {"config": config.describe(), "seed": config.seeds[0], "n": size,
+                  "n_pre": size}
+    predictions = resumed(run_dir / "linear_twins.json", theory_key, overwrite)
+    if predictions is None:
+        pretrained = pretrained_model(experiment, data, out_dir, config.seeds[0], progress)
+        predictions = {"config": theory_key,
+                       "points": linear_twins(config, pretrained, data, size, size)}
+        write_json_atomic(run_dir / "linear_twins.json", predictions)
+    theory = linear_check(predictions["points"], summary, size)
     payload = {"config": config.describe(), "data": data.source, "sampler": SAMPLER,
                "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
                                "python": platform.python_version()},
@@ -310,28 +318,32 @@ def run_teachers(config: TeachersConfig, out_dir: str | Path = "results/teachers
     return payload
 
 
-def linear_check(config: TeachersConfig, pretrained, data: ExperimentData,
-                 summary: dict[str, Any], n: int = 500, n_pre: int = 500) -> dict[str, Any]:
-    """The linear theory against the measurement (THEORY §7.6): at the first seed's pretrained
-    model, linearized on ``n`` finetuning and ``n_pre`` gray pretraining images, each run's
-    linear twin (``Strategy.linear``) gives the forgetting ``‖(W − W⁰)X_pre‖²`` and the
-    zero-shot drop with the features held fixed; their Spearman ρ with the measured seed-mean
-    forgetting over every (strategy, λ) point and Direct FT."""
-    points = [(name, lam, strategy) for name, lam, strategy in config.plan()]
+def linear_twins(config: TeachersConfig, pretrained, data: ExperimentData, n: int,
+                 n_pre: int) -> list[dict[str, Any]]:
+    """Each run's linear twin (``Strategy.linear``) at ``pretrained``, linearized on ``n``
+    finetuning and ``n_pre`` gray pretraining images: per (strategy, λ) point of the plan, the
+    forgetting ``‖(W − W⁰)X_pre‖²`` and the zero-shot drop with the features held fixed."""
+    rows = []
     with jax.enable_x64(True):
-        problem = linear_problem(pretrained, data, n=min(n, len(data.train_labels)),
-                                 n_pre=min(n_pre, len(data.train_labels)))
+        problem = linear_problem(pretrained, data, n=n, n_pre=n_pre)
         probe = ZeroShotProbe.of(pretrained, data)
-        rows = []
-        for name, lam, strategy in points:
+        for name, lam, strategy in config.plan():
             w = solve(problem, strategy.linear(problem, config.training().steps))
-            measured = (summary["direct"] if lam is None else
-                        summary["strategies"][name]["curve"][lam_key(lam)])["forgetting"]["mean"]
             rows.append({"strategy": name, "lam": lam,
                          "linear_forgetting": float(forgetting(problem, w)),
                          "predicted_drop": predicted_forgetting(probe, problem.w0,
-                                                                w)["predicted_forgetting"],
-                         "measured": measured})
+                                                                w)["predicted_forgetting"]})
+    return rows
+
+
+def linear_check(points: list[dict[str, Any]], summary: dict[str, Any],
+                 n_pre: int) -> dict[str, Any]:
+    """The linear theory against the measurement (THEORY §7.6): the Spearman ρ of the linear
+    twins' forgetting (``linear_twins``) and predicted zero-shot drop with the measured
+    seed-mean forgetting, over every (strategy, λ) point and Direct FT."""
+    rows = [{**p, "measured": (summary["direct"] if p["lam"] is None else summary["strategies"]
+                                [p["strategy"]]["curve"][lam_key(p["lam"])])["forgetting"]["mean"]}
+            for p in points]
     measured = [r["measured"] for r in rows]
     rho = {key: float(scipy.stats.spearmanr([r[key] for r in rows], measured).statistic)
            for key in ("linear_forgetting", "predicted_drop")}
