@@ -190,20 +190,25 @@ class Frontier(eqx.Module):
     def nu_at(self, task_loss: Float[Array, " p"]) -> Float[Array, " p"]:
         """``ν`` at which the oracle's task loss is ``task_loss`` (bisection in log ν; ``inf``
         at or above ``most_task_loss``). Unchecked: see ``oracle_forgetting``."""
-        def bisect(_, bounds):
-            low, high = bounds
-            mid = 0.5 * (low + high)
-            below = self.task_loss(jnp.exp(mid)) < task_loss
-            return jnp.where(below, mid, low), jnp.where(below, high, mid)
+        return _nu_at(self, task_loss)
 
-        scale = jnp.max(self.kappa)
-        scale = jnp.where(scale > 0, scale, 1.0)
-        low = jnp.full_like(task_loss, -80.0) - jnp.log(scale)
-        high = jnp.full_like(task_loss, 80.0) - jnp.log(scale)
-        low, high = jax.lax.fori_loop(0, 200, bisect, (low, high))
-        nu = jnp.exp(0.5 * (low + high))
-        nu = jnp.where(task_loss >= self.most_task_loss, jnp.inf, nu)
-        return jnp.where(task_loss <= self.floor, 0.0, nu)
+
+@eqx.filter_jit
+def _nu_at(front: Frontier, task_loss: Float[Array, " p"]) -> Float[Array, " p"]:
+    def bisect(_, bounds):
+        low, high = bounds
+        mid = 0.5 * (low + high)
+        below = front.task_loss(jnp.exp(mid)) < task_loss
+        return jnp.where(below, mid, low), jnp.where(below, high, mid)
+
+    scale = jnp.max(front.kappa)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    low = jnp.full_like(task_loss, -80.0) - jnp.log(scale)
+    high = jnp.full_like(task_loss, 80.0) - jnp.log(scale)
+    low, high = jax.lax.fori_loop(0, 200, bisect, (low, high))
+    nu = jnp.exp(0.5 * (low + high))
+    nu = jnp.where(task_loss >= front.most_task_loss, jnp.inf, nu)
+    return jnp.where(task_loss <= front.floor, 0.0, nu)
 
 
 def frontier(problem: LinearProblem, *, spectrum: Spectrum | None = None) -> Frontier:
