@@ -156,7 +156,7 @@ def test_design_gradients_match_finite_differences(family):
             for i in range(flat.size):
                 h = 1e-5
 
-                def at(delta, key=key, i=i, flat=flat, shape=v.shape):
+                def at(delta, key=key, i=i, flat=flat, shape=v.shape, value=value):
                     moved = flat.copy()
                     moved[i] += delta
                     return float(value({**params, key: jnp.asarray(moved.reshape(shape))}))
