@@ -51,15 +51,20 @@ def ensure_each(x: PyTree, checks: Sequence[tuple[ArrayLike, str]]) -> PyTree:
     device together, in one transfer, and raise a ``ValueError``; traced ones become a single
     run-time check attached to every leaf of ``x``.
     """
-    oks = [jnp.all(jnp.asarray(ok)) for ok, _ in checks]
+    passed = _passed([ok for ok, _ in checks])  # one dispatch, one transfer
     messages = [message for _, message in checks]
-    if any(is_traced(ok) for ok in oks) or any(is_traced(leaf) for leaf in jax.tree.leaves(x)):
-        passed = jnp.stack(oks)
+    if is_traced(passed) or any(is_traced(leaf) for leaf in jax.tree.leaves(x)):
         return eqx.branched_error_if(x, ~jnp.all(passed), jnp.argmin(passed), messages)
-    for ok, message in zip(np.asarray(jnp.stack(oks)), messages, strict=True):
+    for ok, message in zip(np.asarray(passed), messages, strict=True):
         if not ok:
             raise ValueError(message)
     return x
+
+
+@jax.jit
+def _passed(oks: list[ArrayLike]) -> Array:
+    """Whether each condition holds everywhere, stacked: shape (len(oks),)."""
+    return jnp.stack([jnp.all(jnp.asarray(ok)) for ok in oks])
 
 
 def all_finite(x: ArrayLike) -> Array:

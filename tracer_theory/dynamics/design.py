@@ -32,7 +32,7 @@ from ..linear.problem import LinearProblem
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
 from ..linear.strategies import DirectionalSD, StaticSD, Strategy
 from .schedules import BetaKernel, GridKernel, ema_teacher, kernel_teacher
-from .spectral import TeacherSD, unchecked_stability_bound
+from .spectral import TeacherSD, default_lr
 
 Params = dict[str, Float[Array, "..."]]
 
@@ -54,18 +54,17 @@ class Family(eqx.Module):
 
 
 class _Teacher(Family):
-    """A moving teacher over ``steps`` GD steps of ``lr_fraction`` × the stability bound."""
+    """A moving teacher over ``steps`` GD steps of the linear twins' step (``default_lr``)."""
 
     steps: int = eqx.field(static=True)
-    lr_fraction: float = eqx.field(static=True, default=0.5)
 
     def schedule(self, params: Params):
         raise NotImplementedError
 
     def strategy(self, params, sigma_max_sq):
         lam = jnp.exp(params["log_lam"])
-        lr = self.lr_fraction * unchecked_stability_bound(sigma_max_sq, lam)
-        return TeacherSD(lam, self.schedule(params), steps=self.steps, lr=lr)
+        return TeacherSD(lam, self.schedule(params), steps=self.steps,
+                         lr=default_lr(sigma_max_sq, lam))
 
 
 class StaticFamily(Family):
@@ -109,10 +108,6 @@ class GridFamily(_Teacher):
                 "lam": float(np.exp(params["log_lam"]))}
 
 
-def _sigmoid(x: Array) -> Array:
-    return jax.nn.sigmoid(x)
-
-
 class EMAFamily(_Teacher):
     """The EMA teacher, a constant momentum ``m = sigmoid(logit_m)``; starts at 0.99."""
 
@@ -120,10 +115,10 @@ class EMAFamily(_Teacher):
         return {"logit_m": jnp.log(jnp.asarray(99.0)), "log_lam": jnp.zeros(())}
 
     def schedule(self, params):
-        return ema_teacher(_sigmoid(params["logit_m"]))
+        return ema_teacher(jax.nn.sigmoid(params["logit_m"]))
 
     def describe(self, params):
-        return {"momentum": float(_sigmoid(params["logit_m"])),
+        return {"momentum": float(jax.nn.sigmoid(params["logit_m"])),
                 "lam": float(np.exp(params["log_lam"]))}
 
 
@@ -138,12 +133,13 @@ class ScheduledEMAFamily(_Teacher):
                 "log_lam": jnp.zeros(())}
 
     def schedule(self, params):
-        return ema_teacher(_sigmoid(params["logit_m"]), warmup_from=_sigmoid(params["logit_m0"]),
+        return ema_teacher(jax.nn.sigmoid(params["logit_m"]),
+                           warmup_from=jax.nn.sigmoid(params["logit_m0"]),
                            warmup_steps=self.warmup_steps)
 
     def describe(self, params):
-        return {"momentum_from": float(_sigmoid(params["logit_m0"])),
-                "momentum": float(_sigmoid(params["logit_m"])),
+        return {"momentum_from": float(jax.nn.sigmoid(params["logit_m0"])),
+                "momentum": float(jax.nn.sigmoid(params["logit_m"])),
                 "warmup_steps": self.warmup_steps, "lam": float(np.exp(params["log_lam"]))}
 
 

@@ -63,38 +63,6 @@ def collapse_diagnostics(gap: Float[ArrayLike, "*b R"], steps: Float[ArrayLike, 
     return unchecked_collapse_diagnostics(gap, steps, stop)
 
 
-@eqx.filter_jit
-def unchecked_collapse_diagnostics(gap: Array, steps: Array,
-                                   stop: Array | None) -> CollapseDiagnostics:
-    """``collapse_diagnostics`` on checked arrays (also traced, e.g. inside ``sweep``)."""
-    stop = steps[-1] if stop is None else stop
-    stop = jnp.broadcast_to(stop, gap.shape[:-1])[..., None]
-    valid = jnp.broadcast_to(steps, gap.shape) <= stop  # (..., R)
-    broken = jnp.any(valid & ~jnp.isfinite(gap), axis=-1)  # a diverged curve: NaN diagnostics
-    gap = jnp.where(jnp.isfinite(gap), gap, 0)
-    masked = jnp.where(valid, gap, -jnp.inf)
-    i_peak = jnp.argmax(masked, axis=-1)
-    peak = jnp.max(masked, axis=-1)
-    peak_step = steps[i_peak]
-    idx = jnp.broadcast_to(jnp.arange(gap.shape[-1]), gap.shape)
-    below = valid & (gap <= 0.5 * peak[..., None]) & (idx > i_peak[..., None])
-    first = jnp.argmax(below, axis=-1)
-    half_life = jnp.where(jnp.any(below, axis=-1), steps[first] - peak_step, jnp.inf)
-    both = valid[..., 1:] & valid[..., :-1]
-    widths = jnp.broadcast_to(jnp.diff(steps), both.shape)
-    area = jnp.sum(jnp.where(both, 0.5 * (gap[..., 1:] + gap[..., :-1]) * widths, 0.0), axis=-1)
-    span = stop[..., 0] - steps[0]
-    last = jnp.sum(valid, axis=-1) - 1
-    final_gap = jnp.take_along_axis(gap, last[..., None], axis=-1)[..., 0]
-    ok = (peak > 0) & (span > 0)
-    safe_peak = jnp.where(peak > 0, peak, 1.0)
-    out = CollapseDiagnostics(
-        peak=peak, peak_step=peak_step, half_life=half_life,
-        normalized_auc=jnp.where(ok, area / (safe_peak * jnp.where(span > 0, span, 1.0)), 0.0),
-        final=jnp.where(peak > 0, final_gap / safe_peak, 0.0))
-    return jax.tree.map(lambda x: jnp.where(broken, jnp.nan, x).astype(gap.dtype), out)
-
-
 class GapTrace(eqx.Module):
     """The running state of ``collapse_diagnostics`` over a gap curve seen a block of records at
     a time (``trace_start``, ``trace_update``, ``trace_end``): O(1) memory, not the whole curve.
@@ -126,8 +94,8 @@ def trace_start(gap: Float[Array, "*b"], step: Float[ArrayLike, "*b"]) -> GapTra
 def trace_update(trace: GapTrace, gaps: Float[Array, " K *b"], steps: Float[ArrayLike, " K *b"],
                  stop: Float[ArrayLike, "*b"]) -> GapTrace:
     """The trace after K more records ``gaps`` at ``steps`` (increasing, after the previous
-    records; (K,) or one per curve); records past ``stop`` are ignored. The same definitions as
-    ``unchecked_collapse_diagnostics``, vectorized over the K records."""
+    records; (K,) or one per curve); records past ``stop`` are ignored. The definitions of
+    ``CollapseDiagnostics``, vectorized over the K records."""
     steps = jnp.asarray(steps, gaps.dtype)
     if steps.ndim == 1:
         steps = steps.reshape((-1,) + (1,) * (gaps.ndim - 1))
@@ -170,9 +138,8 @@ def _take(x: Array, i: Array) -> Array:
 
 def trace_end(trace: GapTrace, first_step: Float[ArrayLike, "*b"],
               stop: Float[ArrayLike, "*b"]) -> CollapseDiagnostics:
-    """The ``CollapseDiagnostics`` of a traced curve whose first record was at ``first_step``,
-    equal to ``unchecked_collapse_diagnostics`` of the stored curve (the area up to round-off:
-    it is summed in step order)."""
+    """The ``CollapseDiagnostics`` of a traced curve whose first record was at ``first_step``
+    (the same whether the curve was traced in one block or many, the area up to round-off)."""
     dtype = trace.peak.dtype
     span = jnp.asarray(stop, dtype) - jnp.asarray(first_step, dtype)
     peak = trace.peak
@@ -184,6 +151,18 @@ def trace_end(trace: GapTrace, first_step: Float[ArrayLike, "*b"],
                                  0.0),
         final=jnp.where(peak > 0, trace.last_gap / safe_peak, 0.0))
     return jax.tree.map(lambda x: jnp.where(trace.broken, jnp.nan, x).astype(dtype), out)
+
+
+@eqx.filter_jit
+def unchecked_collapse_diagnostics(gap: Array, steps: Array,
+                                   stop: Array | None) -> CollapseDiagnostics:
+    """``collapse_diagnostics`` on checked arrays (also traced): the whole curve as one block of
+    the running trace (``trace_start``, ``trace_update``, ``trace_end``), the one place the
+    definitions are written."""
+    stop = jnp.broadcast_to(steps[-1] if stop is None else stop, gap.shape[:-1])
+    trace = trace_start(gap[..., 0], steps[0])
+    trace = trace_update(trace, jnp.moveaxis(gap[..., 1:], -1, 0), steps[1:], stop)
+    return trace_end(trace, steps[0], stop)
 
 
 def _real(name: str, value: ArrayLike) -> Array:

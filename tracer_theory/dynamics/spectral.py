@@ -36,7 +36,7 @@ from .._validation import (
     not_finite,
     show,
 )
-from ..linear.closed_forms import from_filter
+from ..linear.closed_forms import direct_ft_columns, fit_floor, from_filter
 from ..linear.problem import LinearProblem, contrastive_target
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
 from ..linear.strategies import Strategy
@@ -64,12 +64,9 @@ class TaskGeometry(eqx.Module):
 
 def task_geometry(problem: LinearProblem, spec: Spectrum) -> TaskGeometry:
     """The ``TaskGeometry`` of ``problem`` from its spectrum."""
-    y = contrastive_target(problem)
-    ft_cols = ((y - problem.w0 @ problem.x_img) @ spec.v) * spec.inv_s[None, :]  # (k, r)
-    w_ft = from_filter(problem, spec, spec.mask.astype(spec.s.dtype), problem.w0)
-    return TaskGeometry(sigma_sq=spec.sigma_sq, weight=jnp.sum(ft_cols**2, axis=0),
-                        w0_norm=jnp.linalg.norm(problem.w0),
-                        loss_floor=0.5 * jnp.sum((w_ft @ problem.x_img - y) ** 2))
+    return TaskGeometry(sigma_sq=spec.sigma_sq,
+                        weight=jnp.sum(direct_ft_columns(problem, spec) ** 2, axis=0),
+                        w0_norm=jnp.linalg.norm(problem.w0), loss_floor=fit_floor(problem, spec))
 
 
 class Summary(eqx.Module):
@@ -214,6 +211,12 @@ def unchecked_stability_bound(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
     return 2.0 / (jnp.asarray(sigma_max_sq) * (1 + jnp.asarray(lam)))
 
 
+def default_lr(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
+    """The student step of the deep strategies' linear twins and of the designed teachers:
+    half the stability bound, ``1/(σ_max²(1 + λ))`` (unchecked)."""
+    return 0.5 * unchecked_stability_bound(sigma_max_sq, lam)
+
+
 def schedule_weights(schedule: Schedule, steps: int, dtype: object) -> Float[Array, " steps"]:
     """``ω_1..ω_steps`` of ``schedule`` in ``dtype``, checked: real, finite and in ``[0, 1]``
     (a custom ``Schedule`` may return anything). A run-time check when traced."""
@@ -285,19 +288,14 @@ def checked_result(run: tuple[DynamicsResult, Array], where: str,
     messages = [not_finite(f"{where}: the contrastive target Y = W_T⁰ X_T C", dtype,
                            "rescale x_txt or w_txt")]
     messages += [not_finite(f"{where}: {what}", dtype, hint) for what, _ in parts]
-    oks = _all_finite_each(target_finite, [value for _, value in parts])  # one dispatch
-    if is_traced(oks):
-        return ensure_each(result, list(zip(oks, messages, strict=True)))
-    for ok, message in zip(np.asarray(oks), messages, strict=True):
-        if not ok:
-            raise ValueError(message)
-    return result
+    oks = _finite_each([value for _, value in parts])  # one dispatch for the reductions
+    return ensure_each(result, list(zip([target_finite, *oks], messages, strict=True)))
 
 
 @jax.jit
-def _all_finite_each(target_finite: Array, values: list[Array]) -> Bool[Array, " n"]:
-    """``[target_finite, all_finite(v) for v in values]``."""
-    return jnp.stack([jnp.all(target_finite)] + [all_finite(v) for v in values])
+def _finite_each(values: list[Array]) -> list[Array]:
+    """``all_finite(v)`` for each of ``values``."""
+    return [all_finite(v) for v in values]
 
 
 @eqx.filter_jit

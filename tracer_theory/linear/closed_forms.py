@@ -47,6 +47,19 @@ def from_filter(problem: LinearProblem, spec: Spectrum, f: Float[Array, " r"],
     return anchor + coef @ spec.u.T
 
 
+def direct_ft_columns(problem: LinearProblem, spec: Spectrum) -> Float[Array, "k r"]:
+    """``c_i = (Y − W⁰X_I) v_i / σ_i`` (0 below the rank tolerance), shape (k, r): Direct FT
+    moves ``W⁰`` by ``Σ_i c_i u_iᵀ``, and a filter ``f`` by ``Σ_i f_i c_i u_iᵀ``."""
+    residual = contrastive_target(problem) - problem.w0 @ problem.x_img
+    return (residual @ spec.v) * spec.inv_s[None, :]
+
+
+def fit_floor(problem: LinearProblem, spec: Spectrum) -> Float[Array, ""]:
+    """``½‖W_FT X_I − Y‖²``: the part of the data term no encoder can fit (Direct FT's loss)."""
+    w_ft = from_filter(problem, spec, spec.mask.astype(spec.s.dtype), problem.w0)
+    return 0.5 * jnp.sum((w_ft @ problem.x_img - contrastive_target(problem)) ** 2)
+
+
 @eqx.filter_jit
 def _solve(problem: LinearProblem, strategy: Strategy, spec: Spectrum):
     """The closed form, and whether its target, residual and result are finite (to report

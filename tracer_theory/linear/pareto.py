@@ -29,7 +29,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._validation import as_real_array, check_instance
-from .closed_forms import anchor_of, checked_spectrum
+from .closed_forms import anchor_of, direct_ft_columns, fit_floor
 from .problem import (
     LinearProblem,
     contrastive_target,
@@ -78,15 +78,12 @@ def tradeoff(problem: LinearProblem, *, spectrum: Spectrum | None = None) -> Tra
 
 @eqx.filter_jit
 def _tradeoff(problem: LinearProblem, spec: Spectrum, x_pre: Array) -> Tradeoff:
-    y = contrastive_target(problem)
-    residual = y - problem.w0 @ problem.x_img
-    cols = (residual @ spec.v) * spec.inv_s[None, :]  # (k, r): c_i
+    cols = direct_ft_columns(problem, spec)  # (k, r), 0 where masked
     pre = spec.u.T @ x_pre  # (r, m)
     mask = spec.mask.astype(spec.s.dtype)
     a = (cols.T @ cols) * (pre @ pre.T) * mask[:, None] * mask[None, :]
-    fitted = residual @ (spec.v * mask[None, :])  # (k, r): the part of the residual X_I can fit
-    floor = 0.5 * jnp.sum((residual - fitted @ (spec.v * mask[None, :]).T) ** 2)
-    return Tradeoff(d=spec.sigma_sq * jnp.sum(cols**2, axis=0), floor=floor, a=a)
+    return Tradeoff(d=spec.sigma_sq * jnp.sum(cols**2, axis=0), floor=fit_floor(problem, spec),
+                    a=a)
 
 
 class ParetoCurve(eqx.Module):
@@ -130,7 +127,7 @@ def _curve(problem, spec, family, grid, name) -> ParetoCurve:
     if values.ndim != 1 or values.shape[0] == 0:
         raise ValueError(f"the grid of {name} must be a non-empty 1-D array, got shape "
                          f"{values.shape}")
-    checked_spectrum(problem, family(values[0]), spec)  # eager errors on the first value
+    family(values[0]).check(spec.sigma_sq)  # eager errors on the first value
     loss, forgot = _points(problem, spec, family, values)
     return ParetoCurve(param=values, task_loss=loss, forgetting=forgot)
 

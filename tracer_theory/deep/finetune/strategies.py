@@ -37,7 +37,7 @@ from ...dynamics.schedules import (
     static_teacher,
     wma_teacher,
 )
-from ...dynamics.spectral import TeacherSD, stability_bound
+from ...dynamics.spectral import TeacherSD, default_lr
 from ...linear import strategies as linear_strategies
 from ...linear.problem import LinearProblem
 from ..losses import clip_loss, cross_frobenius, kl_distillation, multi_view_distillation
@@ -336,8 +336,8 @@ class SelfDistill(Strategy):
         schedule = self.schedule(steps)
         if isinstance(schedule, StaticSchedule):
             return linear_strategies.StaticSD(self.lam)
-        lr = 0.5 * float(stability_bound(problem.sigma_max_sq, self.lam))
-        return TeacherSD(self.lam, schedule, steps=steps, lr=lr)
+        return TeacherSD(self.lam, schedule, steps=steps,
+                         lr=float(default_lr(problem.sigma_max_sq, self.lam)))
 
 
 class Wrapped(Strategy):

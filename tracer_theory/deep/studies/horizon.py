@@ -28,7 +28,7 @@ import numpy as np
 
 from ..._io import write_json_atomic
 from ...dynamics.schedules import static_teacher
-from ...dynamics.spectral import spectral_dynamics, stability_bound
+from ...dynamics.spectral import default_lr, spectral_dynamics
 from ...linear.closed_forms import solve
 from ...linear.spectrum import spectrum
 from ..data.mnist import flip_labels
@@ -275,7 +275,7 @@ def predict(config: HorizonConfig, pretrained, data, labels, objective: str) -> 
         spec = spectrum(problem)
         probe = ZeroShotProbe.of(pretrained, data)
         sd_lam = REGISTRY["static_sd"].strategy.lam
-        lr = 0.5 * float(stability_bound(spec.sigma_sq[0], sd_lam))
+        lr = float(default_lr(spec.sigma_sq[0], sd_lam))
         w0 = np.asarray(problem.w0)
         for name in config.strategies:
             strategy = STRATEGIES[name].strategy

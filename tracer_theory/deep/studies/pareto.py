@@ -34,12 +34,13 @@ from ...dynamics.design import (
     design,
 )
 from ...dynamics.schedules import ema_teacher, wma_teacher
-from ...dynamics.spectral import TeacherSD, unchecked_stability_bound
+from ...dynamics.spectral import TeacherSD, default_lr
+from ...linear.closed_forms import filter_factors
 from ...linear.pareto import frontier, frontier_ratio, oracle_frontier, pareto, tradeoff
 from ...linear.problem import LinearProblem
 from ...linear.random import random_problem
 from ...linear.spectrum import spectrum
-from ...linear.strategies import L2SP, DirectFT, ReplaySD, StaticSD
+from ...linear.strategies import L2SP, ReplaySD, StaticSD
 
 #: Random problems: (d_I, n, d_T, k, m_pre) and the spectrum of X_I.
 RANDOM = {"flat": {}, "power law": {"decay": 1.0}, "ill-conditioned": {"cond": 1e3}}
@@ -89,11 +90,6 @@ def quick_pareto_config(**overrides: Any) -> ParetoConfig:
     return ParetoConfig(**(values | overrides))
 
 
-def _lr(sigma_max_sq, lam):
-    """The teachers' step: half the stability bound (as the deep strategies' linear twins)."""
-    return 0.5 * unchecked_stability_bound(sigma_max_sq, lam)
-
-
 def curve_families(problem: LinearProblem, steps: int) -> dict[str, Any]:
     """``{name: λ -> Strategy}`` of the curves, the teachers over ``steps`` steps."""
     top = spectrum(problem).sigma_max_sq
@@ -101,8 +97,9 @@ def curve_families(problem: LinearProblem, steps: int) -> dict[str, Any]:
         "l2sp": L2SP,
         "static_sd": StaticSD,
         "ema_sd": lambda lam: TeacherSD(lam, ema_teacher(0.99), steps=steps,
-                                        lr=_lr(top, lam)),
-        "wma_sd": lambda lam: TeacherSD(lam, wma_teacher(steps), steps=steps, lr=_lr(top, lam)),
+                                        lr=default_lr(top, lam)),
+        "wma_sd": lambda lam: TeacherSD(lam, wma_teacher(steps), steps=steps,
+                                        lr=default_lr(top, lam)),
         "replay_sd": ReplaySD,
     }
 
@@ -122,20 +119,19 @@ def analyse(problem: LinearProblem, steps: int, config: ParetoConfig) -> dict[st
     families = curve_families(problem, steps)
     curves = pareto(problem, families, dict.fromkeys(families, lams), spectrum=spec)
     oracle = oracle_frontier(problem, 60, spectrum=spec)
-    direct = pareto(problem, lambda _: DirectFT(), jnp.zeros(1), spectrum=spec)
-    target = float(trade.task_loss(_filters(problem, StaticSD(1.0))))
+    target = float(trade.task_loss(filter_factors(problem, StaticSD(1.0), spectrum=spec)))
 
     def point(result) -> dict[str, Any]:
         return {"task_loss": result.task_loss, "forgetting": result.forgetting,
                 "oracle": result.oracle, "ratio": result.ratio,
                 "reached": result.task_loss <= target + 1e-3 * (target - float(trade.floor))}
 
-    paper = {"static_sd": (StaticFamily(), StaticFamily().init(0)),
-             "ema_sd": (EMAFamily(steps), EMAFamily(steps).init(0)),
-             "wma_sd": (BetaFamily(steps), BetaFamily(steps).init(0))}
+    # The paper's teachers: each family at its start (λ calibrated to the target), not designed.
+    paper = {"static_sd": StaticFamily(), "ema_sd": EMAFamily(steps),
+             "wma_sd": BetaFamily(steps)}
     at_target = {name: point(design(problem, family, target, steps=0, spectrum=spec,
                                     frontier=front))
-                 for name, (family, _) in paper.items()}
+                 for name, family in paper.items()}
     designed = {}
     for name, family in design_families(steps).items():
         if name not in config.designs:
@@ -156,8 +152,8 @@ def analyse(problem: LinearProblem, steps: int, config: ParetoConfig) -> dict[st
                   "m_pre": problem.x_pre.shape[1], "rank": int(spec.rank)},
         "steps": steps, "floor": float(trade.floor), "w0_task_loss": float(trade.most_task_loss),
         "target": target, "lams": np.asarray(lams).tolist(),
-        "direct": {"task_loss": float(direct.task_loss[0]),
-                   "forgetting": float(direct.forgetting[0])},
+        "direct": {"task_loss": float(trade.floor),
+                   "forgetting": float(trade.forgetting(jnp.ones_like(trade.d)))},
         "curves": {name: {"task_loss": np.asarray(c.task_loss).tolist(),
                           "forgetting": np.asarray(c.forgetting).tolist(),
                           "ratio": np.asarray(frontier_ratio(front, c)).tolist(),
@@ -180,12 +176,6 @@ def _middle(curve, front, trade) -> list[float] | None:
         return None
     ratio = np.asarray(frontier_ratio(front, curve))[inside]
     return [float(ratio.min()), float(ratio.max())]
-
-
-def _filters(problem, strategy):
-    from ...linear.closed_forms import filter_factors
-
-    return filter_factors(problem, strategy)
 
 
 def random_problems(config: ParetoConfig) -> dict[str, LinearProblem]:

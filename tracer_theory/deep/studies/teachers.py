@@ -520,27 +520,28 @@ def _compare(summary: dict[str, Any], name: str, other: str) -> tuple[str, str |
     word = "less" if lower == n else "more" if np.all(diffs > 0) else "unclear"
     outcome = {"less": "forgets less", "more": "forgets more",
                "unclear": "is not clearly different"}[word]
-    return (f"{head}: {_label(name)} forgets {fa['mean']:.2f} ± {fa['std']:.2f} points "
-            f"(λ ≈ {a['lam']:.3g}), {_label(other)} {fb['mean']:.2f} ± {fb['std']:.2f} "
+    return (f"{head}: {_label(name)} forgets {_pm(fa)} points "
+            f"(λ ≈ {a['lam']:.3g}), {_label(other)} {_pm(fb)} "
             f"(λ ≈ {b['lam']:.3g}); difference {diffs.mean():+.2f} ± {diffs.std():.2f} "
             f"(lower on {lower}/{n} seeds) → {_label(name)} {outcome}"), word
+
+
+def _pm(stat: Mapping[str, Any] | None) -> str:
+    """``mean ± std`` of a summary statistic, or ``—``."""
+    return "—" if stat is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
 def verdicts(summary: dict[str, Any]) -> list[str]:
     """In words, with the numbers: each strategy at its validation-chosen λ; then whether the
     designed teacher, and replay-SD, forget less than WMA SD and EMA SD at equal ID accuracy
     ("less"/"more" only when it holds on every seed), and the answer in one line each."""
-    lines = []
-    for name, row in summary["strategies"].items():
-        c = row["chosen"]
-        lines.append(f"{_label(name)} at its validation-chosen λ = {row['lam']:g}: forgetting "
-                     f"{c['forgetting']['mean']:.2f} ± {c['forgetting']['std']:.2f}, ID "
-                     f"accuracy {c['id_acc']['mean']:.2f} ± {c['id_acc']['std']:.2f}")
+    lines = [f"{_label(name)} at its validation-chosen λ = {row['lam']:g}: forgetting "
+             f"{_pm(row['chosen']['forgetting'])}, ID accuracy {_pm(row['chosen']['id_acc'])}"
+             for name, row in summary["strategies"].items()]
     if "direct" in summary:
         d = summary["direct"]
-        lines.append(f"Direct FT: forgetting {d['forgetting']['mean']:.2f} ± "
-                     f"{d['forgetting']['std']:.2f}, ID accuracy {d['id_acc']['mean']:.2f} ± "
-                     f"{d['id_acc']['std']:.2f}")
+        lines.append(f"Direct FT: forgetting {_pm(d['forgetting'])}, ID accuracy "
+                     f"{_pm(d['id_acc'])}")
     if "equal_id" not in summary:
         return lines
     for name, against in comparisons(summary).items():
@@ -576,9 +577,6 @@ def format_teachers(payload: dict[str, Any]) -> str:
     summary = payload["summary"]
     equal = summary.get("equal_id", {}).get("strategies", {})
 
-    def cell(stat):
-        return "—" if stat is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
-
     head = (f"{'strategy':24s}{'λ':>7s}{'val score':>11s}{'forgetting':>16s}{'ID acc':>16s}"
             f"{'gray acc':>16s}{'forget @ eq. ID':>18s}")
     lines = [head, "-" * len(head)]
@@ -587,12 +585,12 @@ def format_teachers(payload: dict[str, Any]) -> str:
         score = payload["selection"][name]["scores"][row["key"]]["score"]
         eq = equal.get(name, {}).get("forgetting")
         lines.append(f"{_label(name):24s}{row['lam']:>7g}{score:>11.2f}"
-                     f"{cell(c['forgetting']):>16s}{cell(c['id_acc']):>16s}"
-                     f"{cell(c['gray_acc']):>16s}{cell(eq):>18s}")
+                     f"{_pm(c['forgetting']):>16s}{_pm(c['id_acc']):>16s}"
+                     f"{_pm(c['gray_acc']):>16s}{_pm(eq):>18s}")
     if "direct" in summary:
         d = summary["direct"]
-        lines.append(f"{'Direct FT':24s}{'—':>7s}{'—':>11s}{cell(d['forgetting']):>16s}"
-                     f"{cell(d['id_acc']):>16s}{cell(d['gray_acc']):>16s}{'—':>18s}")
+        lines.append(f"{'Direct FT':24s}{'—':>7s}{'—':>11s}{_pm(d['forgetting']):>16s}"
+                     f"{_pm(d['id_acc']):>16s}{_pm(d['gray_acc']):>16s}{'—':>18s}")
     if "equal_id" in summary:
         e = summary["equal_id"]
         lines.append(f"(equal ID accuracy: {e['id_acc']:.2f}%, {_label(e['reference'])}'s "
