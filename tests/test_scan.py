@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tracer_theory._cache import MAGIC
 from tracer_theory.deep.finetune import REGISTRY, FinetuneConfig, Finetunee, PretrainConfig, loop
 from tracer_theory.deep.finetune.checkpoints import run_header
 from tracer_theory.deep.finetune.loop import (
@@ -24,8 +25,10 @@ from tracer_theory.deep.finetune.loop import (
     step_key,
 )
 from tracer_theory.deep.finetune.pretraining import pretrain
+from tracer_theory.deep.finetune.strategies import SelfDistill, Static
 from tracer_theory.deep.models import ToyCLIP
 from tracer_theory.deep.studies.experiment import quick_config
+from tracer_theory.errors import DamagedArtifact, Diverged, ResumeMismatch
 
 #: A small run: the whole file stays well under a minute on two CPU cores.
 BASE = FinetuneConfig(objective="prompts", steps=8, batch_size=32, log_every=2)
@@ -263,6 +266,74 @@ def test_snapshot_is_the_model_of_the_shorter_run(toy):
     assert _relative_difference(long.model, short.model, toy.models[0]) > 0.1
 
 
+# --- keyed checkpoints and divergence ---------------------------------------------------------
+
+def test_a_checkpoint_of_another_run_is_refused_before_any_step(toy, tmp_path, monkeypatch):
+    # a 4-step run leaves its checkpoint; asking the same file for an 8-step run (the horizon
+    # study's bug: a model trained 8 steps reported as T = 6) is refused, naming what differs
+    path = tmp_path / "run.ckpt"
+    short = dataclasses.replace(BASE, steps=4)
+    _run(toy, "direct", short, checkpoint=path, checkpoint_key={"horizons": [4]})
+    calls = _counting(monkeypatch)
+    with pytest.raises(ResumeMismatch, match=r"run\.ckpt was written for other settings.*"
+                                             r"training\.steps: 4 → 8.*--overwrite"):
+        _run(toy, "direct", BASE, checkpoint=path, checkpoint_key={"horizons": [4]})
+    with pytest.raises(ResumeMismatch, match=r"run\.horizons: \[4\] → \[4, 12\]"):
+        _run(toy, "direct", short, checkpoint=path, checkpoint_key={"horizons": [4, 12]})
+    with pytest.raises(ResumeMismatch, match="arguments"):  # other data: another fingerprint
+        finetune(toy.models[1], toy.data.color_train, toy.data.train_labels,
+                 REGISTRY["direct"].strategy, short, **_args(toy, 1), seed=0, checkpoint=path,
+                 checkpoint_key={"horizons": [4]})
+    assert calls == []  # refused before any step
+    # overwrite: the other run's checkpoint is ignored and the run starts afresh
+    fresh = _run(toy, "direct", BASE, checkpoint=path, checkpoint_key={"horizons": [4]},
+                 overwrite=True)
+    assert run_header(path)[0] == 8
+    monkeypatch.undo()
+    _assert_identical(fresh, _run(toy, "direct", BASE))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "old format"])
+def test_a_damaged_checkpoint_is_one_error_naming_the_file(toy, tmp_path, damage):
+    path = tmp_path / "run.ckpt"
+    short = dataclasses.replace(BASE, steps=2)
+    _run(toy, "direct", short, checkpoint=path)
+    raw = path.read_bytes()
+    path.write_bytes({"truncate": raw[:-100],
+                      "flip": raw[:-50] + bytes([raw[-50] ^ 1]) + raw[-49:],
+                      "old format": raw[len(MAGIC):]}[damage])
+    with pytest.raises(DamagedArtifact, match=r"run\.ckpt is damaged.*--overwrite.*delete"):
+        _run(toy, "direct", short, checkpoint=path)
+    _run(toy, "direct", short, checkpoint=path, overwrite=True)  # the way out
+    assert run_header(path)[0] == 2
+
+
+def test_training_that_goes_non_finite_stops_at_once_naming_step_strategy_and_values(
+        toy, tmp_path):
+    path = tmp_path / "run.ckpt"
+    # λ = 3e38 is finite in float32 but the distillation term overflows at the first step
+    # (with AdamW a λ of 1e30 does not diverge: its steps are normalized)
+    huge = SelfDistill(3e38, Static())
+    with pytest.raises(Diverged, match=r"SelfDistill finetuning went non-finite at step 1: the "
+                                       r"loss is inf \(lam = 3e\+38.*lr = 0\.003\)"):
+        finetune(toy.models[0], toy.data.color_train, toy.data.train_labels, huge, BASE,
+                 **_args(toy), seed=0, checkpoint=path)
+    assert not path.exists()  # nothing was checkpointed
+    # an unstable learning rate: finite loss at step 1, then the parameters blow up
+    with pytest.raises(Diverged, match=r"went non-finite (at|by) step [2-8].*lr = 1e\+30"):
+        _run(toy, "direct", dataclasses.replace(BASE, lr=1e30))
+    # a λ that is Inf in float32 is refused before training, naming the field and the dtype
+    with pytest.raises(ValueError, match=r"SelfDistill\.lam = 1e\+300 overflows float32"):
+        finetune(toy.models[0], toy.data.color_train, toy.data.train_labels,
+                 SelfDistill(1e300, Static()), BASE, **_args(toy), seed=0)
+
+
+@pytest.mark.parametrize("lam", [float("inf"), float("nan"), -1.0, "1", True])
+def test_strategy_values_are_checked_at_construction(lam):
+    with pytest.raises(ValueError, match="lam must be"):
+        SelfDistill(lam, Static())
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("chunk", [0, -1, 2.5, True])
@@ -313,6 +384,20 @@ def test_pretraining_chunk_size_does_not_change_the_model(toy):
     # and the pretraining did train: the fresh model of the same key is another
     assert any(not np.array_equal(x, s) for x, s in zip(_leaves(models[0]), _leaves(start),
                                                         strict=True))
+
+
+def test_pretraining_checkpoints_are_keyed_and_divergence_stops_it(toy, tmp_path):
+    data, path = toy.data, tmp_path / "pre.run"
+    args = (data.gray_train, data.train_labels, data.captions)
+    config = PretrainConfig(steps=4, batch_size=16, checkpoint_every=2)
+    pretrain(*args, config, key=jax.random.key(0), seed=0, checkpoint=path)
+    with pytest.raises(ResumeMismatch, match=r"pre\.run was written for other settings.*"
+                                             r"config\.lr: 0\.001 → 0\.002"):
+        pretrain(*args, dataclasses.replace(config, lr=2e-3), key=jax.random.key(0), seed=0,
+                 checkpoint=path)
+    with pytest.raises(Diverged, match=r"pretraining \(seed 0\) went non-finite (at|by) step "
+                                       r"[1-4].*lr = 1e\+30"):
+        pretrain(*args, dataclasses.replace(config, lr=1e30), key=jax.random.key(0), seed=0)
 
 
 # --- the batch sampler ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -57,10 +58,33 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False, what: str =
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (``write_atomic``); returns the path."""
+    """Write ``data`` as JSON to ``path`` atomically (``write_atomic``); returns the path. A
+    NaN or Inf anywhere in ``data`` is a ``ValueError`` naming the entry, before anything is
+    written: results are finite numbers (or ``null`` where a value is undefined)."""
+    bad = non_finite(data)
+    if bad is not None:
+        raise ValueError(f"refusing to write {path}: {bad[0]} is {bad[1]} (a result must be "
+                         "finite; the computation behind it overflowed or is undefined)")
 
     def write(f):
-        json.dump(data, f, indent=2, allow_nan=True)
+        json.dump(data, f, indent=2, allow_nan=False)
         f.write("\n")
 
     return write_atomic(path, write)
+
+
+def non_finite(data: Any, prefix: str = "") -> tuple[str, float] | None:
+    """``(dotted key, value)`` of the first NaN or Inf number in a JSON-ready value, else
+    ``None``."""
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list | tuple):
+        items = enumerate(data)
+    else:
+        return (prefix.rstrip(".") or "the value", data) if (
+            isinstance(data, float) and not math.isfinite(data)) else None
+    for k, v in items:
+        found = non_finite(v, f"{prefix}{k}.")
+        if found is not None:
+            return found
+    return None

@@ -1,8 +1,9 @@
 """The ``tracer-theory`` command.
 
 Exit codes: 0 success; 1 a claim failed (``verify``, ``reproduce``); 2 a usage error (a bad
-flag or value); 3 an input error (a missing, unreadable, unwritable or malformed file or
-folder, or results written for other settings); 130 interrupted (rerun the same command to
+flag or value, or training that went non-finite with it: ``errors.Diverged``); 3 an input error
+(a missing, unreadable, unwritable or malformed file or folder, a damaged checkpoint or cache,
+or results and caches written for other settings); 130 interrupted (rerun the same command to
 resume). Expected failures print one line naming the flag or file, never a traceback.
 """
 
@@ -178,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run only these (objective, label noise) tables, e.g. head:0 "
                               "head:0.25 prompts:0 (default: every pair)")
     horizon.add_argument("--strategies", nargs="+", default=None,
-                         help="strategies (default: direct static_sd ema_sd ema999_sd wma_sd "
-                              "l2sp)")
+                         choices=["direct", "static_sd", "ema_sd", "ema999_sd", "wma_sd", "l2sp"],
+                         help="strategies (default: all of them)")
     horizon.add_argument("--seeds", type=_seed, nargs="+", default=None,
                          help="seeds (default: 0 1 2, or 0 with --quick)")
     horizon.add_argument("--chunk", type=int, default=None,
@@ -195,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--objectives", nargs="+", choices=["head", "prompts"], default=None,
                         help="finetuning objectives (default: prompts head)")
     budget.add_argument("--strategies", nargs="+", default=None,
-                        help="registered strategies with a linear counterpart (default: direct "
-                             "l2sp static_sd ema_sd wma_sd)")
+                        choices=["direct", "l2sp", "static_sd", "ema_sd", "wma_sd"],
+                        help="registered strategies with a linear counterpart anchored at the "
+                             "pretrained weights (default: all of them)")
     budget.add_argument("--no-lambda-grid", action="store_true",
                         help="each strategy at its registered λ only (no λ grid)")
     budget.add_argument("--seeds", type=_seed, nargs="+", default=None,
@@ -442,14 +444,19 @@ def _kernel_file(path: str) -> tuple[float, ...]:
     _check_input("--kernel", path)
     try:
         values = json.loads(Path(path).read_text())["log_values"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
         raise InputError(f'--kernel {path} is not a JSON file holding {{"log_values": [...]}} '
                          f"({type(err).__name__}: {err})") from None
-    if not isinstance(values, list) or len(values) < 2 or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in values):
+    def finite(v) -> bool:
+        try:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        except OverflowError:  # an integer too large for a float
+            return False
+
+    if not isinstance(values, list) or len(values) < 2 or not all(map(finite, values)):
+        shown = repr(values)
         raise InputError(f"--kernel {path}: log_values must be a list of at least 2 finite "
-                         f"numbers, got {values!r}")
+                         f"numbers, got {shown if len(shown) < 200 else shown[:199] + '…'}")
     return tuple(float(v) for v in values)
 
 
@@ -521,7 +528,10 @@ def _figures(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns its exit code (see the module docstring)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse printed the usage error (or the help)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
 
     def fail(code: int, message: object) -> int:
         print(f"tracer-theory {args.command}: error: {message}", file=sys.stderr)

@@ -1,53 +1,105 @@
-"""Checkpoints, written atomically: a finished model (``save_model``/``load_model``) and an
-interrupted run with its step and sampler state (``save_run``/``load_run``)."""
+"""Checkpoints, written atomically through the keyed cache (``_cache``): a finished model
+(``save_model``/``load_model``) and an interrupted run with its step and logged state
+(``save_run``/``load_run``). Each is written with the key of what produced it and read back only
+for the same key; a truncated or corrupted file is a ``DamagedArtifact`` naming it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import equinox as eqx
+import jax
+import numpy as np
 from jaxtyping import PyTree
 
-from ..._io import write_atomic
+from ..._cache import check_keyed, keyed_header, load_keyed, write_keyed
 
 
-def save_model(path: str | os.PathLike, tree: PyTree) -> Path:
-    """Atomically write the array leaves of ``tree`` (an equinox model)."""
-    return write_atomic(path, lambda f: eqx.tree_serialise_leaves(f, tree), binary=True)
+def array_digest(tree: PyTree) -> str:
+    """SHA-256 (16 hex digits) of the array leaves of ``tree`` (dtypes, shapes and bytes; PRNG
+    keys by their key data) and of its number and string leaves: a fingerprint of data or
+    weights for a cache key. Other leaves (functions) are left out."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array | np.ndarray | np.generic):
+            if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
+                                                                     jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)
+            arr = np.ascontiguousarray(np.asarray(leaf))
+            digest.update(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes())
+        elif isinstance(leaf, bool | int | float | str):
+            digest.update(repr(leaf).encode())
+    return digest.hexdigest()[:16]
 
 
-def load_model(path: str | os.PathLike, like: PyTree) -> PyTree:
-    """The tree ``save_model`` wrote; ``like`` gives its structure."""
-    return eqx.tree_deserialise_leaves(path, like)
+def save_model(path: str | os.PathLike, tree: PyTree, key: Mapping[str, Any]) -> Path:
+    """Atomically write the array leaves of ``tree`` (an equinox model) for ``key``."""
+    return write_keyed(path, key, lambda f: eqx.tree_serialise_leaves(f, tree))
 
 
-def save_run(path: str | os.PathLike, tree: PyTree, step: int,
+def load_model(path: str | os.PathLike, like: PyTree, key: Mapping[str, Any], *,
+               overwrite: bool = False) -> PyTree | None:
+    """The tree ``save_model`` wrote for ``key`` (``like`` gives its structure); ``None`` if
+    there is none, or (``overwrite``) if it was written for another key or is damaged."""
+    return load_keyed(path, key, lambda f: eqx.tree_deserialise_leaves(f, like),
+                      replace=overwrite)
+
+
+def save_run(path: str | os.PathLike, tree: PyTree, step: int, key: Mapping[str, Any],
              info: dict[str, Any] | None = None) -> Path:
-    """Atomically write ``tree`` (equinox leaves) with the step and JSON-ready ``info``."""
+    """Atomically write ``tree`` (equinox leaves) with the step and JSON-ready ``info``, for
+    ``key``."""
 
-    def write(f):
+    def write(f: IO[bytes]) -> None:
         header = json.dumps({"step": step, "info": info or {}}).encode()
         f.write(len(header).to_bytes(8, "little") + header)
         eqx.tree_serialise_leaves(f, tree)
 
-    return write_atomic(path, write, binary=True)
+    return write_keyed(path, key, write)
 
 
-def run_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
-    """The ``(step, info)`` of a run ``save_run`` wrote, without reading its arrays."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
+def _split(f: IO[bytes]) -> tuple[int, dict[str, Any]]:
+    size = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(size))
     return int(header["step"]), header["info"]
 
 
-def load_run(path: str | os.PathLike, like: PyTree) -> tuple[Any, int, dict[str, Any]]:
-    """The ``(tree, step, info)`` that ``save_run`` wrote; ``like`` gives the structure."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-        tree = eqx.tree_deserialise_leaves(f, like)
-    return tree, int(header["step"]), header["info"]
+def load_run(path: str | os.PathLike, like: PyTree | Callable[[dict[str, Any]], PyTree],
+             key: Mapping[str, Any] | None = None, *, overwrite: bool = False
+             ) -> tuple[Any, int, dict[str, Any]] | None:
+    """The ``(tree, step, info)`` that ``save_run`` wrote for ``key`` (``None``: whatever key it
+    was written for, to inspect a file); ``like`` gives the structure (or builds it from
+    ``info``). ``None`` if there is none, or (``overwrite``) if it was written for another key
+    or is damaged."""
+    if key is None:
+        key = keyed_header(path)["key"]
+
+    def load(f: IO[bytes]):
+        step, info = _split(f)
+        structure = like(info) if callable(like) and not isinstance(like, eqx.Module) else like
+        return eqx.tree_deserialise_leaves(f, structure), step, info
+
+    return load_keyed(path, key, load, replace=overwrite)
+
+
+def run_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+    """The ``(step, info)`` of a run ``save_run`` wrote, whatever its key (for inspection)."""
+    key = keyed_header(path)["key"]
+    return load_keyed(path, key, _split)
+
+
+def check_run(path: str | os.PathLike, run: Mapping[str, Any], *, overwrite: bool = False
+              ) -> None:
+    """Refuse, before any work, a run checkpoint at ``path`` (of ``loop.finetune``) that a
+    caller's run key ``run`` did not write, or a damaged one (``ResumeMismatch`` /
+    ``DamagedArtifact`` naming it); nothing when there is none, or with ``overwrite``."""
+    path = Path(path)
+    if overwrite or not path.exists():
+        return
+    header = keyed_header(path)
+    check_keyed(path, {**header["key"], "run": dict(run)})

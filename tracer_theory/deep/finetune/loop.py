@@ -15,6 +15,7 @@ the result.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,13 +29,15 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
+from ..._cache import cache_key
+from ...errors import Diverged
 from ..models import DualEncoder
 from ..parallel import Mesh, replicate
-from .checkpoints import load_model, load_run, run_header, save_model, save_run
+from .checkpoints import array_digest, load_model, load_run, save_model, save_run
 from .config import FinetuneConfig
 from .finetunee import Batch, Finetunee
 from .step import TrainState, gap_metrics, phase_optimizer, start, start_phase, train_step
-from .strategies import Phase, Strategy
+from .strategies import Phase, Strategy, describe
 
 #: The logged curves: the step, the loss, the teacher–student gap (parameter distance, logit KL,
 #: argmax agreement) and the gray zero-shot accuracy (%) on the fixed gray probe.
@@ -163,13 +166,13 @@ def _block(state: TrainState, first: Int[Array, ""], fixed: _Fixed, schedule, le
     arrays, losses = jax.lax.scan(body, arrays, first + jnp.arange(length, dtype=jnp.int32))
     state = eqx.combine(arrays, static)
     values = log_metrics(state, losses[-1], fixed.probe, fixed.class_emb) if log else {}
-    return state, values
+    return state, (values, losses)
 
 
 def _blocks(state, firsts: Int[Array, " n"], fixed: _Fixed, schedule, length: int, log: bool
             ) -> tuple[TrainState, dict[str, Array]]:
     """``len(firsts)`` blocks of ``length`` steps as one ``lax.scan``; the logged values of each
-    block stacked (n, ...)."""
+    block stacked (n, ...) and every step's loss (n, length)."""
     arrays, static = eqx.partition(state, eqx.is_array)
 
     def body(arrays, first):
@@ -192,7 +195,7 @@ def _run_blocks(state, firsts, fixed, schedule, length, log, seeds: bool):
     if not seeds:
         return _blocks(state, firsts, fixed, schedule, length, log)
     state, values = _over_seeds(_blocks, fixed)(state, firsts, fixed, schedule, length, log)
-    return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), values)  # (blocks, seeds)
+    return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), values)  # (blocks, seeds, ...)
 
 
 @eqx.filter_jit
@@ -259,7 +262,8 @@ def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
              probe: np.ndarray, gray_probe: tuple[np.ndarray, np.ndarray] | None = None,
              hybrid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, seed: int,
              progress: str | None = None, mesh: Mesh | None = None, chunk: int = DEFAULT_CHUNK,
-             stops: Sequence[int] = (), checkpoint: str | Path | None = None) -> Run:
+             stops: Sequence[int] = (), checkpoint: str | Path | None = None,
+             checkpoint_key: dict | None = None, overwrite: bool = False) -> Run:
     """Finetune ``pretrained`` on ``images`` (N, C, H, W) / ``labels`` (N,) with ``strategy``
     under the training ``config``, as one scanned on-device program per chunk of steps.
 
@@ -271,13 +275,18 @@ def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
     per program call on accelerators (on CPU a call is one step, see ``stepwise``), and
     between checkpoints and progress-bar updates; ``stops`` steps at which to keep a copy of
     the model (``Run.snapshots``);
-    ``checkpoint`` a file the run is saved to after every chunk and resumed from (with the same
-    arguments).
+    ``checkpoint`` a file the run is saved to after every chunk and resumed from, keyed by
+    every argument the result depends on and by the caller's ``checkpoint_key`` (e.g. a study's
+    run key): a checkpoint of another run is a ``ResumeMismatch`` and a damaged one a
+    ``DamagedArtifact``, both naming the file (``overwrite``: start afresh instead).
+    Values that overflow the parameters' dtype (a λ of 1e300 in float32) are refused before
+    training, and a non-finite loss or parameter stops the run at once with a ``Diverged``
+    naming the step, the strategy and its λ and learning rate (nothing is checkpointed).
     Returns ``Run(model, curves, snapshots)``.
     """
     run = _Runner(strategy, config, chunk, stops, hybrid, mesh, n_seeds=None)
     return run(pretrained, images, labels, jnp.asarray(class_emb), probe, gray_probe,
-               jax.random.key(seed), progress, checkpoint)
+               jax.random.key(seed), progress, checkpoint, checkpoint_key, overwrite)
 
 
 def finetune_seeds(pretrained: Sequence[Finetunee], images: np.ndarray, labels: np.ndarray,
@@ -287,7 +296,8 @@ def finetune_seeds(pretrained: Sequence[Finetunee], images: np.ndarray, labels: 
                    hybrid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                    seeds: Sequence[int], progress: str | None = None,
                    mesh: Mesh | None = None, chunk: int = DEFAULT_CHUNK,
-                   stops: Sequence[int] = (), checkpoint: str | Path | None = None) -> Run:
+                   stops: Sequence[int] = (), checkpoint: str | Path | None = None,
+                   checkpoint_key: dict | None = None, overwrite: bool = False) -> Run:
     """``finetune`` for several seeds as one vmapped program: ``pretrained[i]`` and
     ``class_emb[i]`` are seed ``seeds[i]``'s. Each seed's result equals its own ``finetune``
     (within float32 round-off). Returns a ``Run`` whose fields are lists over the seeds (the
@@ -301,7 +311,7 @@ def finetune_seeds(pretrained: Sequence[Finetunee], images: np.ndarray, labels: 
     run = _Runner(strategy, config, chunk, stops, hybrid, mesh, n_seeds=len(seeds))
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     return run(_stack(pretrained), images, labels, jnp.stack([jnp.asarray(c) for c in class_emb]),
-               probe, gray_probe, keys, progress, checkpoint)
+               probe, gray_probe, keys, progress, checkpoint, checkpoint_key, overwrite)
 
 
 class _Runner:
@@ -335,17 +345,30 @@ class _Runner:
                          state.model, state.teacher)
 
     def __call__(self, pretrained, images, labels, class_emb, probe, gray_probe, key, progress,
-                 checkpoint):
+                 checkpoint, checkpoint_key=None, overwrite=False):
         config = self.config
         if len(labels) < config.batch_size - self.n_hybrid:
             raise ValueError(f"batch_size = {config.batch_size} draws "
                              f"{config.batch_size - self.n_hybrid} finetuning examples per step "
                              f"without replacement, but only {len(labels)} were given")
+        dtype = jnp.result_type(*jax.tree.leaves(eqx.filter(pretrained, eqx.is_inexact_array)))
+        check_representable(self.strategy, config, dtype)
         state = self._map(lambda m: start(m, self.strategy, config)[0], pretrained)
         schedule = self.strategy.schedule(config.steps)
         done, logged, snapshots = 0, [], {}
-        if checkpoint is not None and Path(checkpoint).exists():
-            done, logged, snapshots, state = self._resume(Path(checkpoint), state, pretrained)
+        run_key = None
+        if checkpoint is not None:
+            run_key = cache_key({
+                "run": checkpoint_key, "strategy": describe(self.strategy),
+                "training": dataclasses.asdict(config), "stops": list(self.stops),
+                "sampler": SAMPLER, "seeds": self.n_seeds,
+                "arguments": array_digest((pretrained, images, labels, class_emb, probe,
+                                           gray_probe, self.hybrid, key))})
+            resumed = self._resume(Path(checkpoint), state, pretrained, run_key, overwrite)
+            if resumed is not None:
+                done, logged, snapshots, state = resumed
+        self.what = f"{self.strategy.describe()['type']} finetuning"
+        self.scale = scale_text(self.strategy, config)
         data = TrainingData.of(images, labels, self.hybrid)
         probe = Probe.of(probe, gray_probe)
         sharding = None
@@ -374,9 +397,10 @@ class _Runner:
                 if done in self.stops:
                     snapshots[done] = state.model
                     if checkpoint is not None:
-                        save_model(_snapshot_path(checkpoint, done), state.model)
+                        save_model(_snapshot_path(checkpoint, done), state.model,
+                                   {**run_key, "snapshot": done})
                 if checkpoint is not None:
-                    save_run(checkpoint, state, done, {"curves": logged, "phase": i})
+                    save_run(checkpoint, state, done, run_key, {"curves": logged, "phase": i})
                 bar.update(hi - lo)
         bar.close()
         return self._result(state.model, logged, snapshots)
@@ -385,27 +409,44 @@ class _Runner:
         """Steps ``lo + 1 .. hi``; returns the state and the logged rows."""
         config, rows = self.config, []
         if stepwise():
+            losses = []
             for step in range(lo + 1, hi + 1):
                 state, loss = _run_step(state, jnp.int32(step), fixed, schedule, seeds)
+                losses.append(loss)
                 if step % config.log_every == 0 or step == config.steps:
                     values = _log(state, loss, fixed, seeds)
                     rows += _logged_rows(np.array([step]),
                                          jax.tree.map(lambda x: x[None], values))
+            check_finite(jnp.stack(losses), lo, state.model, self.what, self.scale)
             return state, rows
         for first, length, log, n in schedule_blocks(lo, hi, config):
             firsts = jnp.asarray(first + length * np.arange(n), jnp.int32)
-            state, values = _run_blocks(state, firsts, fixed, schedule, length, log, seeds)
+            state, (values, losses) = _run_blocks(state, firsts, fixed, schedule, length, log,
+                                                  seeds)
+            # losses (n, [seeds,] length) → (n·length, seeds) in step order
+            losses = np.moveaxis(np.asarray(losses), -1, 1).reshape(n * length, -1)
+            check_finite(losses, first - 1, state.model, self.what, self.scale)
             if log:
                 rows += _logged_rows(first - 1 + length * np.arange(1, n + 1), values)
         return state, rows
 
-    def _resume(self, path: Path, state: TrainState, pretrained):
-        """``(step, logged rows, snapshots, state)`` of the checkpoint at ``path``."""
-        _, info = run_header(path)
-        like = state if info["phase"] == 0 else self._phase_start(state, info["phase"])
-        state, step, info = load_run(path, like)
-        snapshots = {s: load_model(_snapshot_path(path, s), pretrained)
-                     for s in self.stops if s <= step}
+    def _resume(self, path: Path, state: TrainState, pretrained, key, overwrite: bool):
+        """``(step, logged rows, snapshots, state)`` of the checkpoint at ``path`` (written for
+        ``key``), or ``None`` when there is none (or, ``overwrite``, none usable)."""
+
+        def like(info):
+            return state if info["phase"] == 0 else self._phase_start(state, info["phase"])
+
+        resumed = load_run(path, like, key, overwrite=overwrite)
+        if resumed is None:
+            return None
+        state, step, info = resumed
+        snapshots = {}
+        for s in (s for s in self.stops if s <= step):
+            snapshots[s] = load_model(_snapshot_path(path, s), state.model, {**key, "snapshot": s},
+                                      overwrite=overwrite)
+            if snapshots[s] is None:  # missing (or unusable with overwrite): start afresh
+                return None
         return step, [tuple(r) for r in info["curves"]], snapshots, state
 
     def _result(self, model, logged, snapshots) -> Run:
@@ -419,6 +460,61 @@ class _Runner:
                   for s in range(self.n_seeds)]
         return Run(_unstack(model, self.n_seeds), curves,
                    {step: _unstack(m, self.n_seeds) for step, m in snapshots.items()})
+
+
+def scale_text(strategy: Strategy, config: FinetuneConfig) -> str:
+    """The numbers that set a run's scale, for a message: the strategy's numeric fields
+    (dotted names) and the learning rate, e.g. ``"lam = 1e+30, lr = 0.003"``."""
+    parts = [f"{name} = {value:g}" for name, value in _numbers(describe(strategy))]
+    return ", ".join([*parts, f"lr = {config.lr:g}"])
+
+
+def _numbers(value, prefix: str = "") -> list[tuple[str, float]]:
+    """``(dotted name, number)`` of every real number in a ``describe`` value."""
+    if isinstance(value, dict):
+        return [n for k, v in value.items() if k != "type"
+                for n in _numbers(v, f"{prefix}{k}.")]
+    if isinstance(value, list | tuple):
+        return [n for i, v in enumerate(value) for n in _numbers(v, f"{prefix}{i}.")]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [(prefix.rstrip("."), float(value))]
+    return []
+
+
+def check_representable(strategy: Strategy, config: FinetuneConfig, dtype) -> None:
+    """``ValueError`` naming the field when a number of ``strategy`` (λ, a momentum, a kernel
+    value) or the learning rate is not finite or overflows ``dtype``, the parameters' dtype the
+    run trains in (a λ of 1e300 is finite in Python and Inf in float32)."""
+    largest = float(jnp.finfo(dtype).max)
+    for name, value in [*_numbers(describe(strategy)), ("lr", config.lr),
+                        ("weight_decay", config.weight_decay)]:
+        if not abs(value) <= largest:
+            raise ValueError(f"{type(strategy).__name__}.{name} = {value:g} "
+                             f"{'overflows' if np.isfinite(value) else 'is not finite in'} "
+                             f"{jnp.dtype(dtype).name}, the dtype the parameters train in "
+                             f"(largest {largest:.3g})")
+
+
+def check_finite(losses, first: int, model, what: str, scale: str) -> None:
+    """``Diverged`` when a loss of steps ``first + 1, first + 2, …`` (``losses``: axis 0 the
+    steps, any other axes seeds) or a parameter of ``model`` after them is NaN or Inf; the
+    message names the first such step, ``what`` ran and its ``scale`` (λ, lr)."""
+    losses = np.asarray(losses, np.float64)
+    bad = ~np.isfinite(losses.reshape(losses.shape[0], -1)).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise Diverged(f"{what} went non-finite at step {first + 1 + i}: the loss is "
+                       f"{losses[i].tolist()} ({scale}); lower λ or the learning rate (nothing "
+                       "was written for this run)")
+    if not bool(_all_finite(eqx.filter(model, eqx.is_inexact_array))):
+        raise Diverged(f"{what} went non-finite by step {first + len(losses)}: a parameter is "
+                       f"NaN or Inf ({scale}); lower λ or the learning rate (nothing was "
+                       "written for this run)")
+
+
+@jax.jit
+def _all_finite(tree) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _snapshot_path(checkpoint: str | Path, step: int) -> Path:

@@ -3,7 +3,9 @@ resumable from checkpoints, as a scanned on-device program."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from pathlib import Path
 
 import equinox as eqx
@@ -18,9 +20,9 @@ from tqdm.auto import tqdm
 from ..losses import clip_loss
 from ..models import DualEncoder, make_model
 from ..parallel import Mesh, replicate
-from .checkpoints import load_run, save_run
+from .checkpoints import array_digest, load_run, save_run
 from .config import PretrainConfig, learning_rate
-from .loop import chunk_ranges, stepwise, subset
+from .loop import SAMPLER, check_finite, chunk_ranges, stepwise, subset
 from .step import accumulated_value_and_grad, in_compute_dtype
 
 
@@ -84,7 +86,8 @@ def _pretrain_chunk(model, opt_state, steps, arrays, key, optimizer, config: Pre
 def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
              config: PretrainConfig, *, key: PRNGKeyArray, seed: int,
              progress: str | None = None, mesh: Mesh | None = None,
-             checkpoint: str | Path | None = None, chunk: int = 100) -> DualEncoder:
+             checkpoint: str | Path | None = None, chunk: int = 100,
+             overwrite: bool = False) -> DualEncoder:
     """Contrastive pretraining of a fresh ``config.model`` on ``images`` (N, 3, H, W), as a
     scanned on-device program over chunks of ``chunk`` steps (one step per program on CPU, see
     ``loop.stepwise``; batches drawn with ``jax.random``
@@ -93,7 +96,10 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     ``captions`` (10, P, L): caption tokens per digit; each image gets a random one per step.
     ``mesh``: a 1-D device mesh (``parallel.data_mesh``) over which each batch is split; the
     model is replicated (data parallel). ``checkpoint``: where to save/resume the run every
-    ``config.checkpoint_every`` steps (the model and the optimizer state).
+    ``config.checkpoint_every`` steps (the model and the optimizer state), keyed by every
+    argument the result depends on: a checkpoint of another run is a ``ResumeMismatch`` and a
+    damaged one a ``DamagedArtifact`` (``overwrite``: start afresh instead). A non-finite loss
+    stops the run at once with a ``Diverged`` naming the step.
     """
     if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
         raise ValueError(f"chunk must be a positive number of steps, got {chunk!r}")
@@ -101,8 +107,14 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     optimizer = _pretrain_optimizer(config)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
     start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        (model, opt_state), start, _ = load_run(checkpoint, (model, opt_state))
+    run_key = {"run": "pretraining", "config": dataclasses.asdict(config), "seed": seed,
+               "key": array_digest(key), "data": array_digest((images, labels, captions)),
+               "sampler": SAMPLER}
+    run_key = json.loads(json.dumps(run_key, default=str))
+    if checkpoint is not None:
+        resumed = load_run(checkpoint, (model, opt_state), run_key, overwrite=overwrite)
+        if resumed is not None:
+            (model, opt_state), start, _ = resumed
     arrays = (jnp.asarray(images), jnp.asarray(labels, jnp.int32), jnp.asarray(captions))
     sharding = None
     if mesh is not None:
@@ -113,12 +125,20 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     seed_key = jax.random.key(seed)
     with tqdm(total=config.steps, initial=start, desc=progress, leave=False,
               disable=progress is None) as bar:
+        pending: list = []  # losses not yet checked (one transfer per chunk or checkpoint)
         for lo, hi in chunk_ranges(start, config.steps, 1 if stepwise() else chunk, stops):
-            model, opt_state, _ = _pretrain_chunk(
+            model, opt_state, losses = _pretrain_chunk(
                 model, opt_state, jnp.arange(lo + 1, hi + 1, dtype=jnp.int32), arrays,
                 seed_key, optimizer, config, sharding)
-            if every and (hi % every == 0 or hi == config.steps):
-                save_run(checkpoint, (model, opt_state), hi)
+            pending.append(losses)
+            due = every and (hi % every == 0 or hi == config.steps)
+            if due or hi == config.steps or sum(len(x) for x in pending) >= chunk:
+                check_finite(jnp.concatenate(pending), hi - sum(len(x) for x in pending), model,
+                             f"pretraining (seed {seed})",
+                             f"lr = {config.lr:g}, weight_decay = {config.weight_decay:g}")
+                pending = []
+            if due:
+                save_run(checkpoint, (model, opt_state), hi, run_key)
             bar.update(hi - lo)
     return model
 

@@ -491,13 +491,22 @@ def replay_embeddings(model: Finetunee, images: Float[Array, "B C H W"]) -> Floa
     return jax.vmap(clip.image_proj)(clip.image_features(images))
 
 
+def _real(name: str, value: object) -> float:
+    arr = np.asarray(value) if not isinstance(value, str | bool) else np.asarray(None)
+    if arr.ndim or arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    if not np.isfinite(float(arr)):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
 def _positive(name: str, value: float) -> None:
-    if not value > 0:
+    if not _real(name, value) > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
 def _non_negative(name: str, value: float) -> None:
-    if not value >= 0:
+    if not _real(name, value) >= 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
@@ -549,6 +558,11 @@ def registered(names: tuple[str, ...] | None = None) -> dict[str, Strategy]:
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; known: {list(REGISTRY)}")
     return {n: REGISTRY[n].strategy for n in names}
+
+
+def has_linear(strategy: Strategy) -> bool:
+    """Whether ``strategy`` has a counterpart in the linear theory (``Strategy.linear``)."""
+    return type(strategy).linear is not Strategy.linear
 
 
 def has_teacher(strategy: Strategy) -> bool:

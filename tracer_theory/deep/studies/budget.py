@@ -33,6 +33,7 @@ import hashlib
 import itertools
 import json
 import platform
+import types
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,15 +53,39 @@ from ...linear.spectrum import spectrum
 from ..finetune.finetunee import Batch, Finetunee, image_tower
 from ..finetune.loop import TrainingData, finetune
 from ..finetune.step import finetune_loss, in_compute_dtype, trainable_mask
-from ..finetune.strategies import REGISTRY, GradientDescent, Restricted, Strategy, describe
+from ..finetune.strategies import (
+    REGISTRY,
+    GradientDescent,
+    Restricted,
+    Strategy,
+    describe,
+    has_linear,
+)
 from ..models import PRESETS, make_model, normalize
 from ..models.tangent import Linearized, linearize
 from ..ntk import TangentProblem, check_memory
 from .arrays import ExperimentData
 from .evaluation import chunked, evaluate
-from .experiment import ExperimentConfig, pretrained_model, quick_config, resumed, run_key
+from .experiment import (
+    ExperimentConfig,
+    check_pretrained,
+    pretrained_model,
+    quick_config,
+    resumed,
+    run_key,
+)
 from .theory import LAMBDA_GRID, ZeroShotProbe, clip_config, linear_problem, zero_shot_change
 
+
+def _has_tangent_closed_form(strategy: Strategy) -> bool:
+    """Whether ``strategy`` has a linear counterpart anchored at the pretrained weights (the
+    closed forms of R0 and R0' need one)."""
+    curvature = types.SimpleNamespace(sigma_max_sq=1.0)  # sets a teacher's step; any will do
+    return has_linear(strategy) and strategy.linear(curvature, 1).anchor == "pretrained"
+
+
+#: The registered strategies a budget can run (``--strategies``).
+STRATEGIES = tuple(n for n, e in REGISTRY.items() if _has_tangent_closed_form(e.strategy))
 #: The rungs, from the closed form to the real network.
 RUNGS = ("R0", "R0'", "R1", "R2", "R3", "R4")
 RUNG_LABELS = {"R0": "closed form, last layer", "R0'": "closed form, tangent model",
@@ -105,10 +130,11 @@ class BudgetConfig:
         if not self.objectives or any(o not in ("head", "prompts") for o in self.objectives):
             raise ValueError(f"--objectives must be 'head' and/or 'prompts', "
                              f"got {list(self.objectives)}")
-        unknown = [s for s in self.strategies if s not in REGISTRY]
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown or not self.strategies:
-            raise ValueError(f"--strategies: unknown {unknown or 'none given'}; known: "
-                             f"{list(REGISTRY)}")
+            raise ValueError(f"--strategies must name registered strategies with a linear "
+                             f"counterpart anchored at θ⁰ {list(STRATEGIES)}, got "
+                             f"{list(self.strategies) or 'none'}")
         if not self.seeds:
             raise ValueError("--seeds must name at least one seed")
         if self.n < 2:
@@ -299,10 +325,11 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
     first = experiments[config.objectives[0]]  # pretraining, data and steps: the same for all
     data = first.data()
     sample = hashlib.sha256(data.sample(config.n).tobytes()).hexdigest()[:12]
+    check_pretrained(first, data, out_dir, overwrite)
     rows: list[dict[str, Any]] = []
     spectra: dict[str, Any] = {}
     for seed in config.seeds:
-        pretrained = pretrained_model(first, data, out_dir, seed, progress)
+        pretrained = pretrained_model(first, data, out_dir, seed, progress, overwrite=overwrite)
         key = json.loads(json.dumps(
             {"data": data.fingerprint, "seed": seed, "n": config.n, "sample": sample,
              "pretrain": dataclasses.asdict(first.pretrain), "steps": first.finetune.steps,
@@ -335,7 +362,7 @@ def _closed_forms(side: _Seed, key: dict[str, Any], path: Path, progress: bool,
                   overwrite: bool) -> dict[str, Any]:
     """The seed's R0 and R0' at every point with the Gram's spectrum summary, from ``path`` if
     it was written for ``key``."""
-    theory = resumed(path, key, overwrite)
+    theory = resumed(path, key, overwrite, fields=("points", "spectrum"))
     if theory is None:
         points = side.config.points()
         theory = {"config": key, "points": {
@@ -389,7 +416,7 @@ class _Runs(NamedTuple):
         named = strategy if rung == GD else _train(rung, pretrained, strategy)[1]
         key = {**run_key(experiment, data, seed, named, training), "rung": rung,
                "train_images": None if rung == "R4" else [n, self.sample]}
-        record = resumed(path, key, self.overwrite)
+        record = resumed(path, key, self.overwrite, fields=("forgetting", "logit_change"))
         if record is not None:
             return record
         images, labels = data.color_train[index], data.train_labels[index]

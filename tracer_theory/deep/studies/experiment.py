@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._cache import cache_key, check_keyed, keyed_header, read_record
 from ..._io import write_json_atomic
-from ...errors import InputError, ResumeMismatch
 from ..finetune.checkpoints import load_model, save_model
 from ..finetune.config import FinetuneConfig, PretrainConfig
 from ..finetune.finetunee import Finetunee
@@ -126,32 +126,12 @@ def run_key(config: ExperimentConfig, data: ExperimentData, seed: int, strategy:
     return json.loads(json.dumps(key, default=str))
 
 
-def resumed(path: Path, key: dict[str, Any], overwrite: bool = False) -> dict[str, Any] | None:
-    """The record at ``path`` if it was written for ``key``; ``None`` if there is none (or
-    ``overwrite``). A record written for another key is a ``ResumeMismatch`` that says what
-    differs."""
-    if overwrite or not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        found = record["config"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(f"cannot resume from {path}: not a result file of this toolkit "
-                         f"({type(err).__name__}: {err}); use a fresh --out folder or "
-                         "--overwrite") from None
-    if found != key:
-        changes = "; ".join(f"{k}: {a} → {b}" for k, a, b in _differences(found, key)[:6])
-        raise ResumeMismatch(f"{path} was written for other settings ({changes}); use a fresh "
-                             "--out folder, or --overwrite to replace it")
-    return record
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, old, new)`` where two JSON values differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new), key=str)
-                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [(prefix.rstrip(".") or "record", old, new)]
+def resumed(path: Path, key: dict[str, Any], overwrite: bool = False,
+            fields: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The record at ``path`` if it was written for ``key`` (and holds ``fields``); ``None`` if
+    there is none (or ``overwrite``). A record written for another key is a ``ResumeMismatch``
+    that says what differs, a damaged one a ``DamagedArtifact`` (``_cache.read_record``)."""
+    return read_record(path, key, overwrite=overwrite, fields=fields)
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy", *,
@@ -173,11 +153,13 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy"
     keys = {(seed, name): run_key(config, data, seed, strategy, ft_config)
              for seed in config.seeds for name, (strategy, ft_config) in plan.items()}
     # finished runs, read once; a folder of other settings is refused before any training
-    finished = {at: resumed(run_dir / f"seed{at[0]}_{at[1]}.json", key, overwrite)
+    finished = {at: resumed(run_dir / f"seed{at[0]}_{at[1]}.json", key, overwrite,
+                            fields=("forgetting", "gray_acc", "id_acc"))
                 for at, key in keys.items()}
+    check_pretrained(config, data, out_dir, overwrite)
     results: dict[str, Any] = {"pretrained": {}, "runs": {}}
     for seed in config.seeds:
-        pretrained = pretrained_model(config, data, out_dir, seed, progress, mesh)
+        pretrained = pretrained_model(config, data, out_dir, seed, progress, mesh, overwrite)
         before = evaluate(pretrained, data, config.objective)
         bases = task_bases(pretrained, data)
         results["pretrained"][str(seed)] = before
@@ -252,31 +234,56 @@ def format_table(payload: dict[str, Any], columns: tuple[str, ...] = TABLE_COLUM
     return "\n".join(lines)
 
 
-def _pretrain_key(config: ExperimentConfig, data: ExperimentData) -> str:
-    """A short hash of what pretraining depends on (its config and the data's fingerprint), so
-    protocols share one checkpoint per seed and other data never reuse it."""
-    text = json.dumps([dataclasses.asdict(config.pretrain), data.fingerprint, SAMPLER],
-                      default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+def pretrain_key(config: ExperimentConfig, data: ExperimentData, seed: int) -> dict[str, Any]:
+    """Everything a seed's pretrained model depends on (its config, the data's fingerprint, the
+    sampler and the seed): the key its checkpoint is written with and reused for."""
+    return cache_key({"model": "pretrained", "pretrain": dataclasses.asdict(config.pretrain),
+                      "data": data.fingerprint, "sampler": SAMPLER, "seed": seed})
+
+
+def pretrained_path(config: ExperimentConfig, data: ExperimentData, out_dir: Path, seed: int
+                    ) -> Path:
+    """Where the seed's pretrained model is cached: named after a hash of its key without the
+    seed, so protocols share one checkpoint per seed and other settings never collide."""
+    key = pretrain_key(config, data, 0)
+    del key["seed"]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(out_dir) / f"pretrained_{digest}_seed{seed}.eqx"
 
 
 def pretrained_model(config: ExperimentConfig, data: ExperimentData, out_dir: Path, seed: int,
-                     progress: bool, mesh: Mesh | None = None) -> Finetunee:
+                     progress: bool, mesh: Mesh | None = None, overwrite: bool = False
+                     ) -> Finetunee:
     """The seed's pretrained model with a fresh 10-class head, from its checkpoint in
-    ``out_dir`` or pretrained now and saved (an interrupted pretraining resumes from its
-    ``.run`` checkpoint)."""
+    ``out_dir`` (reused only for the same ``pretrain_key``; a damaged one is a
+    ``DamagedArtifact`` naming it, or with ``overwrite`` made anew) or pretrained now and saved
+    (an interrupted pretraining resumes from its ``.run`` checkpoint)."""
     key = jax.random.key(seed)
-    ckpt = out_dir / f"pretrained_{_pretrain_key(config, data)}_seed{seed}.eqx"
+    ckpt = pretrained_path(config, data, out_dir, seed)
+    cached = pretrain_key(config, data, seed)
     clip = make_model(config.pretrain.model, key=key, width=config.pretrain.width,
                       dim=config.pretrain.dim)
     skeleton = Finetunee(clip, eqx.nn.Linear(clip.image_proj.in_features, 10,
                                              dtype=jnp.float32, key=jax.random.fold_in(key, 1)))
-    if ckpt.exists():
-        return load_model(ckpt, skeleton)
+    loaded = load_model(ckpt, skeleton, cached, overwrite=overwrite)
+    if loaded is not None:
+        return loaded
     clip = pretrain(data.gray_train, data.train_labels, data.captions, config.pretrain,
                     key=key, seed=seed, progress=f"pretrain seed {seed}" if progress else None,
-                    mesh=mesh, checkpoint=ckpt.with_suffix(".run"))
+                    mesh=mesh, checkpoint=ckpt.with_suffix(".run"), overwrite=overwrite)
     pretrained = eqx.tree_at(lambda m: m.clip, skeleton, clip)
-    save_model(ckpt, pretrained)
+    save_model(ckpt, pretrained, cached)
     ckpt.with_suffix(".run").unlink(missing_ok=True)
     return pretrained
+
+
+def check_pretrained(config: ExperimentConfig, data: ExperimentData, out_dir: Path,
+                     overwrite: bool = False) -> None:
+    """Refuse, before any work, a pretrained checkpoint (or interrupted pretraining) of one of
+    ``config.seeds`` in ``out_dir`` written for other settings or damaged (nothing with
+    ``overwrite``: they are made anew)."""
+    for seed in config.seeds:
+        path = pretrained_path(config, data, out_dir, seed)
+        check_keyed(path, pretrain_key(config, data, seed), replace=overwrite)
+        if not overwrite and path.with_suffix(".run").exists():
+            keyed_header(path.with_suffix(".run"))  # a damaged interrupted pretraining

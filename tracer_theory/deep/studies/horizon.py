@@ -26,12 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._cache import write_record
 from ..._io import write_json_atomic
 from ...dynamics.schedules import static_teacher
 from ...dynamics.spectral import default_lr, spectral_dynamics
 from ...linear.closed_forms import solve
 from ...linear.spectrum import spectrum
 from ..data.mnist import flip_labels
+from ..finetune.checkpoints import check_run
 from ..finetune.config import FinetuneConfig, PretrainConfig
 from ..finetune.loop import SAMPLER, finetune, zero_shot_accuracy
 from ..finetune.strategies import (
@@ -46,7 +48,7 @@ from ..finetune.strategies import (
 )
 from .arrays import ExperimentData
 from .evaluation import evaluate
-from .experiment import ExperimentConfig, pretrained_model, resumed
+from .experiment import ExperimentConfig, check_pretrained, pretrained_model, resumed
 from .theory import ZeroShotProbe, linear_problem, predicted_forgetting
 
 #: The study's strategies: the registry's, with the EMA teacher at two momenta.
@@ -118,6 +120,11 @@ class HorizonConfig:
             object.__setattr__(self, "only", only)
         object.__setattr__(self, "horizons", tuple(int(t) for t in h))
         object.__setattr__(self, "label_noise", tuple(float(p) for p in self.label_noise))
+        every = self.finetune.log_every
+        if any(t % every for t in self.horizons):
+            raise ValueError(f"--horizons must be multiples of the logging interval log_every = "
+                             f"{every} (every horizon is a logged step of the curves), got "
+                             f"{list(self.horizons)}")
 
     @property
     def name(self) -> str:
@@ -184,13 +191,25 @@ def run_horizon(config: HorizonConfig, out_dir: str | Path = "results/horizon", 
     data = ExperimentData(config.mnist, "toy", config.quick)
     experiment = config.experiment()
     gray_probe = data.gray_probe()
+    plan = {(objective, noise, seed, name, steps): (stops, *_where(
+                config, data, out_dir, objective, noise, seed, name, steps))
+            for objective, noise in config.settings() for seed in config.seeds
+            for name in config.strategies for steps, stops in _runs(config, name)}
+    # every artifact is checked before any work: finished runs, run checkpoints, pretrained
+    finished = {at: resumed(path, key, overwrite, fields=("horizons", "curves"))
+                for at, (_, path, key, _) in plan.items()}
+    for at, (_, path, key, _) in plan.items():
+        if finished[at] is None:
+            check_run(path.with_suffix(".ckpt"), key, overwrite=overwrite)
+    check_pretrained(experiment, data, out_dir, overwrite)
     records: dict[str, dict[str, dict[str, Any]]] = {}
     theory: dict[str, dict[str, Any]] = {}
     for objective, noise in config.settings():
         setting = f"{objective}_noise{noise:g}"
         records[setting], theory[setting] = {}, {}
         for seed in config.seeds:
-            pretrained = pretrained_model(experiment, data, out_dir, seed, progress)
+            pretrained = pretrained_model(experiment, data, out_dir, seed, progress,
+                                          overwrite=overwrite)
             labels = noisy_labels(data, noise, seed)
             class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
             before = evaluate(pretrained, data, objective)
@@ -199,18 +218,16 @@ def run_horizon(config: HorizonConfig, out_dir: str | Path = "results/horizon", 
             theory[setting][str(seed)] = predict(config, pretrained, data, labels, objective)
             for name in config.strategies:
                 strategy = STRATEGIES[name].strategy
-                for steps, stops in _runs(config, name):
-                    ft = dataclasses.replace(config.finetune, objective=objective, steps=steps)
-                    stem = f"seed{seed}_{name}" + ("" if len(stops) > 1 else f"_T{steps}")
-                    path = out_dir / config.name / setting / f"{stem}.json"
-                    key = _key(data, seed, config, strategy, ft, noise)
-                    record = resumed(path, key, overwrite)
+                for steps, _ in _runs(config, name):
+                    at = (objective, noise, seed, name, steps)
+                    stops, path, key, ft = plan[at]
+                    record = finished[at]
                     if record is None:
                         record = _one_run(pretrained, data, labels, strategy, ft, class_emb,
-                                          seed, stops, before, probe_before, config, path,
+                                          seed, stops, before, probe_before, config, path, key,
+                                          overwrite,
                                           progress and f"{setting} seed {seed} {name} T={steps}")
-                        record = {"config": key, **record}
-                        write_json_atomic(path, record)
+                        record = write_record(path, key, record)
                     for t, values in record["horizons"].items():
                         records[setting].setdefault(name, {}).setdefault(t, {})[str(seed)] = {
                             **values, "curves": record["curves"], "run_steps": steps}
@@ -225,6 +242,17 @@ def run_horizon(config: HorizonConfig, out_dir: str | Path = "results/horizon", 
     return payload
 
 
+def _where(config: HorizonConfig, data, out_dir: Path, objective: str, noise: float, seed: int,
+           name: str, steps: int) -> tuple[Path, dict[str, Any], FinetuneConfig]:
+    """``(result file, key, training config)`` of one run."""
+    setting = f"{objective}_noise{noise:g}"
+    stops = dict(_runs(config, name))[steps]
+    stem = f"seed{seed}_{name}" + ("" if len(stops) > 1 else f"_T{steps}")
+    ft = dataclasses.replace(config.finetune, objective=objective, steps=steps)
+    key = _key(data, seed, config, STRATEGIES[name].strategy, ft, noise)
+    return out_dir / config.name / setting / f"{stem}.json", key, ft
+
+
 def _key(data, seed, config, strategy, ft, noise) -> dict[str, Any]:
     key = {"data": data.fingerprint, "seed": seed, "sampler": SAMPLER, "label_noise": noise,
            "pretrain": dataclasses.asdict(config.pretrain), "strategy": describe(strategy),
@@ -233,14 +261,16 @@ def _key(data, seed, config, strategy, ft, noise) -> dict[str, Any]:
 
 
 def _one_run(pretrained, data, labels, strategy: Strategy, ft: FinetuneConfig, class_emb,
-             seed, stops, before, probe_before, config: HorizonConfig, path: Path, progress):
-    """One run with its evaluation at every horizon in ``stops``; resumes from a checkpoint."""
+             seed, stops, before, probe_before, config: HorizonConfig, path: Path, key,
+             overwrite: bool, progress):
+    """One run with its evaluation at every horizon in ``stops``; resumes from a checkpoint
+    written for the same run ``key``."""
     ckpt = path.with_suffix(".ckpt")
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     run = finetune(pretrained, data.color_train, labels, strategy, ft, class_emb=class_emb,
                    probe=data.probe(), gray_probe=data.gray_probe(), hybrid=data.hybrid(),
                    seed=seed, progress=progress or None, chunk=config.chunk,
-                   stops=stops[:-1], checkpoint=ckpt)
+                   stops=stops[:-1], checkpoint=ckpt, checkpoint_key=key, overwrite=overwrite)
     curves = {k: np.asarray(v).tolist() for k, v in run.curves.items()}
     curves["forgetting"] = (probe_before - np.asarray(run.curves["gray_acc"])).tolist()
     steps = np.asarray(run.curves["steps"])
@@ -248,7 +278,7 @@ def _one_run(pretrained, data, labels, strategy: Strategy, ft: FinetuneConfig, c
     for t in stops:
         model = run.model if t == ft.steps else run.snapshots[t]
         after = evaluate(model, data, ft.objective)
-        at = int(np.searchsorted(steps, t))
+        at = int(np.searchsorted(steps, t))  # t is a logged step (a multiple of log_every)
         values = {k: after[k] for k in METRICS if k in after}
         values["forgetting"] = before["gray_acc"] - after["gray_acc"]
         values["half_forgetting_step"] = half_step(steps, np.asarray(curves["forgetting"]), t)

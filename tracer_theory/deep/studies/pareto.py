@@ -73,14 +73,20 @@ class ParetoConfig:
     def __post_init__(self) -> None:
         unknown = set(self.random) - set(RANDOM)
         if unknown:
-            raise ValueError(f"unknown random spectra {sorted(unknown)}; known {list(RANDOM)}")
+            raise ValueError(f"--random: unknown random spectra {sorted(unknown)}; known "
+                             f"{list(RANDOM)}")
         if set(self.designs) - set(DESIGNED):
             raise ValueError(f"designs must be among {list(DESIGNED)}, got {self.designs}")
         if set(self.models) - {"toy", "tiny"}:
-            raise ValueError(f"models must be 'toy' and/or 'tiny', got {self.models}")
+            raise ValueError(f"--models must be 'toy' and/or 'tiny', got {self.models}")
         for name in ("n", "n_pre", "steps", "n_lams", "design_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                flag = "--design-steps" if name == "design_steps" else name
+                raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+        if not self.random and not self.models:
+            raise ValueError("--random and --models name no problem to study: give at least one "
+                             f"random spectrum {list(RANDOM)} or model ['toy', 'tiny']")
 
 
 def quick_pareto_config(**overrides: Any) -> ParetoConfig:

@@ -46,6 +46,7 @@ import numpy as np
 import scipy.stats
 from tqdm.auto import tqdm
 
+from ..._cache import cache_key, write_record
 from ..._io import write_json_atomic
 from ...dynamics.schedules import GridKernel
 from ...linear.closed_forms import solve
@@ -64,7 +65,13 @@ from ..finetune.strategies import (
 )
 from .arrays import ExperimentData
 from .evaluation import evaluate, validation_scores
-from .experiment import ExperimentConfig, pretrained_model, resumed
+from .experiment import (
+    ExperimentConfig,
+    check_pretrained,
+    pretrain_key,
+    pretrained_model,
+    resumed,
+)
 from .theory import ZeroShotProbe, linear_problem, predicted_forgetting
 
 #: A compared strategy: its strategy as a function of λ, and its λ grid (increasing).
@@ -143,9 +150,9 @@ class TeachersConfig:
         if self.kernel is not None:
             values = tuple(self.kernel)
             if len(values) < 2 or any(isinstance(v, bool) or not isinstance(v, int | float)
-                                      or not np.isfinite(v) for v in values):
-                raise ValueError(f"--kernel log_values must be at least 2 finite numbers, got "
-                                 f"{list(values)}")
+                                      or not abs(v) <= FLOAT32_MAX for v in values):
+                raise ValueError(f"--kernel log_values must be at least 2 finite numbers that "
+                                 f"float32 (the training dtype) holds, got {list(values)}")
             object.__setattr__(self, "kernel", tuple(float(v) for v in values))
         if not 0 < self.replay_fraction < 1:
             raise ValueError(f"replay_fraction must be in (0, 1), got {self.replay_fraction}")
@@ -224,11 +231,16 @@ def quick_teachers_config(**overrides: Any) -> TeachersConfig:
     return TeachersConfig(**(base | overrides))
 
 
+#: The largest number float32, the dtype the runs train in, holds.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _grid(flag: str, values) -> tuple[float, ...]:
     values = tuple(values)
     if not values or any(isinstance(v, bool) or not isinstance(v, int | float)
-                         or not (np.isfinite(v) and v >= 0) for v in values):
-        raise ValueError(f"{flag} must be finite λ ≥ 0, got {list(values)}")
+                         or not 0 <= v <= FLOAT32_MAX for v in values):
+        raise ValueError(f"{flag} must be λ ≥ 0 that float32 (the training dtype) holds "
+                         f"(≤ {FLOAT32_MAX:.3g}), got {list(values)}")
     if any(b <= a for a, b in itertools.pairwise(values)):
         raise ValueError(f"{flag} must be strictly increasing, got {list(values)}")
     if len({lam_key(v) for v in values}) != len(values):
@@ -265,7 +277,11 @@ def run_teachers(config: TeachersConfig, out_dir: str | Path = "results/teachers
              for seed in config.seeds for name, lam, _ in plan}
     keys = {(seed, name, lam): _key(data, seed, config, strategy, training)
             for seed in config.seeds for name, lam, strategy in plan}
-    finished = {at: resumed(paths[at], keys[at], overwrite) for at in keys}
+    finished = {at: resumed(paths[at], keys[at], overwrite, fields=RECORD_FIELDS)
+                for at in keys}
+    theory_key = _twins_key(config, data)
+    twins = resumed(run_dir / "linear_twins.json", theory_key, overwrite, fields=("points",))
+    check_pretrained(experiment, data, out_dir, overwrite)
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     direct: dict[str, Any] = {}
     bar = tqdm(total=len(keys), initial=sum(r is not None for r in finished.values()),
@@ -273,7 +289,8 @@ def run_teachers(config: TeachersConfig, out_dir: str | Path = "results/teachers
     for seed in config.seeds:
         todo = [(n, lam) for n, lam, _ in plan if finished[seed, n, lam] is None]
         if todo:
-            pretrained = pretrained_model(experiment, data, out_dir, seed, progress)
+            pretrained = pretrained_model(experiment, data, out_dir, seed, progress,
+                                          overwrite=overwrite)
             before = evaluate(pretrained, data, config.objective)
             class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
         for name, lam, strategy in plan:
@@ -298,16 +315,13 @@ def run_teachers(config: TeachersConfig, out_dir: str | Path = "results/teachers
                                    for k, per_seed in per_lam.items()}, config.seeds[0])
                  for name, per_lam in runs.items()}
     summary = summarize(runs, selection, direct or None, reference=config.reference)
-    size = 64 if config.quick else 500
-    theory_key = {"config": config.describe(), "seed": config.seeds[0], "n": size,
-                  "n_pre": size}
-    predictions = resumed(run_dir / "linear_twins.json", theory_key, overwrite)
-    if predictions is None:
-        pretrained = pretrained_model(experiment, data, out_dir, config.seeds[0], progress)
-        predictions = {"config": theory_key,
-                       "points": linear_twins(config, pretrained, data, size, size)}
-        write_json_atomic(run_dir / "linear_twins.json", predictions)
-    theory = linear_check(predictions["points"], summary, size)
+    size = theory_key["n"]
+    if twins is None:
+        pretrained = pretrained_model(experiment, data, out_dir, config.seeds[0], progress,
+                                      overwrite=overwrite)
+        twins = write_record(run_dir / "linear_twins.json", theory_key,
+                             {"points": linear_twins(config, pretrained, data, size, size)})
+    theory = linear_check(twins["points"], summary, size)
     payload = {"config": config.describe(), "data": data.source, "sampler": SAMPLER,
                "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
                                "python": platform.python_version()},
@@ -356,6 +370,19 @@ def linear_check(points: list[dict[str, Any]], summary: dict[str, Any],
 
 def _stem(seed: int, name: str, lam: float | None) -> str:
     return f"seed{seed}_{name}" + ("" if lam is None else f"_lam{lam_key(lam)}") + ".json"
+
+
+#: What every run's record holds (a record without them is damaged).
+RECORD_FIELDS = ("validation", "test", "curves")
+
+
+def _twins_key(config: TeachersConfig, data: ExperimentData) -> dict[str, Any]:
+    """What the linear twins depend on: the study, the data, the first seed's pretrained
+    model and the linearization's sample sizes."""
+    size = 64 if config.quick else 500
+    return cache_key({"config": config.describe(), "seed": config.seeds[0], "n": size,
+                      "n_pre": size,
+                      "pretrained": pretrain_key(config.experiment(), data, config.seeds[0])})
 
 
 def _key(data: ExperimentData, seed: int, config: TeachersConfig, strategy: Strategy,

@@ -200,7 +200,7 @@ def _measured(payload, path: Path, key: dict[str, Any], name: str, strategy: Str
               ft: FinetuneConfig, seed: int, pretrained, data: ExperimentData, class_emb,
               progress, mesh, overwrite: bool) -> float:
     """Measured forgetting of one λ-grid point, from its own (resumable) run at ``path``."""
-    done = resumed(path, key, overwrite)
+    done = resumed(path, key, overwrite, fields=("forgetting",))
     if done is not None:
         return float(done["forgetting"])
     model, _, _ = finetune(pretrained, data.color_train, data.train_labels, strategy, ft,
