@@ -25,6 +25,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import jax
+import numpy as np
+from jaxtyping import PyTree
+
 from ._io import write_atomic, write_json_atomic
 from .errors import DamagedArtifact, ResumeMismatch
 
@@ -40,6 +44,23 @@ def cache_key(value: Mapping[str, Any]) -> dict[str, Any]:
     """``value`` as the JSON value it is compared as (tuples become lists, other objects their
     ``str``): keys are equal exactly when their JSON texts are."""
     return json.loads(json.dumps(value, default=str))
+
+
+def array_digest(tree: PyTree) -> str:
+    """SHA-256 (16 hex digits) of the array leaves of ``tree`` (dtypes, shapes and bytes; PRNG
+    keys by their key data) and of its number and string leaves: a fingerprint of data or
+    weights for a cache key. Other leaves (functions) are left out."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array | np.ndarray | np.generic):
+            if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
+                                                                     jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)
+            arr = np.ascontiguousarray(np.asarray(leaf))
+            digest.update(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes())
+        elif isinstance(leaf, bool | int | float | str):
+            digest.update(repr(leaf).encode())
+    return digest.hexdigest()[:16]
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -182,6 +203,12 @@ def load_keyed(path: str | os.PathLike, key: Mapping[str, Any], load: Callable[[
             return None
         raise _damaged(Path(path), f"cannot be read back: {type(err).__name__}: "
                                    f"{_short(err, 200)}") from None
+
+
+def check_whole(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a keyed artifact at ``path`` that is truncated or corrupted,
+    whatever key it was written for (``DamagedArtifact`` naming it)."""
+    read_keyed(path, keyed_header(path)["key"])
 
 
 def check_keyed(path: str | os.PathLike, key: Mapping[str, Any], *, replace: bool = False

@@ -29,7 +29,9 @@ def show(x: object) -> str:
     if is_traced(x):
         return "<traced>"
     arr = np.asarray(x)
-    return repr(float(arr)) if arr.ndim == 0 and arr.dtype.kind == "f" else repr(x)
+    if arr.ndim == 0 and arr.dtype.kind in "fiub":
+        return repr({"f": float, "b": bool}.get(arr.dtype.kind, int)(arr))
+    return repr(x)
 
 
 def ensure(x: Array, ok: ArrayLike, message: str) -> Array:
@@ -164,3 +166,59 @@ def as_real_array(name: str, value: ArrayLike) -> Array:
     if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
         raise ValueError(f"{name} must be real numbers, got dtype {arr.dtype}")
     return arr
+
+
+def as_vector(name: str, value: ArrayLike) -> Array:
+    """``value`` as a non-empty 1-D real jax array (a grid, one weight per direction), else a
+    ``ValueError`` naming ``name``; traced values pass through (shape and dtype still checked)."""
+    arr = as_real_array(name, value)
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {arr.shape}")
+    return arr
+
+
+def ensure_entries(x: Array, ok: ArrayLike, message: str) -> Array:
+    """``ensure`` for an array whose entries must each satisfy ``ok`` (``x``'s shape).
+
+    ``message`` names the argument and holds the placeholders ``{index}`` and ``{value}``, e.g.
+    ``"lams{index} must be finite and >= 0, got {value}"``. Concrete: a ``ValueError`` for the
+    first bad entry (``lams[2] must be finite and >= 0, got nan``). Traced: a run-time check
+    with the index left out and ``<traced>`` for the value.
+    """
+    if is_traced(ok) or is_traced(x):
+        text = message.replace("{index}", "").replace("{value}", "<traced>")
+        return eqx.error_if(x, ~jnp.all(jnp.asarray(ok)), text)
+    bad = np.argwhere(~np.broadcast_to(np.asarray(ok, dtype=bool), np.shape(x)))
+    if len(bad):  # (count, ndim): (1, 0) for a failing scalar
+        where = tuple(int(i) for i in bad[0])
+        index = f"[{', '.join(map(str, where))}]" if where else ""
+        value = show(np.asarray(x)[where])
+        raise ValueError(message.replace("{index}", index).replace("{value}", value))
+    return x
+
+
+def as_int(name: str, value: object, *, minimum: int) -> int:
+    """A concrete integer ``>= minimum`` (a size, a count, a seed) as a Python int, else a
+    ``ValueError`` naming ``name``; bools, floats and strings are refused, not rounded."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an int, got {show(value)}")
+    if value < minimum:
+        kind = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
+        raise ValueError(f"{name} must be {kind}, got {show(value)}")
+    return int(value)
+
+
+def as_real(name: str, value: object, *, minimum: float) -> float:
+    """A concrete finite real number ``>= minimum`` (a host-side setting, e.g. a decay rate) as
+    a Python float, else a ``ValueError`` naming ``name`` and showing the value given."""
+    try:
+        host = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"{name} must be a real number, got {type(value).__name__}: {err}") \
+            from None
+    if host.ndim != 0 or host.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    number = float(host)
+    if not (np.isfinite(number) and number >= minimum):
+        raise ValueError(f"{name} must be >= {minimum:g} and finite, got {show(value)}")
+    return number

@@ -24,10 +24,20 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree
 from tqdm.auto import tqdm
 
-from .._io import write_atomic
+from .._cache import array_digest, cache_key, load_keyed, write_keyed
+from .._validation import (
+    SUPPORTED_FLOATS,
+    all_finite,
+    as_float_matrix,
+    as_int,
+    as_real_array,
+    as_scalar,
+    ensure_each,
+    not_finite,
+)
 from ..errors import MemoryBudgetExceeded
 from ..linear import strategies as linear_strategies
 
@@ -35,18 +45,127 @@ from ..linear import strategies as linear_strategies
 Embed = Callable[[PyTree, Float[Array, "B C H W"]], Float[Array, "B k"]]
 
 
+# --- argument checks (host values: a ValueError or TypeError naming the argument) -------------
+
+def _real(name: str, value: ArrayLike, *, positive: bool = False) -> float:
+    """A finite real number known on the host (``> 0`` when ``positive``), as a float."""
+    return float(as_scalar(name, value, minimum=0.0 if positive else None, strict=positive))
+
+
+def _options(block: object, memory_gb: object, progress: object) -> tuple[int, float]:
+    """``(block, memory_gb)`` checked (an integer >= 1, a finite number > 0), and ``progress``
+    a label or ``None``."""
+    if progress is not None and not isinstance(progress, str):
+        raise TypeError(f"progress must be a str (the progress bar's label) or None, got "
+                        f"{type(progress).__name__}")
+    return as_int("block", block, minimum=1), _real("memory_gb", memory_gb, positive=True)
+
+
+def _tree_finite(tree: PyTree) -> Array:
+    """True when every entry of every leaf of ``tree`` is finite (a 0-d boolean array)."""
+    return jnp.all(jnp.stack([all_finite(x) for x in jax.tree.leaves(tree)]))
+
+
+def _param_dtype(name: str, params: PyTree) -> jnp.dtype:
+    """The one dtype (float32 or float64) of the floating arrays ``params``, after checking
+    there is at least one, that they are all such arrays, and finite; a ``ValueError`` naming
+    ``name`` otherwise."""
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError(f"{name} has no floating-point parameters: nothing to differentiate")
+    other = [type(x).__name__ for x in leaves if not eqx.is_inexact_array(x)]
+    if other:
+        raise ValueError(f"{name} must hold only floating-point arrays (the parameters "
+                         f"tower_embed returns), got a leaf of type {other[0]}")
+    dtypes = sorted({jnp.dtype(x.dtype).name for x in leaves})
+    if len(dtypes) > 1 or jnp.dtype(dtypes[0]) not in SUPPORTED_FLOATS:
+        raise ValueError(f"{name} must be in one dtype, float32 or float64 (the Gram's "
+                         f"eigendecomposition has no other kernels), got {', '.join(dtypes)}; "
+                         "cast the tower first")
+    ensure_each(params, [(_tree_finite(params),
+                          f"{name} contains NaN or Inf: every parameter must be finite")])
+    return jnp.dtype(dtypes[0])
+
+
+def _as_floats(name: str, value: ArrayLike, dtype: jnp.dtype,
+               shape_error: Callable[[tuple[int, ...]], str | None]) -> Array:
+    """``value`` as a float32/float64 array cast to ``dtype``, its shape accepted by
+    ``shape_error`` (which returns what is wrong, or ``None``), all entries finite; checked in
+    that order, each failure a ``ValueError`` naming ``name``."""
+    arr = as_real_array(name, value)
+    if arr.dtype not in SUPPORTED_FLOATS:
+        raise ValueError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if (wrong := shape_error(arr.shape)) is not None:
+        raise ValueError(f"{name} {wrong}, got shape {arr.shape}")
+    arr = ensure_each(arr, [(jnp.isfinite(arr),
+                             f"{name} contains NaN or Inf; all entries must be finite")])
+    return arr.astype(dtype)
+
+
+def _as_images(name: str, images: ArrayLike, dtype: jnp.dtype,
+               image_shape: tuple[int, ...] | None = None) -> Float[Array, "n C H W"]:
+    """A batch of ``n >= 1`` finite float32/float64 images, cast to the tower's ``dtype``
+    (each of ``image_shape`` when given)."""
+    def shape_error(shape):
+        if image_shape is not None and tuple(shape[1:]) != tuple(image_shape):
+            return f"must be (B, {', '.join(map(str, image_shape))}), like the problem's images"
+        if len(shape) < 2 or shape[0] == 0:
+            return "must be a batch of n >= 1 images, (n, C, H, W) for an image tower"
+        return None
+
+    return _as_floats(name, images, dtype, shape_error)
+
+
+def _width(params: PyTree, embed: Embed, images: Float[Array, "n C H W"], source: str) -> int:
+    """The embedding width ``k`` of ``embed(params, ·)`` on one image like ``images``, found
+    by tracing alone (nothing is compiled); an image the tower cannot take is refused naming
+    ``images``, an embedding that is not (B, k) with k >= 1 naming ``source``."""
+    one = jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype)
+    try:
+        out = jax.eval_shape(embed, params, one)
+    except Exception as err:  # whatever the tower raises on an image it cannot take
+        detail = (str(err).splitlines() or [""])[0][:300]
+        raise ValueError(f"images must be (n, C, H, W) with each image as the tower accepts it: "
+                         f"the tower fails on images of shape {tuple(images.shape[1:])} "
+                         f"({type(err).__name__}: {detail})") from err
+    shape = getattr(out, "shape", None)
+    if (shape is None or len(shape) != 2 or shape[0] != 1
+            or not jnp.issubdtype(out.dtype, jnp.floating)):
+        raise ValueError(f"{source} must embed a batch of B images as a floating (B, k) array, "
+                         f"got {out}")
+    if shape[1] == 0:
+        raise ValueError(f"{source} embeds images into k = 0 coordinates: there is nothing to fit")
+    return shape[1]
+
+
+# --- the tower, the Gram and its memory ---------------------------------------------------------
+
 def tower_embed(tower: PyTree, include: Callable[[PyTree], PyTree] | None = None
                 ) -> tuple[PyTree, Embed]:
     """``(params, embed)`` of an image tower ``(image, image_proj)``: ``params`` its floating
     leaves (only those of ``include(tower)`` when given, e.g. ``lambda t: t[1]`` for the
     projection alone; the others are held fixed) and ``embed(params, images)`` the
-    unnormalized embeddings ``W_I h(x)`` (B, k)."""
+    unnormalized embeddings ``W_I h(x)`` (B, k). The tower's floating leaves must share one
+    dtype (float32 or float64) and be finite; ``include`` must select at least one of them."""
+    if not (isinstance(tower, tuple | list) and len(tower) == 2 and all(map(callable, tower))):
+        raise TypeError(f"tower must be a pair (image, image_proj) of modules, got "
+                        f"{type(tower).__name__}")
+    if include is not None and not callable(include):
+        raise TypeError(f"include must be a function tower -> the part to differentiate (e.g. "
+                        f"lambda t: t[1]) or None, got {type(include).__name__}")
     params, rest = eqx.partition(tower, eqx.is_inexact_array)
+    _param_dtype("tower", params)
     if include is not None:
-        chosen = jax.tree.map(lambda _: False, tower)
-        chosen = eqx.tree_at(include, chosen, replace=jax.tree.map(
-            eqx.is_inexact_array, include(tower)))
+        try:
+            chosen = jax.tree.map(lambda _: False, tower)
+            chosen = eqx.tree_at(include, chosen, replace=jax.tree.map(
+                eqx.is_inexact_array, include(tower)))
+        except Exception as err:  # whatever include raises, or tree_at on a non-subtree
+            raise ValueError(f"include must select a part of tower (e.g. lambda t: t[1]): "
+                             f"{type(err).__name__}: {err}") from err
         params, fixed = eqx.partition(params, chosen)
+        if not jax.tree.leaves(params):
+            raise ValueError("include selects no floating-point parameter of tower")
         rest = eqx.combine(rest, fixed)
 
     def embed(p, images):
@@ -58,35 +177,45 @@ def tower_embed(tower: PyTree, include: Callable[[PyTree], PyTree] | None = None
 
 def gram_bytes(n: int, k: int, itemsize: int) -> int:
     """Memory of the ``n·k × n·k`` Gram with its eigendecomposition (Gram, eigenvectors and
-    LAPACK's workspace: three such matrices)."""
-    return 3 * (n * k) ** 2 * itemsize
+    LAPACK's workspace: three such matrices), in bytes (an exact Python int)."""
+    n, k = as_int("n", n, minimum=0), as_int("k", k, minimum=0)
+    return 3 * (n * k) ** 2 * as_int("itemsize", itemsize, minimum=1)
 
 
 def check_memory(n: int, k: int, itemsize: int, memory_gb: float, flag: str = "memory_gb"
                  ) -> None:
     """``MemoryBudgetExceeded`` when the Gram of ``n`` images × ``k`` outputs would not fit in
-    ``memory_gb``; the message names the limit and ``flag``."""
+    ``memory_gb`` (finite, > 0); the messages name the limit and ``flag``."""
+    if not isinstance(flag, str):
+        raise TypeError(f"flag must be a str (the argument that sets memory_gb), got "
+                        f"{type(flag).__name__}")
+    limit = _real(flag, memory_gb, positive=True)
     need = gram_bytes(n, k, itemsize)
-    if need > memory_gb * 2**30:
+    if need > limit * 2**30:
         raise MemoryBudgetExceeded(
             f"an eNTK Gram on n = {n} images × k = {k} outputs is {n * k} × {n * k}: with its "
             f"eigendecomposition about {need / 2**30:.1f} GiB, above the memory budget of "
-            f"{memory_gb:g} GiB ({flag}); use fewer images or raise {flag}")
+            f"{limit:g} GiB ({flag}); use fewer images or raise {flag}")
 
 
 def entk_gram(params: PyTree, embed: Embed, images: Float[Array, "n C H W"], *,
               scale: float = 1.0, block: int = 64, memory_gb: float = 8.0,
               progress: str | None = None) -> np.ndarray:
     """The empirical NTK ``K = J Jᵀ`` (n·k, n·k) of ``scale · embed(params, images)``, row-major
-    in the image, as a NumPy array in the parameters' dtype. Matrix-free: ``block`` rows at a
-    time, each row a per-image gradient (``jax.grad``) pushed through ``J`` (``jax.jvp``).
-    ``MemoryBudgetExceeded`` before any work if the Gram would not fit in ``memory_gb``."""
-    n = images.shape[0]
-    k = jax.eval_shape(embed, params, images[:1]).shape[1]
-    dtype = jnp.result_type(*jax.tree.leaves(params))
-    check_memory(n, k, jnp.dtype(dtype).itemsize, memory_gb)
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
+    in the image, as a NumPy array in the parameters' dtype (float32 or float64; the images
+    are cast to it). Matrix-free: ``block`` rows at a time, each row a per-image gradient
+    (``jax.grad``) pushed through ``J`` (``jax.jvp``). Every argument is checked, and
+    ``MemoryBudgetExceeded`` raised if the Gram would not fit in ``memory_gb``, before any
+    work; a Gram that overflows is refused, never returned."""
+    dtype = _param_dtype("params", params)
+    if not callable(embed):
+        raise TypeError(f"embed must be a function (params, images) -> (B, k), as tower_embed "
+                        f"returns, got {type(embed).__name__}")
+    scale = _real("scale", scale)
+    block, memory_gb = _options(block, memory_gb, progress)
+    images = _as_images("images", images, dtype)
+    n, k = images.shape[0], _width(params, embed, images, "embed")
+    check_memory(n, k, dtype.itemsize, memory_gb)
     rows = _gram_rows(params, embed, images, k)
     out = np.empty((n * k, n * k), dtype)
     starts = range(0, n * k, block)
@@ -95,7 +224,11 @@ def entk_gram(params: PyTree, embed: Embed, images: Float[Array, "n C H W"], *,
         values = np.asarray(rows(index))
         stop = min(start + block, n * k)
         out[start:stop] = values[:stop - start]
-    out *= scale**2
+    with np.errstate(over="ignore"):  # an overflow is reported below, naming the Gram
+        out *= np.float64(scale) ** 2  # inf, not a Python OverflowError, past the range
+    if not np.isfinite(out).all():
+        raise ValueError(not_finite("entk_gram: the eNTK Gram K", dtype,
+                                    "rescale scale, the images or the parameters"))
     return 0.5 * (out + out.T)  # exact symmetry (each half is the same product)
 
 
@@ -115,6 +248,35 @@ def _gram_rows(params, embed: Embed, images, k: int):
         return push(grads).reshape(index.shape[0], -1)
 
     return lambda index: rows(index, params, images)
+
+
+def _check_strategy(strategy: object) -> None:
+    """A ``tracer_theory.linear`` strategy with a tangent-model closed form (anchored at θ⁰, a
+    per-direction filter), else ``TypeError``/``ValueError`` naming ``strategy``."""
+    if not isinstance(strategy, linear_strategies.Strategy):
+        twin = ("; a finetuning strategy's twin is strategy.linear(problem, steps)"
+                if callable(getattr(strategy, "linear", None)) else "")
+        raise TypeError(f"strategy must be a tracer_theory.linear strategy (tt.DirectFT(), "
+                        f"tt.L2SP(lam), tt.StaticSD(lam), tt.StoppedGD(steps, lr), …), got "
+                        f"{type(strategy).__name__}{twin}")
+    name = type(strategy).__name__
+    if strategy.anchor != "pretrained":
+        raise ValueError(f"strategy {name} is anchored at 0, not at θ⁰: it has no tangent-model "
+                         "closed form here")
+    if type(strategy).solution is not linear_strategies.Strategy.solution:
+        raise ValueError(f"strategy {name} is not a per-direction filter: it has no "
+                         "tangent-model closed form here")
+
+
+def _eigen(saved, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(sigma_sq (size,), u (size, size))`` of a cached eigendecomposition; a ``ValueError``
+    when the file holds other shapes."""
+    with saved:
+        sigma_sq, u = saved["sigma_sq"], saved["u"]
+    if sigma_sq.shape != (size,) or u.shape != (size, size):
+        raise ValueError(f"expected eigenvalues ({size},) and eigenvectors ({size}, {size}), "
+                         f"got {sigma_sq.shape} and {u.shape}")
+    return sigma_sq, u
 
 
 class TangentProblem(eqx.Module):
@@ -137,29 +299,48 @@ class TangentProblem(eqx.Module):
     def build(cls, tower: PyTree, images: Float[Array, "n C H W"],
               target: Float[Array, "n k"], *, include: Callable | None = None,
               block: int = 64, memory_gb: float = 8.0, progress: str | None = None,
-              cache: str | Path | None = None) -> TangentProblem:
+              cache: str | Path | None = None, overwrite: bool = False) -> TangentProblem:
         """The problem of ``tower`` (``(image, image_proj)``, at θ⁰) on ``images`` with the
         contrastive ``target`` ``Y`` (n, k) in the scaled units of ``linear_problem`` (the
         centred projected captions over √n). ``include`` restricts the parameters (see
         ``tower_embed``). The rank tolerance is ``numpy.linalg.matrix_rank``'s on ``K``:
         ``σ_i² > n·k·eps·σ_max²``. ``cache``: an ``.npz`` file the Gram's eigendecomposition
-        is saved to and read back from (name it after everything the Gram depends on)."""
+        is saved to and read back from, keyed (``_cache``) by what the Gram depends on (the
+        parameters, the images, n and k): one written for other ones is a ``ResumeMismatch``
+        and a damaged one a ``DamagedArtifact``, both naming it (``overwrite``: computed anew).
+
+        Checked before any work, cache or not: a float32 or float64 tower, ``n >= 1`` finite
+        images (n, C, H, W) as the tower takes them (cast to its dtype), a finite ``target``
+        (n, k) with k the tower's embedding width, and ``block``, ``memory_gb``, ``progress``
+        as in ``entk_gram``."""
         params, embed = tower_embed(tower, include)
-        n = images.shape[0]
+        block, memory_gb = _options(block, memory_gb, progress)  # checked, cache or not
+        images = _as_images("images", images, jax.tree.leaves(params)[0].dtype)
+        n, k = images.shape[0], _width(params, embed, images, "tower")
+        target = as_float_matrix("target", target, f"(n, k) = ({n}, {k})")
+        if target.shape != (n, k):
+            raise ValueError(f"target must have shape (n, k) = ({n}, {k}) (n images, k the "
+                             f"tower's embedding width), got {target.shape}")
         scale = 1 / np.sqrt(n)
-        if cache is not None and Path(cache).exists():
-            with np.load(cache) as saved:
-                sigma_sq, u = saved["sigma_sq"], saved["u"]
+        key = cache_key({"cache": "eNTK Gram eigendecomposition", "n": n, "k": k,
+                         "params": array_digest(params), "images": array_digest(images),
+                         "structure": str(jax.tree.structure(params))})
+        saved = None if cache is None else load_keyed(
+            cache, key, lambda f: _eigen(np.load(f), n * k), replace=overwrite)
+        if saved is not None:
+            sigma_sq, u = saved
         else:
             gram = entk_gram(params, embed, images, scale=scale, block=block,
                              memory_gb=memory_gb, progress=progress)
             sigma_sq, u = np.linalg.eigh(gram)
             sigma_sq, u = sigma_sq[::-1], np.ascontiguousarray(u[:, ::-1])
             if cache is not None:
-                write_atomic(cache, lambda f: np.savez(f, sigma_sq=sigma_sq, u=u), binary=True)
+                write_keyed(cache, key, lambda f: np.savez(f, sigma_sq=sigma_sq, u=u))
         mask = sigma_sq > len(sigma_sq) * np.finfo(sigma_sq.dtype).eps * sigma_sq[0]
         e0 = scale * embed(params, images)
         residual = (jnp.asarray(target, e0.dtype) - e0).reshape(-1)
+        residual = ensure_each(residual, [(all_finite(residual), not_finite(
+            "build: the residual Y − E⁰", e0.dtype, "rescale the target or the images"))])
         return cls(jnp.asarray(np.where(mask, sigma_sq, 0.0)), jnp.asarray(mask), jnp.asarray(u),
                    residual, params, images, float(scale), embed)
 
@@ -168,33 +349,101 @@ class TangentProblem(eqx.Module):
         """The largest eigenvalue of the Gram (sets a gradient-descent step, as ``σ_max²``)."""
         return self.sigma_sq[0]
 
+    @property
+    def dtype(self) -> jnp.dtype:
+        """The tower's dtype (of ``params``, ``images`` and every result)."""
+        return self.images.dtype
+
     def jvp(self, delta: PyTree, images: Float[Array, "B C H W"]) -> Float[Array, "B k"]:
-        """``J(x) Δθ`` on ``images`` (B, k), unscaled."""
+        """``J(x) Δθ`` on ``images`` (B, C, H, W) shaped like the problem's, (B, k), unscaled;
+        ``delta`` shaped like ``params``. Refused, never returned, if it overflows."""
+        delta = self._checked_delta(delta)
+        images = _as_images("images", images, self.dtype, self.images.shape[1:])
+        out = self._jvp(delta, images)
+        return ensure_each(out, [(all_finite(out), not_finite(
+            "jvp: J(x) Δθ", self.dtype, "rescale delta or the images"))])
+
+    def _jvp(self, delta: PyTree, images: Float[Array, "B C H W"]) -> Float[Array, "B k"]:
         return jax.jvp(lambda p: self.embed(p, images), (self.params,), (delta,))[1]
 
     def delta(self, strategy: linear_strategies.Strategy) -> PyTree:
         """``Δθ`` of ``strategy``'s converged (or finite-horizon) solution on the tangent
-        model, shaped like ``params``: ``Jᵀ Σ f_i (u_iᵀR)/σ_i² u_i``. Only strategies anchored
-        at the pretrained weights carry over (decay toward 0 is not a shrinkage in Δθ)."""
-        if strategy.anchor != "pretrained":
-            raise ValueError(f"{type(strategy).__name__} is anchored at 0, not at θ⁰: it has no "
-                             "tangent-model closed form here")
-        f = jnp.where(self.mask, strategy.filter(self.sigma_sq), 0.0)
-        safe = jnp.where(self.mask, self.sigma_sq, 1.0)
+        model, shaped like ``params``: ``Jᵀ Σ f_i (u_iᵀR)/σ_i² u_i``. Only ``tracer_theory.linear``
+        strategies anchored at the pretrained weights and given by a per-direction filter carry
+        over (decay toward 0 is not a shrinkage in Δθ); their hyper-parameters are checked
+        against this problem as ``tt.solve`` checks them (``StoppedGD``: ``lr < 2/σ_max²``), and
+        a ``Δθ`` that overflows is refused, never returned."""
+        _check_strategy(strategy)
+        sigma_sq = strategy.check(self.sigma_sq)  # e.g. StoppedGD's stability bound
+        f = jnp.where(self.mask, strategy.filter(sigma_sq), 0.0)
+        safe = jnp.where(self.mask, sigma_sq, 1.0)
         alpha = self.u @ ((self.u.T @ self.residual) * f / safe)
-        return self.pull(alpha)
+        out = self._pull(alpha)
+        name = type(strategy).__name__
+        return ensure_each(out, [
+            (all_finite(f), not_finite(
+                f"delta: a filter factor of {name}", self.dtype,
+                f"{name}.filter must return finite values for σ_i² in the problem's range")),
+            (_tree_finite(out), not_finite(
+                f"delta: the {name} change Δθ", self.dtype,
+                "rescale the target or the images (Δθ grows like ‖R‖/σ_min)")),
+        ])
 
     def pull(self, alpha: Float[Array, " nk"]) -> PyTree:
-        """``Jᵀ α`` (parameter-shaped) for ``α`` in the scaled embedding space (n·k,)."""
+        """``Jᵀ α`` (parameter-shaped) for a finite ``α`` in the scaled embedding space, (n·k,)
+        or (n, k). Refused, never returned, if it overflows."""
+        n, k = self.images.shape[0], self.residual.shape[0] // self.images.shape[0]
+
+        def shape_error(shape):
+            ok = tuple(shape) in ((n * k,), (n, k))
+            return None if ok else f"must have shape (n·k,) = ({n * k},) or (n, k) = ({n}, {k})"
+
+        out = self._pull(_as_floats("alpha", alpha, self.dtype, shape_error))
+        return ensure_each(out, [(_tree_finite(out), not_finite(
+            "pull: Jᵀ α", self.dtype, "rescale alpha"))])
+
+    def _pull(self, alpha: Float[Array, " nk"]) -> PyTree:
         _, vjp = jax.vjp(lambda p: self.scale * self.embed(p, self.images), self.params)
-        return vjp(alpha.reshape(self.images.shape[0], -1))[0]
+        return vjp(alpha.astype(self.dtype).reshape(self.images.shape[0], -1))[0]
 
     def task_fraction(self, delta: PyTree) -> Array:
-        """``‖P Δθ‖² / ‖Δθ‖²``, ``P`` the projector on the row space of ``J`` (the span of the
-        sample's per-image, per-coordinate gradients): the share of a parameter change inside
-        the task subspace."""
-        jd = self.scale * self.jvp(delta, self.images).reshape(-1)
+        """``‖P Δθ‖² / ‖Δθ‖²`` in [0, 1], ``P`` the projector on the row space of ``J`` (the
+        span of the sample's per-image, per-coordinate gradients): the share of a parameter
+        change inside the task subspace. Scale-invariant (computed on ``Δθ/max|Δθ|``, so no
+        size of change overflows); a zero change has no share and is refused."""
+        delta = self._checked_delta(delta)
+        big = jnp.max(jnp.stack([jnp.max(jnp.abs(x), initial=0.0)
+                                 for x in jax.tree.leaves(delta)]))
+        big = ensure_each(big, [(big > 0, "delta is zero: the share of a zero change in the "
+                                          "task subspace is undefined")])
+        unit = jax.tree.map(lambda x: x / big, delta)
+        jd = self.scale * self._jvp(unit, self.images).reshape(-1)
         safe = jnp.where(self.mask, self.sigma_sq, 1.0)
         inside = jnp.sum(jnp.where(self.mask, (self.u.T @ jd) ** 2 / safe, 0.0))
-        total = sum(jnp.sum(x**2) for x in jax.tree.leaves(delta))
-        return inside / total
+        total = sum(jnp.sum(x**2) for x in jax.tree.leaves(unit))
+        fraction = inside / total
+        return ensure_each(fraction, [(jnp.isfinite(fraction), not_finite(
+            "task_fraction: ‖PΔθ‖²/‖Δθ‖²", self.dtype, "rescale the images"))])
+
+    def _checked_delta(self, delta: PyTree) -> PyTree:
+        """``delta`` with the structure and leaf shapes of ``params``, each leaf a finite
+        float32/float64 array (cast to the problem's dtype); else a ``ValueError`` naming it."""
+        want, got = jax.tree.structure(self.params), jax.tree.structure(delta)
+        if got != want:
+            raise ValueError(f"delta must be shaped like the problem's params (the tower's "
+                             f"floating leaves, as delta() returns): a pytree of "
+                             f"{want.num_leaves} arrays, got a {type(delta).__name__} of "
+                             f"{got.num_leaves} leaves with another structure")
+        leaves = []
+        for i, (x, p) in enumerate(zip(jax.tree.leaves(delta), jax.tree.leaves(self.params),
+                                       strict=True)):
+            x = as_real_array(f"delta (leaf {i})", x)
+            if x.dtype not in SUPPORTED_FLOATS:
+                raise ValueError(f"delta must be float32 or float64, got {x.dtype} at leaf {i}")
+            if x.shape != p.shape:
+                raise ValueError(f"delta must be shaped like params, got shape {x.shape} at leaf "
+                                 f"{i} for a parameter of shape {p.shape}")
+            leaves.append(x.astype(self.dtype))
+        delta = jax.tree.unflatten(want, leaves)
+        return ensure_each(delta, [(_tree_finite(delta),
+                                    "delta contains NaN or Inf: every entry must be finite")])

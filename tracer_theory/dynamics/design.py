@@ -6,6 +6,10 @@ or one λ per task direction. Its filter factors come from the exact spectral re
 (``TeacherSD``), so forgetting and task loss (``linear.pareto.Tradeoff``) are differentiable in
 every parameter; ``design`` minimizes forgetting at a target task loss with optax and reports
 how far the result sits from the oracle frontier.
+
+Every argument is checked on the host and a bad one is named (``ValueError``; ``TypeError`` for
+an argument of the wrong kind): counts are Python (or numpy) ints, never bools or floats;
+targets, learning rates and penalties are finite real scalars.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PyTree
 
-from .._validation import check_instance
+from .._validation import as_scalar, check_instance, not_finite
 from ..linear.closed_forms import masked_filter
 from ..linear.pareto import (
     Frontier,
@@ -31,7 +35,7 @@ from ..linear.pareto import (
 from ..linear.problem import LinearProblem
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
 from ..linear.strategies import DirectionalSD, StaticSD, Strategy
-from .schedules import BetaKernel, GridKernel, ema_teacher, kernel_teacher
+from .schedules import BetaKernel, GridKernel, ema_teacher, kernel_teacher, static_count
 from .spectral import TeacherSD, default_lr
 
 Params = dict[str, Float[Array, "..."]]
@@ -53,10 +57,16 @@ class Family(eqx.Module):
                 for k, v in params.items()}
 
 
-class _Teacher(Family):
-    """A moving teacher over ``steps`` GD steps of the linear twins' step (``default_lr``)."""
+def _count(name: str, minimum: int):
+    """A field converter: ``static_count(name, value, minimum)`` (an int ≥ ``minimum``)."""
+    return lambda value: static_count(name, value, minimum)
 
-    steps: int = eqx.field(static=True)
+
+class _Teacher(Family):
+    """A moving teacher over ``steps`` GD steps of the linear twins' step (``default_lr``);
+    ``steps`` a positive int."""
+
+    steps: int = eqx.field(static=True, converter=_count("steps", 1))
 
     def schedule(self, params: Params):
         raise NotImplementedError
@@ -90,10 +100,10 @@ class BetaFamily(_Teacher):
 
 
 class GridFamily(_Teacher):
-    """The WMA teacher with a free-form positive kernel (``GridKernel`` on ``knots`` knots);
-    starts at the arcsine kernel clipped near the ends."""
+    """The WMA teacher with a free-form positive kernel (``GridKernel`` on ``knots ≥ 2``
+    knots); starts at the arcsine kernel clipped near the ends."""
 
-    knots: int = eqx.field(static=True, default=16)
+    knots: int = eqx.field(static=True, default=16, converter=_count("knots", 2))
 
     def init(self, r):
         tau = jnp.clip(jnp.linspace(0.0, 1.0, self.knots), 0.02, 0.98)
@@ -124,9 +134,10 @@ class EMAFamily(_Teacher):
 
 class ScheduledEMAFamily(_Teacher):
     """The EMA teacher with its momentum warmed up linearly from ``m₀`` to ``m`` over
-    ``warmup_steps`` updates (the official code's schedule); starts at 0.9 → 0.99."""
+    ``warmup_steps ≥ 1`` updates (the official code's schedule); starts at 0.9 → 0.99. (Without
+    a warm-up ``m₀`` would do nothing: that is ``EMAFamily``.)"""
 
-    warmup_steps: int = eqx.field(static=True, default=100)
+    warmup_steps: int = eqx.field(static=True, default=100, converter=_count("warmup_steps", 1))
 
     def init(self, r):
         return {"logit_m0": jnp.log(jnp.asarray(9.0)), "logit_m": jnp.log(jnp.asarray(99.0)),
@@ -163,8 +174,9 @@ def metrics(family: Family, params: Params, spec: Spectrum,
 
 class Design(NamedTuple):
     """A designed teacher: its ``params``, ``task_loss``, ``forgetting``, the oracle's
-    forgetting at that task loss (``oracle``), their ratio, and the optimizer's ``history``
-    (task loss and forgetting per step, shape (steps, 2))."""
+    forgetting at that task loss (``oracle``), their ratio, the optimizer's ``history`` (task
+    loss and forgetting per step, shape (steps, 2)), and whether the task loss ``reached`` the
+    target (within 0.1% of its excess over the floor)."""
 
     params: PyTree
     task_loss: float
@@ -172,6 +184,7 @@ class Design(NamedTuple):
     oracle: float
     ratio: float
     history: np.ndarray
+    reached: bool = True
 
 
 def _shift_lam(params: Params, shift: Array) -> Params:
@@ -179,12 +192,28 @@ def _shift_lam(params: Params, shift: Array) -> Params:
     return {**params, key: params[key] + shift}
 
 
+#: ``calibrate`` bisects the shift of log λ over ``[−_LOG_LAM_RANGE, _LOG_LAM_RANGE]``.
+_LOG_LAM_RANGE = 30.0
+
+
 def calibrate(family: Family, params: Params, target: float, spec: Spectrum,
               tradeoff_: Tradeoff, iterations: int = 60) -> Params:
     """``params`` with λ (log-shifted) so that the task loss equals ``target`` (bisection in
-    log λ over ±30; more λ, more task loss)."""
+    log λ over ±30, ``iterations ≥ 1`` halvings; more λ, more task loss).
+
+    ``params`` must have the keys and shapes of ``family.init(r)``; ``target`` a finite real
+    number. A target outside what shifting λ reaches (below the family's task loss at
+    ``λ·e⁻³⁰``, e.g. too few GD steps to fit the task, or above it at ``λ·e³⁰``) gives the
+    nearer end of the bracket: check the task loss (``design`` reports it as ``reached``).
+    """
+    check_instance("family", family, Family)
+    check_instance("spec", spec, Spectrum)
+    check_instance("tradeoff_", tradeoff_, Tradeoff)
+    target = float(as_scalar("target", target))
+    iterations = static_count("iterations", iterations, 1)
+    _check_params(family, params, int(spec.s.shape[0]))
     loss = eqx.filter_jit(lambda p: metrics(family, p, spec, tradeoff_)[0])
-    low, high = -30.0, 30.0
+    low, high = -_LOG_LAM_RANGE, _LOG_LAM_RANGE
     for _ in range(iterations):
         mid = 0.5 * (low + high)
         if float(loss(_shift_lam(params, jnp.asarray(mid)))) < target:
@@ -192,6 +221,21 @@ def calibrate(family: Family, params: Params, target: float, spec: Spectrum,
         else:
             high = mid
     return _shift_lam(params, jnp.asarray(0.5 * (low + high)))
+
+
+def _check_params(family: Family, params: object, r: int) -> None:
+    """A ``ValueError`` unless ``params`` is a dict with the keys and shapes of
+    ``family.init(r)`` (and finite entries)."""
+    expected = {k: jnp.shape(v) for k, v in family.init(r).items()}
+    got = ({k: jnp.shape(v) for k, v in params.items()} if isinstance(params, dict)
+           else type(params).__name__)
+    if got != expected:
+        raise ValueError(f"params must have the keys and shapes of {type(family).__name__}"
+                         f".init({r}), {expected}, got {got}")
+    for key, value in params.items():
+        host = np.asarray(value)
+        if host.dtype.kind != "f" or not np.all(np.isfinite(host)):
+            raise ValueError(f"params[{key!r}] must be finite real numbers, got {value!r}")
 
 
 def design(problem: LinearProblem, family: Family, target_task_loss: float, *,
@@ -202,17 +246,34 @@ def design(problem: LinearProblem, family: Family, target_task_loss: float, *,
     Starts from ``family.init`` with λ calibrated to the target, then ``steps`` Adam steps on
     ``log forgetting + penalty·max(0, (task loss − target)/(target − floor))²``; returns the
     best point whose task loss is within 0.1% of the target's excess over the floor (else the
-    last), with the oracle's forgetting at its task loss. Refuses a target below the
-    unregularized optimum or at/above the task loss of ``W⁰``.
+    last), with the oracle's forgetting at its task loss.
+
+    Arguments are checked on the host: ``target_task_loss`` finite and strictly between the
+    unregularized optimum and the task loss of ``W⁰`` (else refused); ``steps`` an int ≥ 0
+    (0: the calibrated start alone); ``learning_rate`` and ``penalty`` finite > 0;
+    ``spectrum`` and ``frontier`` those of ``problem``. A target inside that range that the
+    family cannot reach (below its task loss at λ → 0, e.g. too few GD ``steps`` to fit the
+    task) is not refused: the result is the family's closest point, with ``reached = False``
+    and its task loss above the target. An Adam step that leaves the family's range (e.g. λ or
+    a Beta parameter overflowing at a large ``learning_rate``) or non-finite metrics fail with
+    a ``ValueError`` naming them.
     """
     check_instance("problem", problem, LinearProblem)
     check_instance("family", family, Family)
+    target = float(as_scalar("target_task_loss", target_task_loss))
+    steps = static_count("steps", steps)
+    learning_rate = float(as_scalar("learning_rate", learning_rate, minimum=0.0, strict=True))
+    penalty = float(as_scalar("penalty", penalty, minimum=0.0, strict=True))
+    if spectrum is not None:
+        check_instance("spectrum", spectrum, Spectrum)
+    if frontier is not None:
+        check_instance("frontier", frontier, Frontier)
     spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)
     trade = tradeoff(problem, spectrum=spec)
     front = compute_frontier(problem, spectrum=spec) if frontier is None else frontier
     floor, most = float(trade.floor), float(trade.most_task_loss)
-    target = float(target_task_loss)
-    if not np.isfinite(target) or not floor < target < most:
+    _check_frontier(front, floor, most, int(spec.s.shape[0]))
+    if not floor < target < most:
         raise ValueError(f"target_task_loss must lie strictly between the unregularized optimum "
                          f"(Direct FT's task loss {floor:.6g}) and the task loss of W⁰ "
                          f"({most:.6g}); got {target!r}")
@@ -234,17 +295,70 @@ def design(problem: LinearProblem, family: Family, target_task_loss: float, *,
 
     state = optimizer.init(params)
     best, best_forgot, history = params, np.inf, []
-    for _ in range(steps):
-        new, state, (loss, forgot) = step(params, state)
+    for k in range(steps):
+        try:
+            new, state, (loss, forgot) = step(params, state)
+        except eqx.EquinoxRuntimeError as err:  # a check inside the strategy, on traced values
+            raise _left_range(family, params, spec, k, learning_rate, err) from None
         loss, forgot = float(loss), float(forgot)  # metrics of `params`, before the update
+        _check_metrics(loss, forgot, f"after Adam step {k}", problem.dtype)
         history.append((loss, forgot))
         if loss <= target + 1e-3 * scale and forgot < best_forgot:
             best, best_forgot = params, forgot
         params = new
     if not np.isfinite(best_forgot):
         best = params
-    loss, forgot = (float(v) for v in eqx.filter_jit(metrics)(family, best, spec, trade))
+    try:
+        loss, forgot = (float(v) for v in eqx.filter_jit(metrics)(family, best, spec, trade))
+    except eqx.EquinoxRuntimeError as err:
+        raise _left_range(family, best, spec, steps, learning_rate, err) from None
+    _check_metrics(loss, forgot, "at the result", problem.dtype)
     oracle = float(oracle_forgetting(front, max(loss, floor)))
     return Design(params=jax.tree.map(np.asarray, best), task_loss=loss, forgetting=forgot,
-                  oracle=oracle, ratio=forgot / oracle if oracle > 0 else np.inf,
-                  history=np.asarray(history))
+                  oracle=oracle, ratio=_ratio(forgot, oracle),
+                  history=np.asarray(history, dtype=float).reshape(-1, 2),
+                  reached=loss <= target + 1e-3 * scale)
+
+
+def _check_frontier(front: Frontier, floor: float, most: float, r: int) -> None:
+    """A ``ValueError`` unless ``front`` has this problem's rank, floor and task loss of W⁰ (to
+    √ε of the task loss of W⁰: they come from separately compiled programs)."""
+    tolerance = float(np.sqrt(jnp.finfo(front.kappa.dtype).eps)) * most
+    same = (jnp.shape(front.kappa) == (r,)
+            and abs(float(front.floor) - floor) <= tolerance
+            and abs(float(front.most_task_loss) - most) <= tolerance)
+    if not same:
+        raise ValueError(f"frontier is not this problem's: its floor and task loss of W⁰ are "
+                         f"{float(front.floor):.6g} and {float(front.most_task_loss):.6g} over "
+                         f"{jnp.shape(front.kappa)[0]} directions, the problem's {floor:.6g} and "
+                         f"{most:.6g} over {r}; pass frontier=tt.frontier(problem)")
+
+
+def _check_metrics(loss: float, forgot: float, when: str, dtype: object) -> None:
+    for what, value in (("task loss", loss), ("forgetting", forgot)):
+        if not np.isfinite(value):
+            raise ValueError(not_finite(f"design: the {what} {when}", dtype,
+                                        "rescale the problem's arrays or lower learning_rate"))
+
+
+def _ratio(forgot: float, oracle: float) -> float:
+    """``forgot/oracle``; 1 where both are 0 (W⁰'s task loss, where nothing is forgotten)."""
+    if oracle > 0:
+        return forgot / oracle
+    if forgot > 0:
+        raise ValueError(f"design: the result forgets {forgot:.6g} at a task loss where the "
+                         "oracle forgets nothing, so its ratio to the oracle is infinite")
+    return 1.0
+
+
+def _left_range(family: Family, params: Params, spec: Spectrum, done: int,
+                learning_rate: float, err: Exception) -> ValueError:
+    """The ``ValueError`` for a compiled step that failed a check: the family's strategy at
+    ``params``, built eagerly, names the parameter out of range."""
+    where = (f"design: Adam step {done} (learning_rate = {learning_rate:g}) moved the "
+             f"parameters of {type(family).__name__} out of its range")
+    try:
+        family.strategy(jax.tree.map(jnp.asarray, params), spec.sigma_max_sq)
+    except ValueError as cause:
+        return ValueError(f"{where}: {cause}; lower learning_rate")
+    return ValueError(f"{where}: {str(err).strip().splitlines()[-1]}; lower learning_rate")

@@ -7,6 +7,8 @@ The teacher starts at ``T_0 = W_0`` and at step ``t ≥ 1`` moves to
 * ``ema_teacher(m)``: ``ω_t = 1 − m_t``, ``m_t = m`` or linearly warmed up to ``m``;
 * ``kernel_teacher(T, κ)`` / ``wma_teacher(T, a, b)``: ``ω_t = κ(τ_t) / Σ_{j≤t} κ(τ_j)`` with
   ``τ_k = (k + 0.5)/(T + 1)``, so ``T_t`` is exactly the κ-weighted average of ``W_0..W_t``.
+  The ratio is formed in log space (a cumulative log-sum-exp of ``log κ``), so it is exact to
+  rounding however peaked the kernel: no weight underflows or overflows.
 
 Every schedule is an equinox module whose hyper-parameters are array fields, so a schedule built
 inside ``jax.vmap`` (over ``momentum``, ``a``, ``b``) is a batch of schedules. ``schedule(step)``
@@ -55,7 +57,7 @@ class Schedule(eqx.Module):
 
     def weights(self, num_steps: int) -> Float[Array, " num_steps"]:
         """``ω_1..ω_{num_steps}`` (shape (num_steps,)), equal to ``self(t)`` for each ``t``."""
-        return self(jnp.arange(1, _static_count("num_steps", num_steps) + 1))
+        return self(jnp.arange(1, static_count("num_steps", num_steps) + 1))
 
 
 class StaticSchedule(Schedule):
@@ -65,7 +67,7 @@ class StaticSchedule(Schedule):
         return jnp.zeros(jnp.shape(step), _float_dtype())
 
     def weights(self, num_steps):
-        return jnp.zeros(_static_count("num_steps", num_steps), _float_dtype())
+        return jnp.zeros(static_count("num_steps", num_steps), _float_dtype())
 
 
 class EMASchedule(Schedule):
@@ -111,7 +113,7 @@ class EMASchedule(Schedule):
         return 1 - _ema_momentum(self, step)
 
     def weights(self, num_steps):
-        steps = jnp.arange(1, _static_count("num_steps", num_steps) + 1)
+        steps = jnp.arange(1, static_count("num_steps", num_steps) + 1)
         return 1 - _ema_momentum(self, steps)
 
 
@@ -130,8 +132,9 @@ def _ema_momentum(schedule: EMASchedule, step: Array) -> Array:
 class Kernel(eqx.Module):
     """An unnormalised positive weight ``κ(τ)`` on ``(0, 1)``, evaluated through ``log κ``.
 
-    ``kernel_weights`` uses ``log`` and shifts by the maximum over the grid before ``exp``, so
-    sharply peaked kernels neither overflow nor underflow; the shift cancels in ``ω``.
+    The teacher weights ``ω_t = κ_t / Σ_{j≤t} κ_j`` are formed from ``log`` alone, in log space
+    (``_log_normalize``), so sharply peaked kernels neither overflow nor underflow: ``ω`` is exact
+    to rounding for any finite ``log κ``.
     """
 
     def log(self, tau: Float[Array, "*s"]) -> Float[Array, "*s"]:
@@ -163,27 +166,38 @@ class BetaKernel(Kernel):
 
 class GridKernel(Kernel):
     """A free-form positive kernel: ``log κ`` linear between ``G ≥ 2`` values on the knots
-    ``τ = 0, 1/(G − 1), …, 1`` (``log_values``, shape (G,), finite).
+    ``τ = 0, 1/(G − 1), …, 1`` (``log_values``, shape (G,), real and finite, with finite
+    differences between neighbouring knots; integers become the default float dtype).
 
     Positive for every finite ``log_values`` and differentiable in them, so a kernel's shape can
-    be optimized by gradient (the designed teachers of THEORY §7).
+    be optimized by gradient (the designed teachers of THEORY §7). Only differences of
+    ``log_values`` matter: the teacher weights are exact for any magnitude (``Kernel``).
     """
 
     log_values: Float[Array, " G"]
 
-    def __init__(self, log_values: ArrayLike):
+    def __init__(self, log_values: Float[ArrayLike, " G"]):
         values = as_real_array("log_values", log_values)
         if values.ndim != 1 or values.shape[0] < 2:
             raise ValueError(f"log_values must be a 1-D array of at least 2 knots, got shape "
                              f"{values.shape}")
         if not jnp.issubdtype(values.dtype, jnp.floating):
             values = values.astype(_float_dtype())
-        self.log_values = ensure(values, jnp.all(jnp.isfinite(values)),
-                                 "log_values must be finite")
+        ok, steps_ok = _finite_knots(values)
+        values = ensure(values, ok, f"log_values must be finite, got {show(values)}")
+        self.log_values = ensure(values, steps_ok, "log_values must have finite differences "
+                                 "between neighbouring knots (they overflow "
+                                 f"{values.dtype.name}), got {show(values)}")
 
     def log(self, tau):
         knots = jnp.linspace(0.0, 1.0, self.log_values.shape[0], dtype=self.log_values.dtype)
         return jnp.interp(tau, knots, self.log_values)
+
+
+@jax.jit
+def _finite_knots(values: Float[Array, " G"]) -> tuple[Array, Array]:
+    """(every value finite, every difference of neighbours finite): one dispatch."""
+    return jnp.all(jnp.isfinite(values)), jnp.all(jnp.isfinite(jnp.diff(values)))
 
 
 def beta_kernel(a: ArrayLike, b: ArrayLike) -> BetaKernel:
@@ -230,8 +244,7 @@ class KernelSchedule(Schedule):
 
     def __init__(self, horizon: int, kernel: Callable[[Array], Array]):
         self.horizon = _static_horizon(horizon)
-        if not callable(kernel):
-            raise TypeError(f"kernel must be a callable τ -> weight, got {kernel!r}")
+        _check_kernel(kernel)
         self.kernel = kernel
         if any(is_traced(leaf) for leaf in jax.tree.leaves(kernel)):
             self.table = _kernel_table(kernel, self.horizon, self.horizon)[0]  # checked a, b
@@ -248,7 +261,7 @@ class KernelSchedule(Schedule):
         return _look_up(self._table(), step)
 
     def weights(self, num_steps):
-        return _pad(self._table(), _static_count("num_steps", num_steps))
+        return _pad(self._table(), static_count("num_steps", num_steps))
 
 
 @jax.jit
@@ -304,37 +317,57 @@ def kernel_weights(kernel: Callable[[Array], Array], horizon: Int[ArrayLike, ""]
 
     ``ω_t = κ(τ_t)/Σ_{j=0..t} κ(τ_j)``, ``τ_k = (k + 0.5)/(horizon + 1)``, for ``t ≤ horizon``
     and ``ω_t = 0`` past it. ``num_steps`` is a static int (any value ≥ 0; take it ≥ the largest
-    horizon of a sweep). O(num_steps) via a prefix sum. Returns shape (num_steps,).
+    horizon of a sweep). O(num_steps) via a prefix scan in log space. Returns shape (num_steps,).
     """
-    num_steps = _static_count("num_steps", num_steps)
+    _check_kernel(kernel)
+    num_steps = static_count("num_steps", num_steps)
     horizon = as_scalar("horizon", horizon, minimum=1, integer=True)
     return _omegas(kernel, horizon, num_steps)[1:]
 
 
+def _check_kernel(kernel: object) -> None:
+    if not callable(kernel):
+        raise TypeError(f"kernel must be a callable τ -> weight, got {kernel!r}")
+
+
 def _omegas(kernel, horizon, length: int) -> Float[Array, " length+1"]:
     """``ω_0..ω_length`` of the kernel teacher, with the kernel's values checked on the grid."""
-    omega, kappa, total = _kernel_table(kernel, horizon, length)
-    if is_traced(kappa):
+    omega, values, log_kappa = _kernel_table(kernel, horizon, length)
+    if is_traced(log_kappa):
         # Float reductions, not boolean all(): under vmap XLA constant-folds the latter for
-        # seconds. (XLA reads subnormal weights as 0: an all-subnormal kernel is "all zero".)
-        checks = [
-            (jnp.isfinite(jnp.max(jnp.abs(kappa))),
-             f"kernel must return finite weights on {_GRID}; got NaN or Inf"),
-            (jnp.min(kappa) >= 0,
-             f"kernel must return non-negative weights on {_GRID}; got a negative one"),
-            (total > 0, f"kernel weights must have a positive sum on {_GRID}; they are all "
-                        "zero (or subnormal, which XLA flushes to zero)"),
-            (jnp.isfinite(total), f"the sum of the kernel weights on {_GRID} overflows; "
-                                  "scale the kernel down")]
+        # seconds. The max of log κ is NaN for a NaN or negative weight, +inf for an infinite
+        # one, −inf when every weight is 0.
+        top = jnp.max(log_kappa)
+        checks = [(top < jnp.inf, f"kernel must return finite, non-negative weights on {_GRID}; "
+                                  "got NaN, Inf or a negative one"),
+                  (top > -jnp.inf, f"kernel weights must have a positive sum on {_GRID}; they "
+                                   "are all zero (or subnormal, which XLA flushes to zero)")]
         for ok, message in checks:
             omega = ensure(omega, ok, message)
         return omega
-    _check_kernel_values(np.asarray(kappa), np.asarray(total))
+    if isinstance(kernel, Kernel):
+        _check_log_values(np.asarray(values))
+    else:
+        _check_kernel_values(np.asarray(values))
     return omega
 
 
-def _check_kernel_values(kappa: np.ndarray, total: np.ndarray) -> None:
-    """Eager ``ValueError``s for kernel weights ``κ_0..κ_length`` that cannot be normalized."""
+def _check_log_values(log_kappa: np.ndarray) -> None:
+    """Eager ``ValueError``s for ``log κ_0..log κ_length`` of a ``Kernel`` that cannot be
+    normalized: NaN or ``+inf`` somewhere, or every weight 0 (``−inf``)."""
+    bad = np.isnan(log_kappa) | (log_kappa == np.inf)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"kernel must return finite weights on {_GRID}; got κ(τ_{k}) = "
+                         f"{float(np.exp(log_kappa[k]))!r} (log κ = {float(log_kappa[k])!r})")
+    if not (log_kappa > -np.inf).any():
+        raise ValueError(f"kernel weights must have a positive sum on {_GRID}; they are all "
+                         "zero (log κ = -inf)")
+
+
+def _check_kernel_values(kappa: np.ndarray) -> None:
+    """Eager ``ValueError``s for weights ``κ_0..κ_length`` of a plain callable that cannot be
+    normalized (the log-space normalization handles any positive normal weights)."""
     where = f"on {_GRID}"
     bad = ~np.isfinite(kappa)
     if bad.any():
@@ -354,19 +387,17 @@ def _check_kernel_values(kappa: np.ndarray, total: np.ndarray) -> None:
             f"kernel weights are too small to normalize in {kappa.dtype}: the first positive "
             f"one, κ(τ_{first}) = {kappa[first]:.3g}, is subnormal (below {tiny:.3g}, the "
             f"smallest normal {kappa.dtype}) and XLA flushes subnormals to 0, which would "
-            "freeze the teacher; scale the kernel up")
-    if not np.isfinite(total):
-        raise ValueError(f"the sum of the kernel weights {where} overflows {kappa.dtype} "
-                         f"(largest weight {np.max(kappa):.3g}); scale the kernel down")
+            "freeze the teacher; scale the kernel up, or give a Kernel (its log κ is exact)")
 
 
 @eqx.filter_jit
 def _kernel_table(kernel, horizon, length: int):
-    """``(ω_0..ω_length, κ_0..κ_length, Σ κ)``; ``ω_0 = 1`` (``T_0 = W_0``). The one formula.
+    """``(ω_0..ω_length, the kernel's values, log κ_0..log κ_length)``: the one formula.
 
-    ``κ_k = κ(τ_k)`` for ``k ≤ horizon`` (max-shifted in log space for a ``Kernel``, with the
-    weights below the smallest normal number set to 0), 0 past it; ``ω_t = κ_t / Σ_{j≤t} κ_j``
-    with the prefix sums from ``lax.associative_scan``.
+    ``log κ_k = log κ(τ_k)`` for ``k ≤ horizon`` (``Kernel.log``, or the log of a plain
+    callable's weights, NaN for a negative one), ``−inf`` past it; ``ω`` from
+    ``_log_normalize``, with ``ω_0 = 1`` (``T_0 = W_0``). The values are the kernel's own output
+    (``log κ`` for a ``Kernel``, ``κ`` otherwise), for the eager checks.
     """
     dtype = _float_dtype()
     k = jnp.arange(length + 1)
@@ -374,38 +405,69 @@ def _kernel_table(kernel, horizon, length: int):
     tau = (k.astype(dtype) + 0.5) / jnp.asarray(horizon + 1, dtype)
     tau = jnp.where(valid, tau, 0.5)  # keep the kernel inside (0, 1) where it is masked out
     if isinstance(kernel, Kernel):
-        log_kappa = _real_weights(kernel.log(tau), tau.shape)
-        log_kappa = jnp.where(valid, log_kappa, -jnp.inf)
-        shift = jax.lax.stop_gradient(jnp.max(log_kappa))
-        kappa = jnp.exp(log_kappa - jnp.where(jnp.isfinite(shift), shift, 0))
-        # Weights below the smallest normal number (relative to the largest) are 0, whether or
-        # not XLA flushes them: the table is the same on every backend.
-        kappa = jnp.where(kappa >= jnp.finfo(kappa.dtype).tiny, kappa, 0)
+        values = _real_weights(kernel.log(tau), tau.shape, dtype)
+        log_kappa = values
     else:
-        kappa = _real_weights(kernel(tau), tau.shape)
-        kappa = kappa.astype(jnp.promote_types(kappa.dtype, dtype))
-        kappa = jnp.where(valid, kappa, 0)
-    # A parallel prefix sum: jnp.cumsum lowers to a full-length reduce_window on CPU whose mask
-    # XLA constant-folds for seconds at 10⁵ steps; this is O(n log n) with tree-ordered sums.
-    total = jax.lax.associative_scan(jnp.add, kappa)
-    positive = total > 0
-    omega = jnp.where(positive, kappa / jnp.where(positive, total, 1), 0)
-    return omega, kappa, total[-1]
+        values = _real_weights(kernel(tau), tau.shape, dtype)
+        positive = values > 0
+        log_kappa = jnp.where(positive, jnp.log(jnp.where(positive, values, 1)),
+                              jnp.where(values == 0, -jnp.inf, jnp.nan))
+    log_kappa = jnp.where(valid, log_kappa, -jnp.inf)
+    return _log_normalize(log_kappa), values, log_kappa
 
 
-def _real_weights(values: ArrayLike, shape: tuple[int, ...]) -> Array:
-    """The kernel's output on the grid, broadcast to ``shape``; refuses complex or other
-    non-real values, and shapes that do not broadcast (at trace time)."""
-    values = jnp.asarray(values)
+def _log_normalize(log_kappa: Float[Array, " n"]) -> Float[Array, " n"]:
+    """``ω_t = κ_t / Σ_{j≤t} κ_j`` from ``log κ`` (``−inf`` for a weight 0), in log space.
+
+    The cumulative log-sum-exp ``L_t = log Σ_{j≤t} κ_j`` is carried as a pair: the running
+    maximum ``m_t = max_{j≤t} log κ_j`` and the scaled sum ``s_t = Σ_{j≤t} exp(log κ_j − m_t)``
+    (in ``[1, t + 1]``: it neither overflows nor underflows), combined by
+    ``lax.associative_scan``; then ``ω_t = exp(log κ_t − m_t)/s_t``, exact to rounding for any
+    finite ``log κ`` (exactly ``1/(t + 1)`` for a constant kernel). ``m`` is a shift that cancels,
+    so it carries no gradient. ``ω_t = 0`` while every weight so far is 0, and below the
+    smallest normal number (the same table on every backend, flushing or not).
+    """
+    finite = log_kappa > -jnp.inf
+    shift = jax.lax.stop_gradient(jnp.where(finite, log_kappa, -jnp.inf))
+    scaled = jnp.exp(jnp.where(finite, log_kappa - jnp.where(finite, shift, 0), -jnp.inf))
+    top, total = jax.lax.associative_scan(_combine, (shift, scaled))
+    some = total > 0
+    exponent = log_kappa - jnp.where(some, top, 0)  # −inf or ≤ 0; never NaN
+    omega = jnp.where(some, jnp.exp(exponent) / jnp.where(some, total, 1), 0)
+    return jnp.where(omega >= jnp.finfo(omega.dtype).tiny, omega, 0)
+
+
+def _combine(left: tuple[Array, Array], right: tuple[Array, Array]) -> tuple[Array, Array]:
+    """Sum of two ``(max, scaled sum)`` pairs: ``Σ = e^m s``, rescaled to the larger max."""
+    (m1, s1), (m2, s2) = left, right
+    m = jnp.maximum(m1, m2)
+    return m, s1 * _rescale(m1, m) + s2 * _rescale(m2, m)
+
+
+def _rescale(m_part: Array, m: Array) -> Array:
+    """``exp(m_part − m)``, exactly 1 where they are equal (also both ``−inf``)."""
+    return jnp.exp(jnp.where(m_part == m, 0, m_part - m))
+
+
+def _real_weights(values: object, shape: tuple[int, ...], dtype: object) -> Array:
+    """The kernel's output on the grid, broadcast to ``shape``, as a float array (at least
+    ``dtype``); refuses complex or other non-real values, and shapes that do not broadcast (at
+    trace time)."""
+    try:
+        values = jnp.asarray(values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"kernel must return real weights on {_GRID}, got "
+                         f"{type(values).__name__}: {err}") from None
     if not (jnp.issubdtype(values.dtype, jnp.floating)
             or jnp.issubdtype(values.dtype, jnp.integer) or values.dtype == jnp.bool_):
         raise ValueError(f"kernel must return real weights on {_GRID}, got dtype "
                          f"{values.dtype}")
     try:
-        return jnp.broadcast_to(values, shape)
+        values = jnp.broadcast_to(values, shape)
     except ValueError:
         raise ValueError(f"kernel must map the grid τ of shape {shape} to weights of the same "
                          f"shape, got shape {values.shape}") from None
+    return values.astype(jnp.promote_types(values.dtype, dtype))
 
 
 def _at_steps(step: object, omega_fn: Callable[[Array], Array]) -> Array:
@@ -454,18 +516,24 @@ def _static_int(name: str, value: object) -> int:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
-def _static_count(name: str, value: object) -> int:
+def static_count(name: str, value: object, minimum: int = 0) -> int:
+    """``value`` as a Python int ``≥ minimum`` (a count of steps, knots, …), else a
+    ``ValueError`` naming ``name``: Python and numpy integers pass; bools, floats (even 2.0),
+    strings, ``None`` and traced values are refused, and so are counts past the largest index
+    of the default integer dtype (int32 without ``jax_enable_x64``)."""
     count = _static_int(name, value)
-    if count < 0:
-        raise ValueError(f"{name} must be >= 0, got {count}")
+    if count < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {count}")
+    index = jnp.result_type(int)
+    if count >= jnp.iinfo(index).max:
+        raise ValueError(f"{name} must be below {jnp.iinfo(index).max} (steps are indexed in "
+                         f"{jnp.dtype(index).name}), got {count}")
     return count
+
 
 
 def _static_horizon(value: object) -> int:
     if is_traced(value):
         raise ValueError("horizon must be a static Python int here; for a traced horizon use "
                          "kernel_weights(kernel, horizon, num_steps)")
-    horizon = _static_int("horizon", value)
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
-    return horizon
+    return static_count("horizon", value, 1)

@@ -71,7 +71,7 @@ def simulate(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, step
     Same arguments and ``DynamicsResult`` as ``spectral_dynamics``; the spectrum is used only for
     the bias summary (the projector ``P``) and the stability check.
     """
-    lam, lr = check_run(problem, schedule, lam, lr, steps, record_every)
+    lam, lr, steps, record_every = check_run(problem, schedule, lam, lr, steps, record_every)
     spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)
     lr = check_stable(lr, lr, lam, spec.sigma_sq)
     omegas = schedule_weights(schedule, steps, problem.dtype)

@@ -40,7 +40,7 @@ from ..linear.closed_forms import direct_ft_columns, fit_floor, from_filter
 from ..linear.problem import LinearProblem, contrastive_target
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
 from ..linear.strategies import Strategy
-from .schedules import Schedule
+from .schedules import Schedule, static_count
 
 Rule = Literal["gd", "fixed_point"]
 
@@ -203,7 +203,10 @@ def stability_bound(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
     sigma_max_sq = ensure(sigma_max_sq, jnp.isfinite(sigma_max_sq) & (sigma_max_sq > 0),
                           f"sigma_max_sq must be finite > 0, got {show(sigma_max_sq)}")
     lam = ensure(lam, jnp.isfinite(lam) & (lam >= 0), f"lam must be finite >= 0, got {show(lam)}")
-    return unchecked_stability_bound(sigma_max_sq, lam)
+    bound = unchecked_stability_bound(sigma_max_sq, lam)
+    return ensure(bound, jnp.isfinite(bound) & (bound > 0),
+                  f"stability_bound: σ_max²(1 + λ) overflows {bound.dtype.name}, so the bound "
+                  "2/(σ_max²(1 + λ)) underflows to 0; rescale sigma_max_sq or lam")
 
 
 def unchecked_stability_bound(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
@@ -247,19 +250,21 @@ def _in_unit_interval(omegas: Array) -> Array:
 
 
 def check_run(problem: LinearProblem, schedule: Schedule, lam: ArrayLike, lr: ArrayLike | None,
-              steps: int, record_every: int) -> tuple[Array, Array | None]:
-    """Validate the shared arguments of the dynamics solvers; returns ``(lam, lr)``."""
+              steps: int, record_every: int, *,
+              rule: Rule = "gd") -> tuple[Array, Array | None, int, int]:
+    """Validate the shared arguments of the dynamics solvers; returns ``(lam, lr, steps,
+    record_every)``. ``lr`` is required for ``rule="gd"`` and unused (``None``) otherwise."""
     check_instance("problem", problem, LinearProblem)
     check_instance("schedule", schedule, Schedule)
     lam = as_scalar("lam", lam, minimum=0.0)
-    if lr is not None:
+    if rule == "gd":
         lr = as_scalar("lr", lr, minimum=0.0, strict=True)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive Python int, got {steps!r}")
-    if not isinstance(record_every, int) or record_every < 1 or steps % record_every:
+    steps = static_count("steps", steps, 1)
+    record_every = static_count("record_every", record_every, 1)
+    if steps % record_every:
         raise ValueError(f"record_every must be a positive int dividing steps = {steps}, "
                          f"got {record_every!r}")
-    return lam, lr
+    return lam, lr, steps, record_every
 
 
 def check_stable(value: Array, lr: Array, lam: Array, sigma_sq: Array) -> Array:
@@ -324,7 +329,7 @@ def spectral_dynamics(problem: LinearProblem, lam: ArrayLike, schedule: Schedule
     must be ``tt.spectrum(problem)``; weights ω_t outside ``[0, 1]`` and results that overflow
     are refused.
     """
-    lam, lr = check_run(problem, schedule, lam, lr, steps, record_every)
+    lam, lr, steps, record_every = check_run(problem, schedule, lam, lr, steps, record_every)
     spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)
     lr = check_stable(lr, lr, lam, spec.sigma_sq)
     omegas = schedule_weights(schedule, steps, problem.dtype)
@@ -339,7 +344,8 @@ def fixed_point(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, s
     ``W_{k+1} = W⁰(I − P) + (Y X⁺ + λ T_k P)/(1 + λ)`` (static SD anchored at ``T_k``), then the
     teacher update with ``ω_{k+1}``. The coefficient ``a_k`` is the same in every direction.
     """
-    lam, _ = check_run(problem, schedule, lam, None, steps, record_every)
+    lam, _, steps, record_every = check_run(problem, schedule, lam, None, steps, record_every,
+                                            rule="fixed_point")
     spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)
     omegas = schedule_weights(schedule, steps, problem.dtype)
     return checked_result(_spectral(problem, spec, lam, None, omegas, record_every,
@@ -360,10 +366,18 @@ def two_by_two_rate(s: Float[ArrayLike, "*r"], lam: ArrayLike,
     lam = ensure(lam, jnp.isfinite(lam) & (lam >= 0), f"lam must be finite >= 0, got {show(lam)}")
     omega = ensure(omega, (omega >= 0) & (omega <= 1),
                    f"omega must be in [0, 1], got {show(omega)}")
+    try:
+        s, lam, omega = jnp.broadcast_arrays(s, lam, omega)
+    except ValueError:
+        raise ValueError(f"s, lam and omega must broadcast together, got shapes {s.shape}, "
+                         f"{lam.shape} and {omega.shape}") from None
     p = 1 - s * (1 + lam)
     m = jnp.stack([jnp.stack([p, s * lam], -1),
                    jnp.stack([omega * p, 1 - omega + omega * s * lam], -1)], -2)
-    return jnp.max(jnp.abs(jnp.linalg.eigvals(m)), axis=-1)
+    rate = jnp.max(jnp.abs(jnp.linalg.eigvals(m)), axis=-1)
+    return ensure(rate, all_finite(rate), not_finite(
+        "two_by_two_rate: the spectral radius", rate.dtype, "s·(1 + λ) is too large; rescale s "
+        "or lam"))
 
 
 class TeacherSD(Strategy):
@@ -381,8 +395,7 @@ class TeacherSD(Strategy):
 
     def __init__(self, lam: ArrayLike, schedule: Schedule, *, steps: int, lr: ArrayLike):
         check_instance("schedule", schedule, Schedule)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"steps must be a non-negative Python int, got {steps!r}")
+        steps = static_count("steps", steps)
         self.lam = as_scalar("lam", lam, minimum=0.0)
         self.lr = as_scalar("lr", lr, minimum=0.0, strict=True)
         self.schedule, self.steps = schedule, steps

@@ -15,6 +15,7 @@ from .._validation import all_finite, as_real_array, check_instance, ensure, is_
 from ..linear.problem import LinearProblem, contrastive_target
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
 from .diagnostics import trace_end, trace_start, trace_update
+from .schedules import static_count
 from .spectral import (
     Rule,
     coefficient_step,
@@ -167,9 +168,13 @@ def sweep(problem: LinearProblem, configs: Mapping[str, ArrayLike],
 
     Refused, naming the configuration: ``lam`` not finite ≥ 0; ``lr`` not finite > 0 or not
     below the stability bound ``2/(σ_max²(1+λ))``; ``horizon`` not an integer in
-    ``[1, steps]``; weights ω_t from ``make_omegas`` that are NaN or outside ``[0, 1]``; results
-    that overflow. Concrete configurations fail with a ``ValueError`` before the run (the ω
-    and overflow checks after it); traced ones with a run-time error.
+    ``[1, steps]``; any other configuration value that is not finite; weights ω_t from
+    ``make_omegas`` that are NaN or outside ``[0, 1]``; results that overflow. Concrete
+    configurations fail with a ``ValueError`` before the run (the ω and overflow checks after
+    it); traced ones with a run-time error. A check inside ``make_omegas`` that fails on the
+    traced configuration (e.g. ``ema_teacher`` refusing a momentum of 1.5) is reported as the
+    ``ValueError`` that ``make_omegas`` gives on the first concrete configuration it refuses.
+    ``steps`` is a Python (or numpy) int ≥ 1.
     """
     check_instance("problem", problem, LinearProblem)
     if not callable(make_omegas):
@@ -177,8 +182,7 @@ def sweep(problem: LinearProblem, configs: Mapping[str, ArrayLike],
                         f"{make_omegas!r}")
     if rule not in ("gd", "fixed_point"):
         raise ValueError(f"rule must be 'gd' or 'fixed_point', got {rule!r}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = static_count("steps", steps, 1)
     if not isinstance(configs, Mapping):
         raise TypeError(f"configs must be a mapping of names to (C,) arrays, got "
                         f"{type(configs).__name__}")
@@ -217,7 +221,17 @@ def sweep(problem: LinearProblem, configs: Mapping[str, ArrayLike],
                       f"this problem and λ, got {_at('lr', lr, i)}"
                       + ("" if i is None else f" with {_at('lam', lam, i)}: the bound is "
                          f"{bound[i]:.6g}"))
-    out, omega_range, finite = _sweep(problem, spec, arrays, make_omegas, steps, rule)
+    # What make_omegas reads: NaN or ±inf is no configuration, whatever the key.
+    for key in [k for k in arrays if k not in ("lam", "lr", "horizon")]:
+        values = arrays[key]
+        arrays[key] = _refuse(values, jnp.isfinite(values),
+                              lambda i, key=key, values=values: f"configs[{key!r}] must be "
+                              f"finite, got {_at(key, values, i)}")
+    try:
+        out, omega_range, finite = _sweep(problem, spec, arrays, make_omegas, steps, rule)
+    except eqx.EquinoxRuntimeError:  # a check inside make_omegas, on the traced configuration
+        _diagnose(make_omegas, arrays)
+        raise
     low, high = omega_range[:, 0], omega_range[:, 1]
     out = _refuse(out, (low >= 0) & (high <= 1),  # False for NaN
                   lambda i: "make_omegas must return weights ω_t in [0, 1]"
@@ -231,6 +245,22 @@ def sweep(problem: LinearProblem, configs: Mapping[str, ArrayLike],
             f"sweep: {name}{'' if i is None else f' of configuration {i}'}", dtype,
             "rescale the problem's arrays (x_img, x_txt, w0, w_txt)"))
     return out
+
+
+def _diagnose(make_omegas: Callable[[dict[str, Array]], Array],
+              arrays: dict[str, Array]) -> None:
+    """Re-run ``make_omegas`` eagerly on each concrete configuration and raise the first
+    ``ValueError`` it gives (its own checks, e.g. a momentum outside ``[0, 1)``), naming the
+    configuration; nothing if every configuration passes (or they are traced)."""
+    if any(is_traced(v) for v in arrays.values()):
+        return
+    for i in range(next(iter(arrays.values())).shape[0]):
+        config = {k: v[i] for k, v in arrays.items()}
+        try:
+            make_omegas(config)
+        except ValueError as err:
+            values = ", ".join(f"{_at(k, v, i)}" for k, v in arrays.items())
+            raise ValueError(f"make_omegas fails on configuration {i} ({values}): {err}") from None
 
 
 def _refuse(x, ok: Array, message: Callable[[int | None], str]):

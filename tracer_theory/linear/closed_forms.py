@@ -71,15 +71,21 @@ def _solve(problem: LinearProblem, strategy: Strategy, spec: Spectrum):
     return w, (all_finite(y), all_finite(residual), all_finite(f), all_finite(w))
 
 
+def problem_spectrum(problem: LinearProblem, spec: Spectrum | None) -> Spectrum:
+    """``spectrum(problem)``, or ``spec`` once checked to be that (a ``TypeError`` or
+    ``ValueError`` naming ``problem`` or ``spectrum`` otherwise)."""
+    check_instance("problem", problem, LinearProblem)
+    if spec is None:
+        return compute_spectrum(problem)
+    check_instance("spectrum", spec, Spectrum)
+    return spec.check_matches(problem)
+
+
 def checked_spectrum(problem: LinearProblem, strategy: Strategy,
                      spec: Spectrum | None) -> Spectrum:
     check_instance("problem", problem, LinearProblem)
     check_instance("strategy", strategy, Strategy)
-    if spec is None:
-        spec = compute_spectrum(problem)
-    else:
-        check_instance("spectrum", spec, Spectrum)
-        spec = spec.check_matches(problem)
+    spec = problem_spectrum(problem, spec)
     strategy.check(spec.sigma_sq)  # eager ValueError for concrete hyper-parameters
     return spec
 

@@ -36,6 +36,7 @@ def _objective(problem, strategy, w):
 @eqx.filter_jit
 def _run(problem, strategy, steps, lr, init):
     grad = jax.grad(lambda w: _objective(problem, strategy, w))
+    lr = lr.astype(init.dtype)  # a float64 lr keeps a float32 iteration float32
 
     def body(_, w):
         return w - lr * grad(w)
@@ -92,6 +93,7 @@ def gradient_descent_until(problem: LinearProblem, strategy: Strategy,
 def _run_until(problem, strategy, target, tol, lr, max_steps):
     grad = jax.grad(lambda w: _objective(problem, strategy, w))
     norm = jnp.linalg.norm(target)
+    lr = lr.astype(target.dtype)
 
     def cond(state):
         w, t = state

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._validation import as_int, as_real
 from .problem import Contrast, LinearProblem
 
 
@@ -30,42 +31,34 @@ def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
             covariance ``Q diag(i^(−2·pre_decay)) Qᵀ`` in a random basis ``Q`` independent of
             ``X_I`` (anisotropic, so not aligned with the task eigenbasis), scaled like ``X_I``.
 
-    Data come from ``numpy.random.default_rng(seed)``, independent of any jax key.
+    Data come from ``numpy.random.default_rng(seed)``, independent of any jax key. Every
+    argument is checked before any data is drawn (a ``ValueError`` names it), ``pre_decay``
+    included when ``m_pre`` is not given.
     """
-    for name, size in (("d_img", d_img), ("n", n), ("d_txt", d_txt), ("k", k)):
-        _positive_int(name, size)
+    d_img, n, d_txt, k = (as_int(name, size, minimum=1) for name, size in
+                          (("d_img", d_img), ("n", n), ("d_txt", d_txt), ("k", k)))
+    seed = as_int("seed", seed, minimum=0)
     if sum(x is not None for x in (rank, cond, decay)) > 1:
         raise ValueError("give at most one of rank, cond and decay")
-    if min(d_img, n, d_txt, k) < 1:
-        raise ValueError(f"all sizes must be >= 1, got d_img={d_img}, n={n}, d_txt={d_txt}, k={k}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    try:
-        dtype = np.dtype(dtype).name
-    except TypeError:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    if dtype == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("dtype='float64' needs jax_enable_x64; use `with jax.enable_x64(True):` "
-                         "or pass dtype='float32'")
-    rng = np.random.default_rng(seed)
     r = min(d_img, n)
     if rank is not None:
-        _positive_int("rank", rank)
-        if not 1 <= rank <= r:
+        rank = as_int("rank", rank, minimum=1)
+        if rank > r:
             raise ValueError(f"rank must be in [1, min(d_img, n) = {r}], got {rank}")
+    cond = None if cond is None else as_real("cond", cond, minimum=1.0)
+    decay = None if decay is None else as_real("decay", decay, minimum=0.0)
+    m_pre = None if m_pre is None else as_int("m_pre", m_pre, minimum=1)
+    pre_decay = as_real("pre_decay", pre_decay, minimum=0.0)
+    dtype = _float_dtype(dtype)
+    rng = np.random.default_rng(seed)
+    if rank is not None:
         unique = rng.standard_normal((d_img, rank))
         x_img = unique[:, np.arange(n) % rank]
     elif cond is not None or decay is not None:
         if cond is not None:
-            if not (np.isfinite(cond) and cond >= 1):
-                raise ValueError(f"cond must be >= 1 and finite, got {cond}")
             s = np.logspace(0.0, -np.log10(cond), r)
         else:
-            if not (np.isfinite(decay) and decay >= 0):
-                raise ValueError(f"decay must be >= 0 and finite, got {decay}")
-            s = np.arange(1, r + 1, dtype=float) ** (-float(decay))
+            s = np.arange(1, r + 1, dtype=float) ** (-decay)
         x_img = (_orthonormal(rng, d_img, r) * s) @ _orthonormal(rng, n, r).T
         x_img *= np.sqrt(max(d_img, n))
     else:
@@ -76,12 +69,7 @@ def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
     w_txt = rng.standard_normal((k, d_txt)) / np.sqrt(d_txt)
     x_pre = None
     if m_pre is not None:
-        _positive_int("m_pre", m_pre)
-        if not (np.isfinite(pre_decay) and pre_decay >= 0):
-            raise ValueError(f"pre_decay must be >= 0 and finite, got {pre_decay}")
-        if m_pre < 1:
-            raise ValueError(f"m_pre must be >= 1, got {m_pre}")
-        scales = np.arange(1, d_img + 1, dtype=float) ** (-float(pre_decay))
+        scales = np.arange(1, d_img + 1, dtype=float) ** (-pre_decay)
         basis = _orthonormal(rng, d_img, d_img)
         x_pre = (basis * scales) @ rng.standard_normal((d_img, m_pre)) / np.sqrt(m_pre)
         x_pre = jnp.asarray(x_pre, dtype=dtype)
@@ -89,6 +77,15 @@ def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
     return LinearProblem(*arrays, contrast=contrast, x_pre=x_pre)
 
 
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an int, got {value!r}")
+def _float_dtype(dtype: object) -> str:
+    """``"float32"`` or ``"float64"`` (the latter only with x64 enabled), else a ValueError."""
+    try:
+        name = None if dtype is None else np.dtype(dtype).name
+    except (TypeError, ValueError):
+        name = None
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if name == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("dtype='float64' needs jax_enable_x64; use `with jax.enable_x64(True):` "
+                         "or pass dtype='float32'")
+    return name

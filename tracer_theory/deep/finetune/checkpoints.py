@@ -5,7 +5,6 @@ for the same key; a truncated or corrupted file is a ``DamagedArtifact`` naming 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -13,28 +12,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import equinox as eqx
-import jax
-import numpy as np
 from jaxtyping import PyTree
 
 from ..._cache import check_keyed, keyed_header, load_keyed, write_keyed
-
-
-def array_digest(tree: PyTree) -> str:
-    """SHA-256 (16 hex digits) of the array leaves of ``tree`` (dtypes, shapes and bytes; PRNG
-    keys by their key data) and of its number and string leaves: a fingerprint of data or
-    weights for a cache key. Other leaves (functions) are left out."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        if isinstance(leaf, jax.Array | np.ndarray | np.generic):
-            if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
-                                                                     jax.dtypes.prng_key):
-                leaf = jax.random.key_data(leaf)
-            arr = np.ascontiguousarray(np.asarray(leaf))
-            digest.update(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes())
-        elif isinstance(leaf, bool | int | float | str):
-            digest.update(repr(leaf).encode())
-    return digest.hexdigest()[:16]
 
 
 def save_model(path: str | os.PathLike, tree: PyTree, key: Mapping[str, Any]) -> Path:

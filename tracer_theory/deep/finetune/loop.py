@@ -29,11 +29,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
-from ..._cache import cache_key
+from ..._cache import array_digest, cache_key
 from ...errors import Diverged
 from ..models import DualEncoder
 from ..parallel import Mesh, replicate
-from .checkpoints import array_digest, load_model, load_run, save_model, save_run
+from .checkpoints import load_model, load_run, save_model, save_run
 from .config import FinetuneConfig
 from .finetunee import Batch, Finetunee
 from .step import TrainState, gap_metrics, phase_optimizer, start, start_phase, train_step

@@ -17,10 +17,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import PRNGKeyArray
 from tqdm.auto import tqdm
 
+from ..._cache import array_digest
 from ..losses import clip_loss
 from ..models import DualEncoder, make_model
 from ..parallel import Mesh, replicate
-from .checkpoints import array_digest, load_run, save_run
+from .checkpoints import load_run, save_run
 from .config import PretrainConfig, learning_rate
 from .loop import SAMPLER, check_finite, chunk_ranges, stepwise, subset
 from .step import accumulated_value_and_grad, in_compute_dtype

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PyTree
 
+from ..._validation import all_finite, check_instance, ensure_each
 from .base import DualEncoder
 
 
@@ -22,7 +23,8 @@ class Linearized(eqx.Module):
 
     ``params`` (θ, the module's floating leaves, trainable; they start at θ⁰), ``primal`` (θ⁰,
     frozen: gradients never reach it) and ``rest`` (the module's other leaves). Calling it
-    returns ``f(x; θ⁰) + ∂_θ f(x; θ⁰)·(θ − θ⁰)``, shaped like ``f(x)``.
+    returns ``f(x; θ⁰) + ∂_θ f(x; θ⁰)·(θ − θ⁰)``, shaped like ``f(x)``. ``module`` must have
+    at least one floating leaf, all finite, and not be a ``Linearized`` already (``ValueError``).
     """
 
     params: PyTree
@@ -30,8 +32,16 @@ class Linearized(eqx.Module):
     rest: PyTree
 
     def __init__(self, module: eqx.Module):
+        if isinstance(module, Linearized):
+            raise ValueError("module is a Linearized already: linearize the original module once "
+                             "(its at_primal())")
         params, self.rest = eqx.partition(module, eqx.is_inexact_array)
-        self.params = params
+        leaves = jax.tree.leaves(params)
+        if not leaves:
+            raise ValueError(f"module has no floating-point parameters to linearize, got a "
+                             f"{type(module).__name__}")
+        finite = "module contains NaN or Inf: the expansion point θ⁰ must be finite"
+        self.params = ensure_each(params, [(all_finite(x), finite) for x in leaves])
         self.primal = jax.tree.map(jnp.copy, params)
 
     def __call__(self, *args, **kwargs):
@@ -55,6 +65,7 @@ def linearize(clip: DualEncoder) -> DualEncoder:
     """``clip`` with its image encoder replaced by ``Linearized(clip.image)``: the image
     embedding ``W_I · h_lin(x)`` is then linear in the encoder's parameters and in ``W_I``
     separately (their product is the only term beyond first order)."""
+    check_instance("clip", clip, DualEncoder)
     if isinstance(clip.image, Linearized):
         raise ValueError("clip's image encoder is linearized already")
     return eqx.tree_at(lambda c: c.image, clip, Linearized(clip.image))

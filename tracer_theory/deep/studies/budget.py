@@ -46,6 +46,7 @@ import scipy.stats
 from jaxtyping import Array
 from tqdm.auto import tqdm
 
+from ..._cache import cache_key, check_whole
 from ..._io import write_json_atomic
 from ...linear.closed_forms import solve
 from ...linear.problem import LinearProblem, contrastive_target
@@ -197,9 +198,9 @@ class _Seed:
     Gram is the costly part), the zero-shot probe and its pretrained logits."""
 
     def __init__(self, config: BudgetConfig, pretrained: Finetunee, data: ExperimentData,
-                 progress: str | None, cache: Path | None = None):
+                 progress: str | None, cache: Path | None = None, overwrite: bool = False):
         self.config, self.pretrained, self.data, self.progress = config, pretrained, data, progress
-        self.cache = cache
+        self.cache, self.overwrite = cache, overwrite
         self.probe = ZeroShotProbe.of(pretrained, data)
         with jax.enable_x64(True):
             self.linear = linear_problem(pretrained, data, config.n)
@@ -215,7 +216,8 @@ class _Seed:
                                      jnp.float64)
                 self._tangent = TangentProblem.build(
                     tower, images, contrastive_target(self.linear).T, block=self.config.block,
-                    memory_gb=self.config.memory_gb, progress=self.progress, cache=self.cache)
+                    memory_gb=self.config.memory_gb, progress=self.progress, cache=self.cache,
+                    overwrite=self.overwrite)
         return self._tangent
 
     def closed_forms(self, strategy: Strategy, steps: int) -> dict[str, dict[str, float]]:
@@ -325,21 +327,29 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
     first = experiments[config.objectives[0]]  # pretraining, data and steps: the same for all
     data = first.data()
     sample = hashlib.sha256(data.sample(config.n).tobytes()).hexdigest()[:12]
+    keys = {seed: cache_key(
+        {"data": data.fingerprint, "seed": seed, "n": config.n, "sample": sample,
+         "pretrain": dataclasses.asdict(first.pretrain), "steps": first.finetune.steps,
+         "points": [describe(s) for _, s in config.points()]}) for seed in config.seeds}
+    grams = {seed: out_dir / config.name / f"seed{seed}_gram_{_gram_digest(key)}.npz"
+             for seed, key in keys.items()}
+    closed = {seed: out_dir / config.name / f"seed{seed}_closed_forms.json"
+              for seed in config.seeds}
+    # before any work: the closed forms, the Gram caches (whole) and the pretrained models
+    theories = {seed: resumed(closed[seed], keys[seed], overwrite, fields=("points", "spectrum"))
+                for seed in config.seeds}
+    for path in grams.values():
+        if path.exists() and not overwrite:
+            check_whole(path)
     check_pretrained(first, data, out_dir, overwrite)
     rows: list[dict[str, Any]] = []
     spectra: dict[str, Any] = {}
     for seed in config.seeds:
         pretrained = pretrained_model(first, data, out_dir, seed, progress, overwrite=overwrite)
-        key = json.loads(json.dumps(
-            {"data": data.fingerprint, "seed": seed, "n": config.n, "sample": sample,
-             "pretrain": dataclasses.asdict(first.pretrain), "steps": first.finetune.steps,
-             "points": [describe(s) for _, s in config.points()]}, default=str))
-        gram = {k: key[k] for k in ("data", "seed", "n", "sample", "pretrain")}  # not points
-        digest = hashlib.sha256(json.dumps(gram, sort_keys=True).encode()).hexdigest()[:12]
+        key = keys[seed]
         side = _Seed(config, pretrained, data, f"eNTK Gram seed {seed}" if progress else None,
-                     cache=out_dir / config.name / f"seed{seed}_gram_{digest}.npz")
-        theory = _closed_forms(side, key, out_dir / config.name / f"seed{seed}_closed_forms.json",
-                               progress, overwrite)
+                     cache=grams[seed], overwrite=overwrite)
+        theory = theories[seed] or _closed_forms(side, key, closed[seed], progress)
         spectra[str(seed)] = theory["spectrum"]
         run = _Runs(config, data, seed, pretrained, side, data.sample(config.n), sample,
                     pretrained.clip.class_embeddings(jnp.asarray(data.captions)), out_dir,
@@ -358,19 +368,23 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
     return payload
 
 
-def _closed_forms(side: _Seed, key: dict[str, Any], path: Path, progress: bool,
-                  overwrite: bool) -> dict[str, Any]:
-    """The seed's R0 and R0' at every point with the Gram's spectrum summary, from ``path`` if
-    it was written for ``key``."""
-    theory = resumed(path, key, overwrite, fields=("points", "spectrum"))
-    if theory is None:
-        points = side.config.points()
-        theory = {"config": key, "points": {
-            label: side.closed_forms(strategy, key["steps"])
-            for label, strategy in tqdm(points, desc=f"closed forms seed {key['seed']}",
-                                        leave=False, disable=not progress)}}
-        theory["spectrum"] = _spectrum_summary(side.tangent, side.linear)
-        write_json_atomic(path, theory)
+def _gram_digest(key: dict[str, Any]) -> str:
+    """A short hash of what the seed's Gram depends on (not the points): its cache's name."""
+    gram = {k: key[k] for k in ("data", "seed", "n", "sample", "pretrain")}
+    return hashlib.sha256(json.dumps(gram, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _closed_forms(side: _Seed, key: dict[str, Any], path: Path, progress: bool
+                  ) -> dict[str, Any]:
+    """The seed's R0 and R0' at every point with the Gram's spectrum summary, written to
+    ``path`` for ``key``."""
+    points = side.config.points()
+    theory = {"config": key, "points": {
+        label: side.closed_forms(strategy, key["steps"])
+        for label, strategy in tqdm(points, desc=f"closed forms seed {key['seed']}",
+                                    leave=False, disable=not progress)}}
+    theory["spectrum"] = _spectrum_summary(side.tangent, side.linear)
+    write_json_atomic(path, theory)
     return theory
 
 

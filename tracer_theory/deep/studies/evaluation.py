@@ -83,7 +83,8 @@ def wise_ft(pretrained: Finetunee, finetuned: Finetunee, alpha: float) -> Finetu
 
 def gap_summary(curves: dict[str, np.ndarray]) -> dict[str, Any]:
     """The logged gap curves with their collapse diagnostics (half-life, normalized AUC,
-    final over peak, final) for the parameter distance and the logit KL."""
+    final over peak, final) for the parameter distance and the logit KL. A gap that never
+    halves has no half-life: ``None`` (JSON ``null``; the diagnostics' ``inf``)."""
     steps = np.r_[0, curves["steps"]]
     out: dict[str, Any] = {"curves": {k: np.asarray(v).tolist() for k, v in curves.items()}}
     for key in ("param_distance", "logit_kl"):
@@ -91,7 +92,9 @@ def gap_summary(curves: dict[str, np.ndarray]) -> dict[str, Any]:
             continue
         gap = np.r_[0.0, curves[key]]
         d = collapse_diagnostics(jnp.asarray(gap), jnp.asarray(steps))
-        out[key] = {"half_life": float(d.half_life), "normalized_auc": float(d.normalized_auc),
+        half = float(d.half_life)
+        out[key] = {"half_life": half if np.isfinite(half) else None,
+                    "normalized_auc": float(d.normalized_auc),
                     "final_over_peak": float(d.final), "final": float(gap[-1])}
     if len(curves["agreement"]):
         out["agreement"] = {"final": float(curves["agreement"][-1])}
