@@ -181,8 +181,8 @@ def test_lr_beyond_the_stability_bound(problem, solver):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(steps=0), "steps must be >= 1, got 0"),
-    (dict(steps=10.0), "steps must be an integer, got 10.0"),
+    (dict(steps=0), "steps must be a positive int, got 0"),
+    (dict(steps=10.0), "steps must be an int, got 10.0"),
     (dict(record_every=3), "record_every must be a positive int dividing steps = 10"),
     (dict(lam=-1.0), "lam must be finite >= 0"),
     (dict(lr=0.0), "lr must be finite > 0"),

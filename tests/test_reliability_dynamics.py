@@ -189,9 +189,9 @@ SCHEDULE_CASES = [
     (lambda: GridKernel([True, False]), "log_values must be real numbers, got dtype bool"),
     (lambda: GridKernel([1j, 2.0]), "log_values must be real numbers, got dtype complex128"),
     (lambda: GridKernel(None), "log_values must be real numbers"),
-    (lambda: kernel_teacher(None, tt.arcsine_kernel()), "horizon must be an integer, got None"),
-    (lambda: kernel_teacher("10", tt.arcsine_kernel()), "horizon must be an integer, got '10'"),
-    (lambda: tt.wma_teacher(np.float64(5.0)), "horizon must be an integer"),
+    (lambda: kernel_teacher(None, tt.arcsine_kernel()), "horizon must be an int, got None"),
+    (lambda: kernel_teacher("10", tt.arcsine_kernel()), "horizon must be an int, got '10'"),
+    (lambda: tt.wma_teacher(np.float64(5.0)), "horizon must be an int"),
     (lambda: kernel_weights(tt.uniform_kernel(), 3, 2**70), "num_steps must be below"),
     (lambda: kernel_teacher(10, lambda tau: "x"), "kernel must return real weights on the grid"),
     (lambda: kernel_teacher(10, lambda tau: None), "kernel must return real weights on the grid"),
@@ -200,7 +200,7 @@ SCHEDULE_CASES = [
     (lambda: tt.ema_teacher(None), "momentum must be a real number"),
     (lambda: tt.ema_teacher(np.nan), "momentum must be finite, got nan"),
     (lambda: tt.ema_teacher([0.9, 0.8]), r"momentum must be a scalar, got shape \(2,\)"),
-    (lambda: tt.ema_teacher(0.9).weights(None), "num_steps must be an integer, got None"),
+    (lambda: tt.ema_teacher(0.9).weights(None), "num_steps must be an int, got None"),
 ]
 
 
@@ -220,16 +220,16 @@ def test_schedule_counts_fit_the_index_dtype():
 
 
 FAMILY_CASES = [
-    (lambda: tt.BetaFamily(-5), "steps must be >= 1, got -5"),
-    (lambda: tt.BetaFamily(0), "steps must be >= 1, got 0"),
-    (lambda: tt.BetaFamily(2.5), "steps must be an integer, got 2.5"),
-    (lambda: tt.BetaFamily(True), "steps must be an integer, got True"),
-    (lambda: tt.BetaFamily("3"), "steps must be an integer, got '3'"),
-    (lambda: tt.EMAFamily(-1), "steps must be >= 1, got -1"),
-    (lambda: tt.GridFamily(10, knots=1), "knots must be >= 2, got 1"),
-    (lambda: tt.GridFamily(10, knots=2.5), "knots must be an integer, got 2.5"),
-    (lambda: tt.ScheduledEMAFamily(10, warmup_steps=0), "warmup_steps must be >= 1, got 0"),
-    (lambda: tt.ScheduledEMAFamily(10, warmup_steps=2.5), "warmup_steps must be an integer"),
+    (lambda: tt.BetaFamily(-5), "steps must be a positive int, got -5"),
+    (lambda: tt.BetaFamily(0), "steps must be a positive int, got 0"),
+    (lambda: tt.BetaFamily(2.5), "steps must be an int, got 2.5"),
+    (lambda: tt.BetaFamily(True), "steps must be an int, got True"),
+    (lambda: tt.BetaFamily("3"), "steps must be an int, got '3'"),
+    (lambda: tt.EMAFamily(-1), "steps must be a positive int, got -1"),
+    (lambda: tt.GridFamily(10, knots=1), "knots must be an int >= 2, got 1"),
+    (lambda: tt.GridFamily(10, knots=2.5), "knots must be an int, got 2.5"),
+    (lambda: tt.ScheduledEMAFamily(10, warmup_steps=0), "warmup_steps must be a positive int, got 0"),
+    (lambda: tt.ScheduledEMAFamily(10, warmup_steps=2.5), "warmup_steps must be an int"),
 ]
 
 
@@ -251,10 +251,10 @@ DESIGN_CASES = [
     (dict(target="x"), "target_task_loss must be a real number"),
     (dict(target=np.ones(2)), r"target_task_loss must be a scalar, got shape \(2,\)"),
     (dict(target=-1.0), "target_task_loss must lie strictly between the unregularized optimum"),
-    (dict(steps=-5), "steps must be >= 0, got -5"),
-    (dict(steps=2.5), "steps must be an integer, got 2.5"),
-    (dict(steps=True), "steps must be an integer, got True"),
-    (dict(steps="3"), "steps must be an integer, got '3'"),
+    (dict(steps=-5), "steps must be a non-negative int, got -5"),
+    (dict(steps=2.5), "steps must be an int, got 2.5"),
+    (dict(steps=True), "steps must be an int, got True"),
+    (dict(steps="3"), "steps must be an int, got '3'"),
     (dict(learning_rate=-1.0), "learning_rate must be finite > 0.0, got -1.0"),
     (dict(learning_rate=0.0), "learning_rate must be finite > 0.0, got 0.0"),
     (dict(learning_rate=np.nan), "learning_rate must be finite > 0.0, got nan"),
@@ -288,7 +288,7 @@ def test_calibrate_arguments_are_named(setup):
     start = family.init(int(spec.s.shape[0]))
     cases = [
         (lambda: calibrate(family, start, target, spec, trade, iterations=0),
-         "iterations must be >= 1, got 0"),
+         "iterations must be a positive int, got 0"),
         (lambda: calibrate(family, start, np.nan, spec, trade), "target must be finite, got nan"),
         (lambda: calibrate(family, start, None, spec, trade), "target must be a real number"),
         (lambda: calibrate(family, {}, target, spec, trade),
@@ -347,13 +347,13 @@ DYNAMICS_CASES = [
      "lr must be a real number"),
     (lambda s: tt.spectral_dynamics(s[0], 1.0, tt.ema_teacher(0.9), steps=3, lr=_lr(s),
                                     record_every=True),
-     "record_every must be an integer, got True"),
+     "record_every must be an int, got True"),
     (lambda s: tt.simulate(s[0], 1.0, tt.ema_teacher(0.9), steps=4, lr=_lr(s), record_every=2.0),
-     "record_every must be an integer, got 2.0"),
+     "record_every must be an int, got 2.0"),
     (lambda s: tt.spectral_dynamics(s[0], 1.0, tt.ema_teacher(0.9), steps=10, lr=10 * _lr(s)),
      r"lr must be below the stability bound"),
     (lambda s: TeacherSD(1.0, tt.ema_teacher(0.9), steps=2.0, lr=0.1),
-     "steps must be an integer, got 2.0"),
+     "steps must be an int, got 2.0"),
     (lambda s: tt.two_by_two_rate(1e200, 1e200, 0.5),
      "two_by_two_rate: the spectral radius is not finite: it overflowed float64"),
     (lambda s: tt.two_by_two_rate(jnp.ones(2), jnp.ones(3), 0.5),
@@ -363,7 +363,7 @@ DYNAMICS_CASES = [
     (lambda s: tt.sweep(s[0], {"lam": [1.0], "lr": [_lr(s)], "m": [np.nan]}, _ema5, steps=5),
      r"configs\['m'\] must be finite, got configs\['m'\]\[0\] = nan"),
     (lambda s: tt.sweep(s[0], {"lam": [1.0], "lr": [_lr(s)]}, _ema5, steps=True),
-     "steps must be an integer, got True"),
+     "steps must be an int, got True"),
 ]
 
 

@@ -268,10 +268,10 @@ def test_traced_step_and_schedule_in_jitted_loop():
 # --- bad inputs -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("build, match", [
-    (lambda: wma_teacher(0), "horizon must be >= 1, got 0"),
-    (lambda: wma_teacher(-3), "horizon must be >= 1"),
-    (lambda: wma_teacher(2.5), "horizon must be an integer"),
-    (lambda: wma_teacher(True), "horizon must be an integer"),
+    (lambda: wma_teacher(0), "horizon must be a positive int, got 0"),
+    (lambda: wma_teacher(-3), "horizon must be a positive int"),
+    (lambda: wma_teacher(2.5), "horizon must be an int"),
+    (lambda: wma_teacher(True), "horizon must be an int"),
     (lambda: wma_teacher(10, a=0.0), "a must be finite > 0"),
     (lambda: wma_teacher(10, b=-1.0), "b must be finite > 0"),
     (lambda: beta_kernel(float("nan"), 1.0), "a must be finite"),
@@ -285,8 +285,8 @@ def test_traced_step_and_schedule_in_jitted_loop():
     (lambda: kernel_teacher(10, lambda tau: jnp.log(tau - 0.5)), "kernel must return finite"),
     (lambda: kernel_teacher(10, lambda tau: jnp.where(tau > 0.9, jnp.inf, 1.0)), "finite"),
     (lambda: kernel_weights(uniform_kernel(), 0, 5), "horizon must be finite >= 1"),
-    (lambda: kernel_weights(uniform_kernel(), 3, -1), "num_steps must be >= 0"),
-    (lambda: wma_teacher(4).weights(2.0), "num_steps must be an integer"),
+    (lambda: kernel_weights(uniform_kernel(), 3, -1), "num_steps must be a non-negative int"),
+    (lambda: wma_teacher(4).weights(2.0), "num_steps must be an int"),
     (lambda: jax.jit(lambda h: kernel_teacher(h, uniform_kernel()))(3), "static Python int"),
 ])
 def test_bad_inputs_raise(build, match):

@@ -19,7 +19,6 @@ inside one, XLA may fuse operations differently, e.g. into multiply-adds).
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from functools import partial
 
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._validation import as_fraction, as_real_array, as_scalar, ensure, is_traced, show
+from .._validation import as_fraction, as_int, as_real_array, as_scalar, ensure, is_traced, show
 
 _GRID = "the grid τ_k = (k + 0.5)/(horizon + 1), k = 0..horizon"
 
@@ -505,25 +504,14 @@ def _unit_interval(name: str, value: ArrayLike) -> Array:
     return as_fraction(name, arr, closed=False)
 
 
-def _static_int(name: str, value: object) -> int:
-    if is_traced(value):
-        raise ValueError(f"{name} must be a static Python int, got a traced value")
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-
-
 def static_count(name: str, value: object, minimum: int = 0) -> int:
     """``value`` as a Python int ``≥ minimum`` (a count of steps, knots, …), else a
     ``ValueError`` naming ``name``: Python and numpy integers pass; bools, floats (even 2.0),
     strings, ``None`` and traced values are refused, and so are counts past the largest index
     of the default integer dtype (int32 without ``jax_enable_x64``)."""
-    count = _static_int(name, value)
-    if count < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {count}")
+    if is_traced(value):
+        raise ValueError(f"{name} must be a static Python int, got a traced value")
+    count = as_int(name, value, minimum=minimum)
     index = jnp.result_type(int)
     if count >= jnp.iinfo(index).max:
         raise ValueError(f"{name} must be below {jnp.iinfo(index).max} (steps are indexed in "
