@@ -228,7 +228,8 @@ FAMILY_CASES = [
     (lambda: tt.EMAFamily(-1), "steps must be a positive int, got -1"),
     (lambda: tt.GridFamily(10, knots=1), "knots must be an int >= 2, got 1"),
     (lambda: tt.GridFamily(10, knots=2.5), "knots must be an int, got 2.5"),
-    (lambda: tt.ScheduledEMAFamily(10, warmup_steps=0), "warmup_steps must be a positive int, got 0"),
+    (lambda: tt.ScheduledEMAFamily(10, warmup_steps=0),
+     "warmup_steps must be a positive int, got 0"),
     (lambda: tt.ScheduledEMAFamily(10, warmup_steps=2.5), "warmup_steps must be an int"),
 ]
 

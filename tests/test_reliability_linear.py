@@ -464,3 +464,22 @@ def test_traced_targets_are_checked_when_the_computation_runs(prob):
         front, tt.ParetoCurve(loss, loss, jnp.ones_like(loss))))
     with pytest.raises(Exception, match=re.escape("curve.task_loss must be finite")):
         jax.block_until_ready(ratio(jnp.array([jnp.nan])))
+
+
+def test_with_pretraining_none_and_huge_random_problems_are_refused():
+    from tracer_theory.errors import MemoryBudgetExceeded
+
+    problem = tt.random_problem(6, 4, 3, 2, m_pre=5)
+    with pytest.raises(ValueError, match="x_pre must be an array of pretraining features"):
+        problem.with_pretraining(None)
+    with pytest.raises(MemoryBudgetExceeded, match=r"random_problem\(d_img=1000000, n=1000000.*"
+                                                   r"GiB, more than this machine's"):
+        tt.random_problem(10**6, 10**6, 3, 2)
+
+
+def test_a_float64_value_that_overflows_float32_is_named_before_the_cast():
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match=r"log_values holds 1e\+39, which overflows float32"):
+            tt.GridKernel(np.array([0.0, 1e39]))
+        with pytest.raises(ValueError, match=r"lam holds 1e\+39, which overflows float32"):
+            tt.L2SP(1e39)

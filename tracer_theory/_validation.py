@@ -83,6 +83,7 @@ def _to_array(name: str, value: object, what: str) -> Array:
     if is_traced(value) or isinstance(value, jax.Array):
         return value  # type: ignore[return-value]
     if isinstance(value, int | float) and not isinstance(value, bool):
+        _fits(name, np.asarray(value))
         try:
             return jnp.asarray(value)  # weakly typed: adopts the problem's dtype
         except OverflowError as err:
@@ -93,10 +94,27 @@ def _to_array(name: str, value: object, what: str) -> Array:
         raise ValueError(f"{name} must be {what}, got {type(value).__name__}: {err}") from None
     if host.dtype.kind not in "biufc":
         raise ValueError(f"{name} must be {what}, got a value of dtype {host.dtype}")
+    _fits(name, host)
     try:
         return jnp.asarray(host)
     except OverflowError as err:
         raise ValueError(f"{name} is out of range: {err}") from None
+
+
+def _fits(name: str, host: np.ndarray) -> None:
+    """A ``ValueError`` when a finite float of ``host`` would overflow the dtype JAX stores it
+    in (float64 becomes float32 without ``jax_enable_x64``), before the cast turns it into Inf."""
+    if host.dtype.kind != "f":
+        return
+    target = jax.dtypes.canonicalize_dtype(host.dtype)
+    if target == host.dtype or host.size == 0:
+        return
+    finite = np.abs(host[np.isfinite(host)])
+    largest = float(np.finfo(target).max)
+    if finite.size and float(finite.max()) > largest:
+        raise ValueError(f"{name} holds {float(finite.max()):g}, which overflows "
+                         f"{np.dtype(target).name} (the largest is {largest:.4g}; enable "
+                         "jax_enable_x64 for float64)")
 
 
 def as_float_matrix(name: str, value: ArrayLike, expected: str) -> Array:

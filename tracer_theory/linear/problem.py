@@ -84,6 +84,8 @@ class LinearProblem(eqx.Module):
     def with_pretraining(self, x_pre: ArrayLike) -> LinearProblem:
         """This problem with pretraining features ``x_pre`` (d_I, m) (checked as at
         construction)."""
+        if x_pre is None:
+            raise ValueError("x_pre must be an array of pretraining features (d_I, m), got None")
         return LinearProblem(self.x_img, self.x_txt, self.w0, self.w_txt, self.contrast,
                              x_pre=x_pre)
 

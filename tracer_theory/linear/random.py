@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._validation import as_int, as_real
+from ..errors import MemoryBudgetExceeded
 from .problem import Contrast, LinearProblem
 
 
@@ -50,6 +51,7 @@ def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
     m_pre = None if m_pre is None else as_int("m_pre", m_pre, minimum=1)
     pre_decay = as_real("pre_decay", pre_decay, minimum=0.0)
     dtype = _float_dtype(dtype)
+    _check_size(d_img, n, d_txt, k, m_pre, spectrum=cond is not None or decay is not None)
     rng = np.random.default_rng(seed)
     if rank is not None:
         unique = rng.standard_normal((d_img, rank))
@@ -89,3 +91,24 @@ def _float_dtype(dtype: object) -> str:
         raise ValueError("dtype='float64' needs jax_enable_x64; use `with jax.enable_x64(True):` "
                          "or pass dtype='float32'")
     return name
+
+
+def _check_size(d_img: int, n: int, d_txt: int, k: int, m_pre: int | None, *,
+                spectrum: bool) -> None:
+    """``MemoryBudgetExceeded`` naming the sizes when drawing the problem (float64 arrays and
+    their temporaries) would need more than this machine's memory, before anything is drawn."""
+    import os
+
+    entries = d_img * n + d_txt * n + k * (d_img + d_txt)
+    entries += d_img * (d_img + m_pre) if m_pre is not None else 0
+    entries += (d_img + n) * min(d_img, n) if spectrum else 0
+    need = 3 * 8 * entries  # float64, with the generator's and QR's temporaries
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no check
+        return
+    if need > memory:
+        raise MemoryBudgetExceeded(
+            f"random_problem(d_img={d_img}, n={n}, d_txt={d_txt}, k={k}, m_pre={m_pre}) needs "
+            f"about {need / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.3g} GiB; "
+            "use smaller sizes")
