@@ -334,6 +334,9 @@ class _Runner:
         self.hybrid, self.mesh, self.n_seeds = hybrid, mesh, n_seeds
         self.phases = strategy.phases(config.steps)
         self.ends = np.cumsum([p.steps for p in self.phases])
+        # what a divergence message names: the strategy and the numbers that set its scale
+        self.what = f"{type(strategy).__name__} finetuning"
+        self.scale = scale_text(strategy, config)
 
     def _map(self, fn, *trees):
         return (fn if self.n_seeds is None else eqx.filter_vmap(fn))(*trees)
@@ -367,8 +370,6 @@ class _Runner:
             resumed = self._resume(Path(checkpoint), state, pretrained, run_key, overwrite)
             if resumed is not None:
                 done, logged, snapshots, state = resumed
-        self.what = f"{self.strategy.describe()['type']} finetuning"
-        self.scale = scale_text(self.strategy, config)
         data = TrainingData.of(images, labels, self.hybrid)
         probe = Probe.of(probe, gray_probe)
         sharding = None

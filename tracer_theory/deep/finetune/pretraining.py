@@ -133,8 +133,9 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
                 seed_key, optimizer, config, sharding)
             pending.append(losses)
             due = every and (hi % every == 0 or hi == config.steps)
-            if due or hi == config.steps or sum(len(x) for x in pending) >= chunk:
-                check_finite(jnp.concatenate(pending), hi - sum(len(x) for x in pending), model,
+            checked = hi - sum(len(x) for x in pending)  # steps before the pending losses
+            if due or hi == config.steps or hi - checked >= chunk:
+                check_finite(jnp.concatenate(pending), checked, model,
                              f"pretraining (seed {seed})",
                              f"lr = {config.lr:g}, weight_decay = {config.weight_decay:g}")
                 pending = []
