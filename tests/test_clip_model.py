@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 
 from tracer_theory.deep.data.prompts import (
     MAX_TOKENS,
@@ -320,7 +321,9 @@ def test_wrong_token_length_or_dtype(model):
 
 
 def test_unknown_preset():
-    message = r"unknown preset 'huge'; choose one of \['base', 'small', 'tiny'\]"
+    message = (r"unknown preset 'huge'; choose one of \['ViT-B-16', 'ViT-B-16-quickgelu', "
+               r"'ViT-B-32', 'ViT-B-32-quickgelu', 'ViT-L-14', 'ViT-L-14-quickgelu', 'base', "
+               r"'small', 'tiny'\]")
     with pytest.raises(ValueError, match=message):
         preset("huge")
     with pytest.raises(ValueError, match=message):
@@ -403,3 +406,125 @@ def test_base_preset_is_vit_b16_sized():
 def test_small_presets_parameter_count(name):
     shaped = eqx.filter_eval_shape(lambda: CLIP(name, key=jax.random.key(0)))
     assert _count(shaped) == _expected_parameters(PRESETS[name], VOCAB_SIZE, CLIP_CONTEXT)
+
+
+# --- the standard architectures and their activations ------------------------------------------
+
+@pytest.mark.parametrize(("name", "published"), [
+    ("ViT-B-32", 151_277_313), ("ViT-B-16", 149_620_737), ("ViT-L-14", 427_616_513),
+    ("ViT-B-16-quickgelu", 149_620_737)])
+def test_standard_presets_have_the_published_parameter_counts(name, published):
+    """OpenAI's CLIP models (49,408-id vocabulary, 77-token context) as their model cards count
+    them; the shapes alone (``filter_eval_shape``: nothing is allocated)."""
+    shaped = eqx.filter_eval_shape(lambda: CLIP(name, key=jax.random.key(0)))
+    assert _count(shaped) == published
+    p = PRESETS[name]
+    assert (p.vocab_size, p.context) == (49408, 77)
+    assert p.activation == ("quick_gelu" if name.endswith("quickgelu") else "gelu")
+
+
+def _np_layer_norm(ln, x):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + ln.eps) * np.asarray(ln.weight) + np.asarray(ln.bias)
+
+
+def _np_linear(lin, x):
+    out = x @ np.asarray(lin.weight).T
+    return out if lin.bias is None else out + np.asarray(lin.bias)
+
+
+NP_ACTIVATIONS = {  # written from their definitions, independently of the library
+    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
+    "gelu": lambda x: 0.5 * x * (1 + scipy.special.erf(x / np.sqrt(2))),
+    "quick_gelu": lambda x: x / (1 + np.exp(-1.702 * x)),
+}
+
+
+def _np_block(block, x, mask, activation):
+    attn = block.attn
+    heads = attn.num_heads
+    h = _np_layer_norm(block.ln1, x)
+    q, k, v = (_np_linear(proj, h).reshape(len(h), heads, -1)
+               for proj in (attn.query_proj, attn.key_proj, attn.value_proj))
+    logits = np.einsum("thd,shd->hts", q, k) / np.sqrt(q.shape[-1])
+    logits = np.where(mask[None], logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    x = x + _np_linear(attn.output_proj,
+                       np.einsum("hts,shd->thd", weights, v).reshape(len(h), -1))
+    h = _np_layer_norm(block.ln2, x)
+    return x + _np_linear(block.proj, NP_ACTIVATIONS[activation](_np_linear(block.fc, h)))
+
+
+def _np_clip(model, image, tokens, activation):
+    """CLIP's forward pass in NumPy from the published architecture (Radford et al. 2021):
+    ViT with class token, pre-LN blocks, ln_post on the class token; causal text transformer
+    pooled at the end-of-text (largest) id; bias-free projections, normalized."""
+    vit, p = model.image, model.preset
+    w = np.asarray(vit.patch_embed.weight)  # (width, C, p, p)
+    g = p.image_size // p.patch_size
+    patches = image.reshape(p.channels, g, p.patch_size, g, p.patch_size)
+    patches = np.einsum("cipjq,wcpq->ijw", patches, w).reshape(g * g, -1)
+    x = np.concatenate([np.asarray(vit.class_embedding)[None], patches]) + np.asarray(
+        vit.positional_embedding)
+    x = _np_layer_norm(vit.ln_pre, x)
+    for block in vit.transformer.blocks:
+        x = _np_block(block, x, np.ones((len(x), len(x)), bool), activation)
+    img = _np_linear(model.image_proj, _np_layer_norm(vit.ln_post, x[0]))
+    text = model.text
+    x = np.asarray(text.token_embedding.weight)[tokens] + np.asarray(text.positional_embedding)
+    causal = np.tril(np.ones((len(tokens), len(tokens)), bool))
+    for block in text.transformer.blocks:
+        x = _np_block(block, x, causal, activation)
+    txt = _np_linear(model.text_proj, _np_layer_norm(text.ln_final, x[np.argmax(tokens)]))
+    return img / np.linalg.norm(img), txt / np.linalg.norm(txt)
+
+
+@pytest.mark.parametrize("activation", ["gelu_tanh", "gelu", "quick_gelu"])
+def test_forward_pass_equals_a_numpy_reference_for_each_activation(activation):
+    """Float64, a small preset with CLIP's own token layout (ids up to 49,407, 77 positions)."""
+    preset = CLIPPreset(name="check", image_size=8, patch_size=4, width=16, layers=2, heads=2,
+                        text_width=16, text_layers=2, text_heads=4, dim=8, context=77,
+                        vocab_size=49408, activation=activation)
+    model = CLIP(preset, key=jax.random.key(3))
+    model = jax.tree.map(lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x,
+                         model)
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((3, 8, 8))
+    tokens = np.zeros(77, np.int32)
+    tokens[:6] = [49406, 320, 1125, 539, 5757, 49407]  # "a photo of … seven" as CLIP ids
+    img, txt = _np_clip(model, image, tokens, activation)
+    np.testing.assert_allclose(np.asarray(model.embed_images(jnp.asarray(image[None])))[0], img,
+                               rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(np.asarray(model.embed_texts(jnp.asarray(tokens[None])))[0], txt,
+                               rtol=1e-12, atol=1e-13)
+    # the activations differ: the same weights under another activation give other outputs
+    other = "gelu" if activation != "gelu" else "quick_gelu"
+    assert not np.allclose(_np_clip(model, image, tokens, other)[0], img, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("activation", "relu", r"activation must be one of \['gelu', 'gelu_tanh', 'quick_gelu'\]"),
+    ("activation", None, "activation must be one of"),
+    ("vocab_size", 5, f"vocab_size must be >= {VOCAB_SIZE}"),
+    ("vocab_size", 0, "vocab_size must be a positive integer"),
+    ("vocab_size", 49408.0, "vocab_size must be a positive integer")])
+def test_bad_architecture_options_name_the_field(field, value, message):
+    base = dict(name="x", image_size=8, patch_size=4, width=16, layers=1, heads=2,
+                text_width=16, text_layers=1, text_heads=2, dim=8)
+    with pytest.raises(ValueError, match=message):
+        CLIPPreset(**(base | {field: value}))
+
+
+def test_token_ids_are_checked_against_the_presets_vocabulary():
+    preset = CLIPPreset(name="v", image_size=8, patch_size=4, width=16, layers=1, heads=2,
+                        text_width=16, text_layers=1, text_heads=2, dim=8, context=77,
+                        vocab_size=49408, activation="quick_gelu")
+    model = CLIP(preset, key=jax.random.key(0))
+    tokens = np.zeros((1, 77), np.int32)
+    tokens[0, :2] = [49406, 49407]
+    assert np.all(np.isfinite(np.asarray(model.embed_texts(jnp.asarray(tokens)))))
+    tokens[0, 1] = 49408
+    with pytest.raises(ValueError, match=r"tokens must be ids in \[0, VOCAB_SIZE = 49408\)"):
+        model.embed_texts(jnp.asarray(tokens))

@@ -38,14 +38,31 @@ VOCAB_SIZE = len(VOCAB) + 1
 CLIP_CONTEXT = MAX_TOKENS + 1
 
 _POSITIVE_FIELDS = ("image_size", "patch_size", "channels", "width", "layers", "heads",
-                    "mlp_ratio", "text_width", "text_layers", "text_heads", "context", "dim")
+                    "mlp_ratio", "text_width", "text_layers", "text_heads", "context", "dim",
+                    "vocab_size")
+
+
+def quick_gelu(x: Array) -> Array:
+    """OpenAI CLIP's activation ``x·σ(1.702x)``."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+#: The MLP activations by name: ``"gelu_tanh"`` (``jax.nn.gelu``'s tanh approximation, this
+#: toolkit's own presets), ``"gelu"`` (exact, open_clip/LAION weights) and ``"quick_gelu"``
+#: (OpenAI's weights).
+ACTIVATIONS = {"gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+               "gelu": functools.partial(jax.nn.gelu, approximate=False),
+               "quick_gelu": quick_gelu}
+#: CLIP's byte-level BPE vocabulary size and text context (OpenAI and open_clip).
+CLIP_VOCAB_SIZE, CLIP_TEXT_CONTEXT = 49408, 77
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CLIPPreset:
     """Sizes of a CLIP (keyword-only): image tower (``image_size``, ``patch_size``,
     ``channels``, ``width``, ``layers``, ``heads``, ``mlp_ratio``), text tower (``text_width``,
-    ``text_layers``, ``text_heads``, token ``context``) and the embedding ``dim``.
+    ``text_layers``, ``text_heads``, token ``context`` and ``vocab_size``), the embedding
+    ``dim`` and the MLP ``activation`` (a name of ``ACTIVATIONS``).
     """
 
     name: str
@@ -61,6 +78,8 @@ class CLIPPreset:
     text_heads: int
     context: int = CLIP_CONTEXT
     dim: int
+    vocab_size: int = VOCAB_SIZE
+    activation: str = "gelu_tanh"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -77,6 +96,12 @@ class CLIPPreset:
         if self.text_width % self.text_heads:
             raise ValueError(f"text_width ({self.text_width}) must be divisible by text_heads "
                              f"({self.text_heads})")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
+        if self.vocab_size < VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be >= {VOCAB_SIZE} (the project's words, pad and "
+                             f"end-of-text), got {self.vocab_size}")
         if self.context < CLIP_CONTEXT:
             raise ValueError(f"context must be >= MAX_TOKENS + 1 = {CLIP_CONTEXT} (the words and "
                              f"the end-of-text id), got {self.context}")
@@ -98,6 +123,16 @@ PRESETS: dict[str, CLIPPreset] = {
         # the context are ours (tiny), which removes ~25M embedding parameters of the original.
         CLIPPreset(name="base", image_size=224, patch_size=16, width=768, layers=12, heads=12,
                    text_width=512, text_layers=12, text_heads=8, dim=512),
+        # the standard architectures with CLIP's 49,408-id, 77-token text tower, named as
+        # open_clip names them: exact GELU (open_clip/LAION) or QuickGELU (OpenAI's weights)
+        *(CLIPPreset(name=f"{name}{suffix}", image_size=224, patch_size=patch, width=width,
+                     layers=layers, heads=width // 64, text_width=text, text_layers=12,
+                     text_heads=text // 64, dim=dim, context=CLIP_TEXT_CONTEXT,
+                     vocab_size=CLIP_VOCAB_SIZE, activation=activation)
+          for name, patch, width, layers, text, dim in (("ViT-B-32", 32, 768, 12, 512, 512),
+                                                         ("ViT-B-16", 16, 768, 12, 512, 512),
+                                                         ("ViT-L-14", 14, 1024, 24, 768, 768))
+          for suffix, activation in (("", "gelu"), ("-quickgelu", "quick_gelu"))),
     )
 }
 
@@ -148,20 +183,21 @@ def clip_tokenize(text: str) -> np.ndarray:
     return clip_tokens(tokenize(text))
 
 
-def _check_tokens(tokens: Int[Array, "... L"], context: int) -> Int[Array, "... L"]:
-    """``tokens`` if its last axis is ``context`` and its ids are in [0, VOCAB_SIZE)."""
+def _check_tokens(tokens: Int[Array, "... L"], context: int, vocab_size: int = VOCAB_SIZE
+                  ) -> Int[Array, "... L"]:
+    """``tokens`` if its last axis is ``context`` and its ids are in [0, vocab_size)."""
     if tokens.ndim == 0 or tokens.shape[-1] != context:
         raise ValueError(f"tokens must have last axis context = {context}, "
                          f"got shape {tokens.shape}")
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
     if is_traced(tokens):
-        ok, found = (tokens >= 0) & (tokens < VOCAB_SIZE), ""
+        ok, found = (tokens >= 0) & (tokens < vocab_size), ""
     else:  # concrete (also a constant inside jit, where jnp would stage the comparison)
         host = np.asarray(tokens)
-        ok = (host >= 0) & (host < VOCAB_SIZE)
+        ok = (host >= 0) & (host < vocab_size)
         found = f", got values in [{host.min()}, {host.max()}]" if host.size else ""
-    return ensure(tokens, ok, f"tokens must be ids in [0, VOCAB_SIZE = {VOCAB_SIZE}){found}")
+    return ensure(tokens, ok, f"tokens must be ids in [0, VOCAB_SIZE = {vocab_size}){found}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,8 +212,10 @@ class ResidualBlock(eqx.Module):
     ln2: eqx.nn.LayerNorm
     fc: eqx.nn.Linear
     proj: eqx.nn.Linear
+    activation: str = eqx.field(static=True)
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int = 4, *, key: PRNGKeyArray):
+    def __init__(self, width: int, heads: int, mlp_ratio: int = 4,
+                 activation: str = "gelu_tanh", *, key: PRNGKeyArray):
         k1, k2, k3 = jax.random.split(key, 3)
         self.ln1 = eqx.nn.LayerNorm(width, dtype=DTYPE)
         self.attn = eqx.nn.MultiheadAttention(
@@ -186,6 +224,7 @@ class ResidualBlock(eqx.Module):
         self.ln2 = eqx.nn.LayerNorm(width, dtype=DTYPE)
         self.fc = eqx.nn.Linear(width, mlp_ratio * width, dtype=DTYPE, key=k2)
         self.proj = eqx.nn.Linear(mlp_ratio * width, width, dtype=DTYPE, key=k3)
+        self.activation = activation
 
     def __call__(self, x: Float[Array, "T width"],
                  mask: Bool[Array, "T T"] | None = None) -> Float[Array, "T width"]:
@@ -193,7 +232,8 @@ class ResidualBlock(eqx.Module):
         h = jax.vmap(self.ln1)(x)
         x = x + self.attn(h, h, h, mask=mask)
         h = jax.vmap(self.ln2)(x)
-        return x + jax.vmap(lambda v: self.proj(jax.nn.gelu(self.fc(v))))(h)
+        act = ACTIVATIONS[self.activation]
+        return x + jax.vmap(lambda v: self.proj(act(self.fc(v))))(h)
 
 
 class Transformer(eqx.Module):
@@ -201,10 +241,11 @@ class Transformer(eqx.Module):
 
     blocks: tuple[ResidualBlock, ...]
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: int = 4, *,
-                 key: PRNGKeyArray):
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: int = 4,
+                 activation: str = "gelu_tanh", *, key: PRNGKeyArray):
         keys = jax.random.split(key, layers)
-        self.blocks = tuple(ResidualBlock(width, heads, mlp_ratio, key=k) for k in keys)
+        self.blocks = tuple(ResidualBlock(width, heads, mlp_ratio, activation, key=k)
+                            for k in keys)
 
     def __call__(self, x: Float[Array, "T width"],
                  mask: Bool[Array, "T T"] | None = None) -> Float[Array, "T width"]:
@@ -236,7 +277,7 @@ class VisionTransformer(eqx.Module):
                                                               DTYPE)
         self.ln_pre = eqx.nn.LayerNorm(width, dtype=DTYPE)
         self.transformer = Transformer(width, preset.layers, preset.heads, preset.mlp_ratio,
-                                       key=k4)
+                                       preset.activation, key=k4)
         self.ln_post = eqx.nn.LayerNorm(width, dtype=DTYPE)
         self.image_shape = (preset.channels, preset.image_size, preset.image_size)
 
@@ -266,17 +307,19 @@ class TextTransformer(eqx.Module):
     transformer: Transformer
     ln_final: eqx.nn.LayerNorm
     context: int = eqx.field(static=True)
+    vocab_size: int = eqx.field(static=True)
 
     def __init__(self, preset: CLIPPreset, *, key: PRNGKeyArray):
         k1, k2, k3 = jax.random.split(key, 3)
         width = preset.text_width
-        weight = 0.02 * jax.random.normal(k1, (VOCAB_SIZE, width), DTYPE)
+        weight = 0.02 * jax.random.normal(k1, (preset.vocab_size, width), DTYPE)
         self.token_embedding = eqx.nn.Embedding(weight=weight)
         self.positional_embedding = 0.01 * jax.random.normal(k2, (preset.context, width), DTYPE)
         self.transformer = Transformer(width, preset.text_layers, preset.text_heads,
-                                       preset.mlp_ratio, key=k3)
+                                       preset.mlp_ratio, preset.activation, key=k3)
         self.ln_final = eqx.nn.LayerNorm(width, dtype=DTYPE)
         self.context = preset.context
+        self.vocab_size = preset.vocab_size
 
     def hidden(self, tokens: Int[Array, " context"]) -> Float[Array, "context text_width"]:
         """Per-position outputs of the causal transformer stack (before ``ln_final``)."""
@@ -284,7 +327,7 @@ class TextTransformer(eqx.Module):
         if tokens.shape != (self.context,):
             raise ValueError(f"tokens must have shape (context,) = ({self.context},), "
                              f"got {tokens.shape}")
-        tokens = _check_tokens(tokens, self.context)
+        tokens = _check_tokens(tokens, self.context, self.vocab_size)
         x = jax.vmap(self.token_embedding)(tokens) + self.positional_embedding
         causal = jnp.tril(jnp.ones((self.context, self.context), dtype=bool))
         return self.transformer(x, causal)
@@ -343,7 +386,7 @@ class CLIP(DualEncoder):
 
     def embed_texts(self, tokens: Int[Array, "B context"]) -> Float[Array, "B dim"]:
         """Normalized text embeddings of CLIP token ids (see ``clip_tokens``); shape (B, dim)."""
-        tokens = _check_tokens(jnp.asarray(tokens), self.text.context)
+        tokens = _check_tokens(jnp.asarray(tokens), self.text.context, self.text.vocab_size)
         return normalize(jax.vmap(lambda t: self.text_proj(self.text(t)))(tokens))
 
 
@@ -373,6 +416,7 @@ def _resize(images: Float[Array, "n C H H"], size: int) -> Float[Array, "n C siz
     return jax.image.resize(images, (*images.shape[:2], size, size), "bilinear")
 
 
-__all__ = ["CLIP", "CLIP_CONTEXT", "EOT", "PRESETS", "VOCAB_SIZE", "CLIPPreset", "ResidualBlock",
-           "TextTransformer", "Transformer", "VisionTransformer", "clip_tokenize", "clip_tokens",
-           "preset", "resize_images"]
+__all__ = ["ACTIVATIONS", "CLIP", "CLIP_CONTEXT", "CLIP_TEXT_CONTEXT", "CLIP_VOCAB_SIZE", "EOT",
+           "PRESETS", "VOCAB_SIZE", "CLIPPreset", "ResidualBlock", "TextTransformer",
+           "Transformer", "VisionTransformer", "clip_tokenize", "clip_tokens", "preset",
+           "quick_gelu", "resize_images"]
