@@ -53,7 +53,7 @@ class Reference:
     """CLIP's SimpleTokenizer, from its description."""
 
     def __init__(self):
-        data = resources.files("tracer_theory.deep.data") / "clip_bpe" / \
+        data = resources.files("tracer_theory.deep.data") / "clip_assets" / \
             "bpe_simple_vocab_16e6.txt.gz"
         lines = gzip.decompress(data.read_bytes()).decode().split("\n")[1:49152 - 256 - 2 + 1]
         merges = [tuple(line.split()) for line in lines]

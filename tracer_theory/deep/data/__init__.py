@@ -1,4 +1,12 @@
 """The data: MNIST (shipped subset or the user's files), ColoredMNIST, the captions and prompts
-of the CLIPs, and CLIP's own byte-level BPE tokenizer (``clip_tokenizer``)."""
+of the CLIPs, and CLIP's own tokenizer (``clip_tokenizer``), image preprocessing
+(``preprocess``) and zero-shot prompts (``imagenet_templates``, ``zero_shot_prompts``)."""
 
+from .images import (
+    CLIP_MEAN as CLIP_MEAN,
+    CLIP_STD as CLIP_STD,
+    imagenet_templates as imagenet_templates,
+    preprocess as preprocess,
+    zero_shot_prompts as zero_shot_prompts,
+)
 from .tokenizer import ClipTokenizer as ClipTokenizer, clip_tokenizer as clip_tokenizer

@@ -1,6 +1,6 @@
 """CLIP's tokenizer: byte-level BPE over CLIP's 49,408-token vocabulary (Radford et al. 2021).
 
-``clip_tokenizer()`` reads the BPE merges shipped with the package (``clip_bpe/``, OpenAI's
+``clip_tokenizer()`` reads the BPE merges shipped with the package (``clip_assets/``, OpenAI's
 MIT-licensed ``bpe_simple_vocab_16e6.txt.gz``; its notice is beside it) and builds the BPE with
 the ``tokenizers`` library; ``clip_tokenizer(path)`` reads a checkpoint's ``tokenizer.json``
 instead. Texts are cleaned as CLIP cleans them (``ftfy.fix_text``, HTML entities unescaped twice,
@@ -55,7 +55,7 @@ def byte_alphabet() -> dict[int, str]:
 def _shipped() -> Tokenizer:
     """The BPE of the shipped merges: the 256 byte characters, the same with ``</w>``, the
     48,894 merges in rank order, then start- and end-of-text (ids 49406, 49407)."""
-    data = resources.files(__package__) / "clip_bpe" / "bpe_simple_vocab_16e6.txt.gz"
+    data = resources.files(__package__) / "clip_assets" / "bpe_simple_vocab_16e6.txt.gz"
     lines = gzip.decompress(data.read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
     alphabet = list(byte_alphabet().values())

@@ -37,11 +37,19 @@ class DualEncoder(eqx.Module):
         """Normalized image embeddings, shape (B, dim)."""
         return normalize(jax.vmap(self.image_proj)(self.image_features(images)))
 
-    def class_embeddings(self, prompts: Int[Array, "C P L"]) -> Float[Array, "C dim"]:
-        """Zero-shot classifier: the normalized mean of each class's prompt embeddings."""
+    def class_embeddings(self, prompts: Int[Array, "C P L"], *, batch: int | None = None
+                         ) -> Float[Array, "C dim"]:
+        """Zero-shot classifier: the normalized mean of each class's normalized prompt
+        embeddings, (C, dim). ``batch``: classes embedded per call (memory bounded by
+        ``batch · P`` texts, e.g. 1,000 classes × 80 templates); the result is the same."""
         c, p, length = prompts.shape
-        emb = self.embed_texts(prompts.reshape(c * p, length)).reshape(c, p, -1)
-        return normalize(emb.mean(axis=1))
+        if batch is None:
+            emb = self.embed_texts(prompts.reshape(c * p, length)).reshape(c, p, -1)
+            return normalize(emb.mean(axis=1))
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int (classes per call), got {batch!r}")
+        return jnp.concatenate([self.class_embeddings(prompts[i:i + batch])
+                                for i in range(0, c, batch)])
 
     @property
     def scale(self) -> Float[Array, ""]:
