@@ -63,6 +63,12 @@ def array_digest(tree: PyTree) -> str:
     return digest.hexdigest()[:16]
 
 
+def key_digest(key: Mapping[str, Any], length: int = 12) -> str:
+    """A short hash of a JSON key (its sorted text), for naming a cache file after it."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[
+        :length]
+
+
 def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """``(dotted key, old, new)`` where two JSON values differ."""
     if isinstance(old, dict) and isinstance(new, dict):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import equinox as eqx
@@ -17,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import PRNGKeyArray
 from tqdm.auto import tqdm
 
-from ..._cache import array_digest
+from ..._cache import array_digest, cache_key
 from ..losses import clip_loss
 from ..models import DualEncoder, make_model
 from ..parallel import Mesh, replicate
@@ -108,10 +107,9 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     optimizer = _pretrain_optimizer(config)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
     start = 0
-    run_key = {"run": "pretraining", "config": dataclasses.asdict(config), "seed": seed,
-               "key": array_digest(key), "data": array_digest((images, labels, captions)),
-               "sampler": SAMPLER}
-    run_key = json.loads(json.dumps(run_key, default=str))
+    run_key = cache_key({"run": "pretraining", "config": dataclasses.asdict(config),
+                         "seed": seed, "key": array_digest(key),
+                         "data": array_digest((images, labels, captions)), "sampler": SAMPLER})
     if checkpoint is not None:
         resumed = load_run(checkpoint, (model, opt_state), run_key, overwrite=overwrite)
         if resumed is not None:

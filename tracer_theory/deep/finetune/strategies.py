@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PyTree
 
+from ..._validation import as_real
 from ...dynamics.schedules import (
     Kernel,
     Schedule,
@@ -491,23 +492,13 @@ def replay_embeddings(model: Finetunee, images: Float[Array, "B C H W"]) -> Floa
     return jax.vmap(clip.image_proj)(clip.image_features(images))
 
 
-def _real(name: str, value: object) -> float:
-    arr = np.asarray(value) if not isinstance(value, str | bool) else np.asarray(None)
-    if arr.ndim or arr.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    if not np.isfinite(float(arr)):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
 def _positive(name: str, value: float) -> None:
-    if not _real(name, value) > 0:
+    if not as_real(name, value, minimum=0.0) > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
 def _non_negative(name: str, value: float) -> None:
-    if not _real(name, value) >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    as_real(name, value, minimum=0.0)
 
 
 def describe(value: Any) -> Any:

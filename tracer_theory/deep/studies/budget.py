@@ -46,7 +46,7 @@ import scipy.stats
 from jaxtyping import Array
 from tqdm.auto import tqdm
 
-from ..._cache import cache_key, check_whole
+from ..._cache import cache_key, check_whole, key_digest, read_record
 from ..._io import write_json_atomic
 from ...linear.closed_forms import solve
 from ...linear.problem import LinearProblem, contrastive_target
@@ -72,7 +72,6 @@ from .experiment import (
     check_pretrained,
     pretrained_model,
     quick_config,
-    resumed,
     run_key,
 )
 from .theory import LAMBDA_GRID, ZeroShotProbe, clip_config, linear_problem, zero_shot_change
@@ -336,8 +335,8 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
     closed = {seed: out_dir / config.name / f"seed{seed}_closed_forms.json"
               for seed in config.seeds}
     # before any work: the closed forms, the Gram caches (whole) and the pretrained models
-    theories = {seed: resumed(closed[seed], keys[seed], overwrite, fields=("points", "spectrum"))
-                for seed in config.seeds}
+    theories = {seed: read_record(closed[seed], keys[seed], overwrite=overwrite,
+                                  fields=("points", "spectrum")) for seed in config.seeds}
     for path in grams.values():
         if path.exists() and not overwrite:
             check_whole(path)
@@ -370,8 +369,7 @@ def run_budget(config: BudgetConfig, out_dir: str | Path = "results/budget", *,
 
 def _gram_digest(key: dict[str, Any]) -> str:
     """A short hash of what the seed's Gram depends on (not the points): its cache's name."""
-    gram = {k: key[k] for k in ("data", "seed", "n", "sample", "pretrain")}
-    return hashlib.sha256(json.dumps(gram, sort_keys=True).encode()).hexdigest()[:12]
+    return key_digest({k: key[k] for k in ("data", "seed", "n", "sample", "pretrain")})
 
 
 def _closed_forms(side: _Seed, key: dict[str, Any], path: Path, progress: bool
@@ -430,7 +428,8 @@ class _Runs(NamedTuple):
         named = strategy if rung == GD else _train(rung, pretrained, strategy)[1]
         key = {**run_key(experiment, data, seed, named, training), "rung": rung,
                "train_images": None if rung == "R4" else [n, self.sample]}
-        record = resumed(path, key, self.overwrite, fields=("forgetting", "logit_change"))
+        record = read_record(path, key, overwrite=self.overwrite,
+                             fields=("forgetting", "logit_change"))
         if record is not None:
             return record
         images, labels = data.color_train[index], data.train_labels[index]

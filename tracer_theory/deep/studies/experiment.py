@@ -11,7 +11,6 @@ summary (mean ± std over seeds) written atomically to ``<out_dir>/<name>.json``
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import platform
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..._cache import cache_key, check_keyed, keyed_header, read_record
+from ..._cache import cache_key, check_keyed, key_digest, keyed_header, read_record
 from ..._io import write_json_atomic
 from ..finetune.checkpoints import load_model, save_model
 from ..finetune.config import FinetuneConfig, PretrainConfig
@@ -123,15 +122,7 @@ def run_key(config: ExperimentConfig, data: ExperimentData, seed: int, strategy:
            "training": dataclasses.asdict(training)}
     if isinstance(strategy, Direct):
         key["wise_alphas"] = list(config.wise_alphas)
-    return json.loads(json.dumps(key, default=str))
-
-
-def resumed(path: Path, key: dict[str, Any], overwrite: bool = False,
-            fields: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """The record at ``path`` if it was written for ``key`` (and holds ``fields``); ``None`` if
-    there is none (or ``overwrite``). A record written for another key is a ``ResumeMismatch``
-    that says what differs, a damaged one a ``DamagedArtifact`` (``_cache.read_record``)."""
-    return read_record(path, key, overwrite=overwrite, fields=fields)
+    return cache_key(key)
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy", *,
@@ -153,7 +144,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy"
     keys = {(seed, name): run_key(config, data, seed, strategy, ft_config)
              for seed in config.seeds for name, (strategy, ft_config) in plan.items()}
     # finished runs, read once; a folder of other settings is refused before any training
-    finished = {at: resumed(run_dir / f"seed{at[0]}_{at[1]}.json", key, overwrite,
+    finished = {at: read_record(run_dir / f"seed{at[0]}_{at[1]}.json", key, overwrite=overwrite,
                             fields=("forgetting", "gray_acc", "id_acc"))
                 for at, key in keys.items()}
     check_pretrained(config, data, out_dir, overwrite)
@@ -247,8 +238,7 @@ def pretrained_path(config: ExperimentConfig, data: ExperimentData, out_dir: Pat
     seed, so protocols share one checkpoint per seed and other settings never collide."""
     key = pretrain_key(config, data, 0)
     del key["seed"]
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(out_dir) / f"pretrained_{digest}_seed{seed}.eqx"
+    return Path(out_dir) / f"pretrained_{key_digest(key, 10)}_seed{seed}.eqx"
 
 
 def pretrained_model(config: ExperimentConfig, data: ExperimentData, out_dir: Path, seed: int,

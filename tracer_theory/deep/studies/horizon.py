@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..._cache import write_record
+from ..._cache import cache_key, read_record, write_record
 from ..._io import write_json_atomic
 from ...dynamics.schedules import static_teacher
 from ...dynamics.spectral import default_lr, spectral_dynamics
@@ -48,7 +48,7 @@ from ..finetune.strategies import (
 )
 from .arrays import ExperimentData
 from .evaluation import evaluate
-from .experiment import ExperimentConfig, check_pretrained, pretrained_model, resumed
+from .experiment import ExperimentConfig, check_pretrained, pretrained_model
 from .theory import ZeroShotProbe, linear_problem, predicted_forgetting
 
 #: The study's strategies: the registry's, with the EMA teacher at two momenta.
@@ -196,7 +196,7 @@ def run_horizon(config: HorizonConfig, out_dir: str | Path = "results/horizon", 
             for objective, noise in config.settings() for seed in config.seeds
             for name in config.strategies for steps, stops in _runs(config, name)}
     # every artifact is checked before any work: finished runs, run checkpoints, pretrained
-    finished = {at: resumed(path, key, overwrite, fields=("horizons", "curves"))
+    finished = {at: read_record(path, key, overwrite=overwrite, fields=("horizons", "curves"))
                 for at, (_, path, key, _) in plan.items()}
     for at, (_, path, key, _) in plan.items():
         if finished[at] is None:
@@ -257,7 +257,7 @@ def _key(data, seed, config, strategy, ft, noise) -> dict[str, Any]:
     key = {"data": data.fingerprint, "seed": seed, "sampler": SAMPLER, "label_noise": noise,
            "pretrain": dataclasses.asdict(config.pretrain), "strategy": describe(strategy),
            "training": dataclasses.asdict(ft), "horizons": list(config.horizons)}
-    return json.loads(json.dumps(key, default=str))
+    return cache_key(key)
 
 
 def _one_run(pretrained, data, labels, strategy: Strategy, ft: FinetuneConfig, class_emb,

@@ -46,7 +46,7 @@ import numpy as np
 import scipy.stats
 from tqdm.auto import tqdm
 
-from ..._cache import cache_key, write_record
+from ..._cache import cache_key, read_record, write_record
 from ..._io import write_json_atomic
 from ...dynamics.schedules import GridKernel
 from ...linear.closed_forms import solve
@@ -70,7 +70,6 @@ from .experiment import (
     check_pretrained,
     pretrain_key,
     pretrained_model,
-    resumed,
 )
 from .theory import ZeroShotProbe, linear_problem, predicted_forgetting
 
@@ -277,10 +276,11 @@ def run_teachers(config: TeachersConfig, out_dir: str | Path = "results/teachers
              for seed in config.seeds for name, lam, _ in plan}
     keys = {(seed, name, lam): _key(data, seed, config, strategy, training)
             for seed in config.seeds for name, lam, strategy in plan}
-    finished = {at: resumed(paths[at], keys[at], overwrite, fields=RECORD_FIELDS)
+    finished = {at: read_record(paths[at], keys[at], overwrite=overwrite, fields=RECORD_FIELDS)
                 for at in keys}
     theory_key = _twins_key(config, data)
-    twins = resumed(run_dir / "linear_twins.json", theory_key, overwrite, fields=("points",))
+    twins = read_record(run_dir / "linear_twins.json", theory_key, overwrite=overwrite,
+                        fields=("points",))
     check_pretrained(experiment, data, out_dir, overwrite)
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     direct: dict[str, Any] = {}
@@ -387,11 +387,11 @@ def _twins_key(config: TeachersConfig, data: ExperimentData) -> dict[str, Any]:
 
 def _key(data: ExperimentData, seed: int, config: TeachersConfig, strategy: Strategy,
          training: FinetuneConfig) -> dict[str, Any]:
-    """Everything one run's record depends on, JSON-ready (the ``resumed`` key)."""
+    """Everything one run's record depends on, JSON-ready (the ``read_record`` key)."""
     key = {"data": data.fingerprint, "seed": seed, "sampler": SAMPLER,
            "pretrain": dataclasses.asdict(config.pretrain), "strategy": describe(strategy),
            "training": dataclasses.asdict(training), "evaluated": ["validation", "test"]}
-    return json.loads(json.dumps(key, default=str))
+    return cache_key(key)
 
 
 def _one_run(pretrained, before, class_emb, data: ExperimentData, strategy: Strategy,

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.stats
 from tqdm.auto import tqdm
 
+from ..._cache import read_record
 from ..._io import write_json_atomic
 from ...linear.closed_forms import solve
 from ...linear.problem import LinearProblem
@@ -38,7 +39,7 @@ from ..finetune.strategies import Strategy
 from ..parallel import Mesh
 from .arrays import ExperimentData
 from .evaluation import evaluate
-from .experiment import ExperimentConfig, pretrained_model, resumed, run_experiment, run_key
+from .experiment import ExperimentConfig, pretrained_model, run_experiment, run_key
 
 #: The λ grid of the comparison beyond each strategy's default λ, by registered name.
 LAMBDA_GRID: dict[str, tuple[float, ...]] = {
@@ -200,7 +201,7 @@ def _measured(payload, path: Path, key: dict[str, Any], name: str, strategy: Str
               ft: FinetuneConfig, seed: int, pretrained, data: ExperimentData, class_emb,
               progress, mesh, overwrite: bool) -> float:
     """Measured forgetting of one λ-grid point, from its own (resumable) run at ``path``."""
-    done = resumed(path, key, overwrite, fields=("forgetting",))
+    done = read_record(path, key, overwrite=overwrite, fields=("forgetting",))
     if done is not None:
         return float(done["forgetting"])
     model, _, _ = finetune(pretrained, data.color_train, data.train_labels, strategy, ft,
