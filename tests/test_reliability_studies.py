@@ -11,6 +11,7 @@ import pytest
 from tracer_theory import cli
 from tracer_theory._cache import (
     MAGIC,
+    check_whole,
     keyed_header,
     load_keyed,
     read_keyed,
@@ -53,6 +54,15 @@ def test_keyed_artifact_round_trip_and_refusals(tmp_path):
                                                   "delete that file"):
             read_keyed(path, KEY)
         assert read_keyed(path, KEY, replace=True) is None
+
+
+def test_check_whole_refuses_a_damaged_artifact_whatever_its_key(tmp_path):
+    path = tmp_path / "seed0_gram_x.npz"
+    write_keyed(path, {"any": "key"}, lambda f: f.write(b"x" * 100))
+    check_whole(path)  # whole: nothing to refuse
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(DamagedArtifact, match=r"seed0_gram_x\.npz is damaged.*truncated"):
+        check_whole(path)
 
 
 def test_a_payload_that_cannot_be_parsed_is_damaged(tmp_path):
