@@ -504,6 +504,26 @@ def test_forward_pass_equals_a_numpy_reference_for_each_activation(activation):
     assert not np.allclose(_np_clip(model, image, tokens, other)[0], img, rtol=1e-6)
 
 
+def test_float32_attention_through_jax_nn_matches_the_numpy_reference():
+    """The float32 path (``jax.nn.dot_product_attention``, causal text mask) against the same
+    float64 NumPy reference, to float32 round-off; and its outputs stay float32."""
+    preset = CLIPPreset(name="check", image_size=8, patch_size=4, width=16, layers=2, heads=2,
+                        text_width=16, text_layers=2, text_heads=4, dim=8, context=77,
+                        vocab_size=49408, activation="quick_gelu")
+    model = CLIP(preset, key=jax.random.key(4))
+    image = np.random.default_rng(1).standard_normal((3, 8, 8)).astype(np.float32)
+    tokens = np.zeros(77, np.int32)
+    tokens[:5] = [49406, 320, 1125, 539, 49407]
+    model64 = jax.tree.map(lambda x: np.asarray(x, np.float64) if eqx.is_inexact_array(x) else x,
+                           model)
+    img, txt = _np_clip(model64, image.astype(np.float64), tokens, "quick_gelu")
+    got_img = model.embed_images(jnp.asarray(image[None]))
+    got_txt = model.embed_texts(jnp.asarray(tokens[None]))
+    assert got_img.dtype == got_txt.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got_img)[0], img, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(got_txt)[0], txt, rtol=2e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("activation", "relu", r"activation must be one of \['gelu', 'gelu_tanh', 'quick_gelu'\]"),
     ("activation", None, "activation must be one of"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import equinox as eqx
 import jax
@@ -204,11 +205,56 @@ def _check_tokens(tokens: Int[Array, "... L"], context: int, vocab_size: int = V
 # Blocks
 
 
+class Attention(eqx.Module):
+    """Multi-head self-attention through ``jax.nn.dot_product_attention`` (an accelerator's
+    fused kernel where one applies): query, key, value and output projections with biases.
+
+    The projections and their initialization are those of ``eqx.nn.MultiheadAttention`` (a
+    model built from a key is the same model). Float64 models attend by the same formula written
+    out, since ``jax.nn.dot_product_attention`` takes its softmax in float32.
+    """
+
+    query_proj: eqx.nn.Linear
+    key_proj: eqx.nn.Linear
+    value_proj: eqx.nn.Linear
+    output_proj: eqx.nn.Linear
+    num_heads: int = eqx.field(static=True)
+
+    def __init__(self, width: int, heads: int, *, key: PRNGKeyArray):
+        kq, kk, kv, ko = jax.random.split(key, 4)
+        self.query_proj, self.key_proj, self.value_proj, self.output_proj = (
+            eqx.nn.Linear(width, width, dtype=DTYPE, key=k) for k in (kq, kk, kv, ko))
+        self.num_heads = heads
+
+    def __call__(self, x: Float[Array, "T width"], mask: Bool[Array, "T T"] | None = None,
+                 *, causal: bool = False) -> Float[Array, "T width"]:
+        """Returns (T, width); position i attends to j where ``mask[i, j]`` (all if ``None``)
+        and, when ``causal``, j ≤ i."""
+        t, width = x.shape
+        head = width // self.num_heads
+
+        def heads(proj: eqx.nn.Linear) -> Float[Array, "T N H"]:
+            return jax.vmap(proj)(x).reshape(t, self.num_heads, head)
+
+        q, k, v = heads(self.query_proj) / math.sqrt(head), heads(self.key_proj), heads(
+            self.value_proj)
+        if q.dtype.itemsize > 4:  # jax.nn's softmax runs in float32: keep float64 exact
+            logits = jnp.einsum("tnh,snh->nts", q, k)
+            keep = jnp.ones(logits.shape[1:], bool) if mask is None else mask
+            keep = keep & jnp.tri(t, dtype=bool) if causal else keep
+            weights = jax.nn.softmax(jnp.where(keep, logits, -jnp.inf), axis=-1)
+            out = jnp.einsum("nts,snh->tnh", weights, v)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[None],
+                                               scale=1.0, is_causal=causal)
+        return jax.vmap(self.output_proj)(out.reshape(t, width))
+
+
 class ResidualBlock(eqx.Module):
     """Pre-LayerNorm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
 
     ln1: eqx.nn.LayerNorm
-    attn: eqx.nn.MultiheadAttention
+    attn: Attention
     ln2: eqx.nn.LayerNorm
     fc: eqx.nn.Linear
     proj: eqx.nn.Linear
@@ -218,26 +264,25 @@ class ResidualBlock(eqx.Module):
                  activation: str = "gelu_tanh", *, key: PRNGKeyArray):
         k1, k2, k3 = jax.random.split(key, 3)
         self.ln1 = eqx.nn.LayerNorm(width, dtype=DTYPE)
-        self.attn = eqx.nn.MultiheadAttention(
-            heads, width, use_query_bias=True, use_key_bias=True, use_value_bias=True,
-            use_output_bias=True, dtype=DTYPE, key=k1)
+        self.attn = Attention(width, heads, key=k1)
         self.ln2 = eqx.nn.LayerNorm(width, dtype=DTYPE)
         self.fc = eqx.nn.Linear(width, mlp_ratio * width, dtype=DTYPE, key=k2)
         self.proj = eqx.nn.Linear(mlp_ratio * width, width, dtype=DTYPE, key=k3)
         self.activation = activation
 
-    def __call__(self, x: Float[Array, "T width"],
-                 mask: Bool[Array, "T T"] | None = None) -> Float[Array, "T width"]:
-        """Returns (T, width); ``mask[i, j]`` says whether position i may attend to j."""
+    def __call__(self, x: Float[Array, "T width"], mask: Bool[Array, "T T"] | None = None,
+                 *, causal: bool = False) -> Float[Array, "T width"]:
+        """Returns (T, width); position i attends to j where ``mask[i, j]`` (all if ``None``)
+        and, when ``causal``, j ≤ i."""
         h = jax.vmap(self.ln1)(x)
-        x = x + self.attn(h, h, h, mask=mask)
+        x = x + self.attn(h, mask, causal=causal)
         h = jax.vmap(self.ln2)(x)
         act = ACTIVATIONS[self.activation]
         return x + jax.vmap(lambda v: self.proj(act(self.fc(v))))(h)
 
 
 class Transformer(eqx.Module):
-    """A stack of ``ResidualBlock``s sharing one attention mask."""
+    """A stack of ``ResidualBlock``s sharing one attention mask (and causality)."""
 
     blocks: tuple[ResidualBlock, ...]
 
@@ -247,11 +292,11 @@ class Transformer(eqx.Module):
         self.blocks = tuple(ResidualBlock(width, heads, mlp_ratio, activation, key=k)
                             for k in keys)
 
-    def __call__(self, x: Float[Array, "T width"],
-                 mask: Bool[Array, "T T"] | None = None) -> Float[Array, "T width"]:
+    def __call__(self, x: Float[Array, "T width"], mask: Bool[Array, "T T"] | None = None,
+                 *, causal: bool = False) -> Float[Array, "T width"]:
         """Returns (T, width)."""
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, causal=causal)
         return x
 
 
@@ -329,8 +374,7 @@ class TextTransformer(eqx.Module):
                              f"got {tokens.shape}")
         tokens = _check_tokens(tokens, self.context, self.vocab_size)
         x = jax.vmap(self.token_embedding)(tokens) + self.positional_embedding
-        causal = jnp.tril(jnp.ones((self.context, self.context), dtype=bool))
-        return self.transformer(x, causal)
+        return self.transformer(x, causal=True)
 
     def __call__(self, tokens: Int[Array, " context"]) -> Float[Array, " text_width"]:
         """Text features before the projection: ``ln_final`` at the first ``EOT`` (the argmax of
@@ -417,6 +461,6 @@ def _resize(images: Float[Array, "n C H H"], size: int) -> Float[Array, "n C siz
 
 
 __all__ = ["ACTIVATIONS", "CLIP", "CLIP_CONTEXT", "CLIP_TEXT_CONTEXT", "CLIP_VOCAB_SIZE", "EOT",
-           "PRESETS", "VOCAB_SIZE", "CLIPPreset", "ResidualBlock", "TextTransformer",
+           "PRESETS", "VOCAB_SIZE", "Attention", "CLIPPreset", "ResidualBlock", "TextTransformer",
            "Transformer", "VisionTransformer", "clip_tokenize", "clip_tokens", "preset",
            "quick_gelu", "resize_images"]
