@@ -9,4 +9,8 @@ from .images import (
     preprocess as preprocess,
     zero_shot_prompts as zero_shot_prompts,
 )
-from .tokenizer import ClipTokenizer as ClipTokenizer, clip_tokenizer as clip_tokenizer
+from .tokenizer import (
+    ClipTokenizer as ClipTokenizer,
+    clip_tokenizer as clip_tokenizer,
+    word_tokenizer as word_tokenizer,
+)

@@ -24,6 +24,8 @@ def _words() -> tuple[str, ...]:
 
 
 VOCAB: tuple[str, ...] = _words()
+#: End-of-text id of the CLIPs' text (``clip.EOT``): one past the last word, the largest id.
+END_OF_TEXT = len(VOCAB)
 _INDEX = {w: i for i, w in enumerate(VOCAB)}
 
 

@@ -1,5 +1,6 @@
-"""The models: the toy CNN CLIP, the transformer CLIP, their shared dual-encoder base, and the
-factory that builds either from a name."""
+"""The models: the toy CNN CLIP, the transformer CLIP, their shared dual-encoder base, the
+factory that builds either from a name, and real CLIP checkpoints in and out (``load_clip``,
+``save_clip``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from jaxtyping import PRNGKeyArray
 from .base import DTYPE as DTYPE, DualEncoder as DualEncoder, normalize as normalize
 from .clip import CLIP as CLIP, PRESETS as PRESETS, CLIPPreset as CLIPPreset, preset as preset
 from .toy import ToyCLIP as ToyCLIP
+from .weights import load_clip as load_clip, save_clip as save_clip
 
 
 def make_model(model: str | CLIPPreset = "toy", *, key: PRNGKeyArray, width: int = 128,

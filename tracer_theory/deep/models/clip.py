@@ -28,11 +28,11 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ..._validation import ensure, is_traced
-from ..data.prompts import MAX_TOKENS, PAD, VOCAB, tokenize
+from ..data.prompts import END_OF_TEXT, MAX_TOKENS, PAD, VOCAB, tokenize
 from .base import DTYPE, DualEncoder, normalize
 
 #: End-of-text id: one past the last word id, hence the largest id.
-EOT = len(VOCAB)
+EOT = END_OF_TEXT
 #: Number of token ids (words, pad and end-of-text).
 VOCAB_SIZE = len(VOCAB) + 1
 #: Token sequence length of CLIP's text tower: the words and the end-of-text id.
