@@ -159,7 +159,7 @@ _OPEN_CLIP_AS_CLIP = {
     "model_cfg": {"init_logit_bias": None, "custom_text": False}}
 
 
-def _open_clip_preset(config: Mapping[str, Any], name: str, file: Path) -> CLIPPreset:
+def _open_clip_preset(config: Mapping[str, Any], file: Path) -> CLIPPreset:
     """The preset an ``open_clip_config.json``'s ``model_cfg`` describes (open_clip's defaults
     for the fields it leaves out)."""
     cfg = config.get("model_cfg", config)
@@ -196,7 +196,7 @@ def _open_clip_preset(config: Mapping[str, Any], name: str, file: Path) -> CLIPP
                          "towers")
     width = vision.get("width", 768)
     heads = width // vision.get("head_width", 64)
-    return _preset(file, name=name, image_size=size, patch_size=patch, width=width,
+    return _preset(file, image_size=size, patch_size=patch, width=width,
                    layers=vision.get("layers", 12), heads=heads,
                    mlp_ratio=int(next(iter(ratios))), text_width=text.get("width", 512),
                    text_layers=text.get("layers", 12), text_heads=text.get("heads", 8),
@@ -263,7 +263,7 @@ _HF_VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers"
               "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
 
 
-def _hf_preset(config: Mapping[str, Any], name: str, file: Path) -> CLIPPreset:
+def _hf_preset(config: Mapping[str, Any], file: Path) -> CLIPPreset:
     """The preset a Hugging Face ``CLIPModel`` ``config.json`` describes (the library's
     defaults for the fields it leaves out)."""
     text = _HF_TEXT | (config.get("text_config") or {})
@@ -286,7 +286,7 @@ def _hf_preset(config: Mapping[str, Any], name: str, file: Path) -> CLIPPreset:
     if len(ratios) != 1 or ratio != int(ratio):
         raise InputError(f"{file}: intermediate_size / hidden_size must be one integer for both "
                          f"towers, got {sorted(ratios)}")
-    return _preset(file, name=name, image_size=vision["image_size"],
+    return _preset(file, image_size=vision["image_size"],
                    patch_size=vision["patch_size"], channels=vision["num_channels"],
                    width=vision["hidden_size"], layers=vision["num_hidden_layers"],
                    heads=vision["num_attention_heads"], mlp_ratio=int(ratio),
@@ -327,7 +327,7 @@ class Layout:
     config_file: str
     weights_file: str
     tensors: Callable[[CLIPPreset], list[Tensor]]
-    read_config: Callable[[Mapping[str, Any], str, Path], CLIPPreset]
+    read_config: Callable[[Mapping[str, Any], Path], CLIPPreset]
     config: Callable[[CLIPPreset], dict[str, Any]]
     signature: str  # a key only this layout has
     buffers: tuple[str, ...] = ()
@@ -351,7 +351,11 @@ _CONVERT = "python -m tracer_theory.deep.models.convert_torch SOURCE DEST.safete
 
 
 def _preset(file: Path, **fields) -> CLIPPreset:
-    """The preset of ``fields``, named as the standard preset it equals if any."""
+    """The preset of ``fields``: the standard preset it equals if any, else one named by its
+    sizes (so that the same architecture always gets the same name)."""
+    f = fields
+    fields["name"] = (f"ViT-{f['image_size']}-{f['patch_size']}-w{f['width']}x{f['layers']}-"
+                      f"t{f['text_width']}x{f['text_layers']}-d{f['dim']}-{f['activation']}")
     try:
         found = CLIPPreset(**fields)
     except (TypeError, ValueError) as err:
@@ -431,7 +435,7 @@ def _find(path: Path, model: str | CLIPPreset | None) -> tuple[Layout, CLIPPrese
                 raise InputError(f"{index} names shards that do not exist: {missing}")
         stored = _Stored(files)
         preset = (named_preset(model) if model is not None else
-                  layout.read_config(_read_json(path / layout.config_file), path.name,
+                  layout.read_config(_read_json(path / layout.config_file),
                                      path / layout.config_file))
         return layout, preset, stored
     if not path.exists():
@@ -456,12 +460,6 @@ def _check(layout: Layout, preset: CLIPPreset, stored: _Stored, tensors: list[Te
            shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
     """One ``InputError`` naming every missing, unexpected, mis-shaped or non-float tensor."""
     problems = []
-    expected = {t.key for t in tensors}
-    for key in sorted(expected - stored.meta.keys()):
-        problems.append(f"missing {key}")
-    for key in sorted(stored.meta.keys() - expected):
-        if not layout.is_buffer(key):
-            problems.append(f"unexpected {key}")
     for t in tensors:
         if t.key in stored.meta:
             shape, dtype = stored.meta[t.key]
@@ -470,10 +468,14 @@ def _check(layout: Layout, preset: CLIPPreset, stored: _Stored, tensors: list[Te
                                 f"{shapes[t.key]}")
             if dtype not in ("F16", "BF16", "F32"):
                 problems.append(f"{t.key} has dtype {dtype}, expected F32, F16 or BF16")
+    expected = {t.key for t in tensors}
+    problems += [f"missing {key}" for key in sorted(expected - stored.meta.keys())]
+    problems += [f"unexpected {key}" for key in sorted(stored.meta.keys() - expected)
+                 if not layout.is_buffer(key)]
     if problems:
         shown = problems[:25] + ([f"… and {len(problems) - 25} more"] if len(problems) > 25
                                  else [])
-        raise InputError(f"{where} is not a {layout.name} checkpoint of the {preset.name} "
+        raise InputError(f"{where} is not an {layout.name} checkpoint of the {preset.name} "
                          f"architecture ({len(problems)} problem(s)):\n  " + "\n  ".join(shown))
 
 
