@@ -8,7 +8,10 @@ fused ``in_proj``), and a hand-written renaming from Hugging Face's names to ope
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -16,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special
+from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from tracer_theory.deep.data import clip_tokenizer, word_tokenizer
+from tracer_theory.deep.data import clip_tokenizer, preprocess, word_tokenizer, zero_shot_prompts
 from tracer_theory.deep.data.prompts import (
     DIGIT_WORDS,
     HELD_OUT_TEMPLATES,
@@ -436,3 +440,32 @@ def test_checkpoint_tensors_orientation_matches_the_published_layouts():
          + oc["transformer.resblocks.1.attn.in_proj_bias"])[:TW], q, rtol=1e-5)
     np.testing.assert_array_equal(hf["text_model.encoder.layers.1.self_attn.v_proj.bias"],
                                   oc["transformer.resblocks.1.attn.in_proj_bias"][2 * TW:])
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_zero_shot_example_runs_on_a_saved_checkpoint(tmp_path, capsys):
+    """The README's walkthrough, on a small CLIP saved in the open_clip layout and three image
+    files; its accuracy is the argmax of ``zero_shot_logits`` against the labels."""
+    blocks = re.findall(r"```python\n(# zero_shot\.py.*?)```", README.read_text(), re.S)
+    assert len(blocks) == 1, "README must hold exactly one zero_shot.py example"
+    model = CLIP(dataclasses.replace(SMALL, image_size=16), key=jax.random.key(7))
+    folder = save_clip(model, tmp_path / "ckpt")
+    rng = np.random.default_rng(3)
+    paths = []
+    for name in ("plane.jpg", "cat.png", "dog.jpg"):
+        paths.append(tmp_path / name)
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(paths[-1])
+    code = blocks[0].replace('"checkpoints/ViT-B-32"', repr(str(folder)))
+    for path in paths:
+        code = code.replace(f'"photos/{path.name}"', repr(str(path)))
+    namespace: dict = {}
+    exec(compile(code, "README", "exec"), namespace)
+    prompts = zero_shot_prompts(clip_tokenizer(), ["airplane", "cat", "dog"])
+    pixels = np.stack([preprocess(p, 16) for p in paths])
+    logits = np.asarray(eqx.filter_jit(type(model).zero_shot_logits)(
+        model, jnp.asarray(pixels), jnp.asarray(prompts)))
+    expected = float(np.mean(logits.argmax(1) == np.arange(3)))
+    assert namespace["accuracy"] == pytest.approx(expected)
+    assert capsys.readouterr().out == f"zero-shot accuracy: {expected:.1%}\n"
