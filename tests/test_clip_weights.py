@@ -22,14 +22,21 @@ import scipy.special
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from tracer_theory.deep.data import clip_tokenizer, preprocess, word_tokenizer, zero_shot_prompts
+from tracer_theory.deep.data import (
+    Preprocessing,
+    clip_tokenizer,
+    preprocess,
+    word_tokenizer,
+    zero_shot_prompts,
+)
+from tracer_theory.deep.data.images import UNNORMALIZED
 from tracer_theory.deep.data.prompts import (
     DIGIT_WORDS,
     HELD_OUT_TEMPLATES,
     TRAIN_TEMPLATES,
     tokenize,
 )
-from tracer_theory.deep.models import CLIP, ToyCLIP, load_clip, save_clip
+from tracer_theory.deep.models import CLIP, ToyCLIP, load_clip, load_preprocessing, save_clip
 from tracer_theory.deep.models.clip import PRESETS, CLIPPreset, clip_tokens
 from tracer_theory.deep.models.weights import checkpoint_tensors
 from tracer_theory.errors import InputError
@@ -469,3 +476,49 @@ def test_readme_zero_shot_example_runs_on_a_saved_checkpoint(tmp_path, capsys):
     expected = float(np.mean(logits.argmax(1) == np.arange(3)))
     assert namespace["accuracy"] == pytest.approx(expected)
     assert capsys.readouterr().out == f"zero-shot accuracy: {expected:.1%}\n"
+
+
+@pytest.mark.parametrize("layout", ["open_clip", "hf"])
+def test_preprocessing_is_saved_and_read_back(tmp_path, layout):
+    model = CLIP("tiny", key=jax.random.key(0))
+    mine = Preprocessing(28, **UNNORMALIZED)
+    folder = save_clip(model, tmp_path / layout, layout, preprocessing=mine)
+    assert load_preprocessing(folder) == mine
+    # the toolkit's own images (intensity / 255, unnormalized) come back exactly from a PNG
+    digit = np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8)
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    np.testing.assert_array_equal(load_preprocessing(folder)(tmp_path / "digit.png"),
+                                  np.repeat(digit[None].astype(np.float32) / 255, 3, axis=0))
+    default = save_clip(model, tmp_path / "default", layout)
+    assert load_preprocessing(default) == Preprocessing(28)  # CLIP's mean and std
+
+
+def test_preprocessing_absent_or_unsupported(tmp_path, state):
+    folder = _write(tmp_path / "oc", "open_clip_config.json", OPEN_CLIP_CFG,
+                    "open_clip_model.safetensors", state)
+    assert load_preprocessing(folder) == Preprocessing(S)
+    save_file(state, str(tmp_path / "bare.safetensors"))
+    assert load_preprocessing(tmp_path / "bare.safetensors", model=SMALL) == Preprocessing(S)
+    for cfg, message in (({"interpolation": "bilinear"}, r"preprocess_cfg\.interpolation = "
+                                                         r"'bilinear' is not supported"),
+                         ({"mean": [0.5, 0.5]}, r"mean must be three finite numbers"),
+                         ({"size": 2 * S}, rf"image size {2 * S} is not the model's {S}")):
+        (folder / "open_clip_config.json").write_text(json.dumps(OPEN_CLIP_CFG | {
+            "preprocess_cfg": cfg}))
+        with pytest.raises(InputError, match=message):
+            load_preprocessing(folder)
+    hf = _write(tmp_path / "hf", "config.json", HF_CONFIG, "model.safetensors",
+                _hf_from_open_clip(state))
+    assert load_preprocessing(hf) == Preprocessing(S)
+    for cfg, message in (({"resample": 2}, r"resample = 2 is not supported"),
+                         ({"size": {"shortest_edge": S}, "crop_size": S + 1},
+                          r"must be one square size"),
+                         ({"image_std": [1, 0, 1]}, r"std must be positive")):
+        (hf / "preprocessor_config.json").write_text(json.dumps(cfg))
+        with pytest.raises(InputError, match=message):
+            load_preprocessing(hf)
+    model = CLIP("tiny", key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"preprocessing\.size \(32\) must be the model's"):
+        save_clip(model, tmp_path / "x", preprocessing=Preprocessing(32))
+    with pytest.raises(TypeError, match="preprocessing must be a Preprocessing"):
+        save_clip(model, tmp_path / "x", preprocessing={"size": 28})

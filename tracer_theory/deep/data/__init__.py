@@ -5,6 +5,7 @@ of the CLIPs, and CLIP's own tokenizer (``clip_tokenizer``), image preprocessing
 from .images import (
     CLIP_MEAN as CLIP_MEAN,
     CLIP_STD as CLIP_STD,
+    Preprocessing as Preprocessing,
     imagenet_templates as imagenet_templates,
     preprocess as preprocess,
     zero_shot_prompts as zero_shot_prompts,

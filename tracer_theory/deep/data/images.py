@@ -10,6 +10,7 @@ it). ``zero_shot_prompts``: the token ids of every class name in every template,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -26,15 +27,20 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def preprocess(image: Image.Image | str | os.PathLike, size: int) -> np.ndarray:
+def preprocess(image: Image.Image | str | os.PathLike, size: int, *,
+               mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+               ) -> np.ndarray:
     """One image (a Pillow image or a file path) as CLIP sees it: (3, size, size) float32.
 
     The short side is resized to ``size`` (bicubic; the long side to ``int(size · long/short)``,
     truncated, as torchvision's ``Resize`` that CLIP uses), the center ``size × size`` square
     cropped (offset ``round((side − size)/2)``, as ``CenterCrop``), values scaled to [0, 1] and
-    normalized by ``CLIP_MEAN``/``CLIP_STD``."""
+    normalized by ``mean``/``std`` per RGB channel (CLIP's by default)."""
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
+    mean, std = _channels(mean, "mean"), _channels(std, "std")
+    if np.any(std <= 0):
+        raise ValueError(f"std must be positive, got {std.tolist()}")
     if not isinstance(image, Image.Image):
         try:
             with Image.open(image) as opened:
@@ -49,8 +55,40 @@ def preprocess(image: Image.Image | str | os.PathLike, size: int) -> np.ndarray:
     left, top = round((new[0] - size) / 2), round((new[1] - size) / 2)
     image = image.crop((left, top, left + size, top + size))
     pixels = np.asarray(image, np.float32) / 255.0  # (size, size, 3)
-    pixels = (pixels - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+    pixels = (pixels - mean) / std
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def _channels(values: Sequence[float], name: str) -> np.ndarray:
+    try:
+        out = np.asarray(values, np.float32)
+    except (TypeError, ValueError):
+        out = np.zeros(0, np.float32)
+    if out.shape != (3,) or not np.all(np.isfinite(out)):
+        raise ValueError(f"{name} must be three finite numbers (R, G, B), got {values!r}")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a model sees an image: ``preprocess`` at ``size`` with ``mean``/``std``; call it on
+    a Pillow image or a path to get (3, size, size) float32."""
+
+    size: int
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    def __post_init__(self):
+        preprocess(Image.new("RGB", (1, 1)), self.size, mean=self.mean, std=self.std)  # checks
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def __call__(self, image: Image.Image | str | os.PathLike) -> np.ndarray:
+        return preprocess(image, self.size, mean=self.mean, std=self.std)
+
+
+#: The toolkit's own CLIPs see intensities / 255, unnormalized (``mnist.to_rgb``/``colorize``).
+UNNORMALIZED = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 
 
 @lru_cache(maxsize=1)
@@ -77,4 +115,5 @@ def zero_shot_prompts(tokenize: Callable[[Sequence[str]], np.ndarray],
     return ids.reshape(len(class_names), len(templates), -1)
 
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "imagenet_templates", "preprocess", "zero_shot_prompts"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "UNNORMALIZED", "Preprocessing", "imagenet_templates",
+           "preprocess", "zero_shot_prompts"]

@@ -9,7 +9,11 @@ from jaxtyping import PRNGKeyArray
 from .base import DTYPE as DTYPE, DualEncoder as DualEncoder, normalize as normalize
 from .clip import CLIP as CLIP, PRESETS as PRESETS, CLIPPreset as CLIPPreset, preset as preset
 from .toy import ToyCLIP as ToyCLIP
-from .weights import load_clip as load_clip, save_clip as save_clip
+from .weights import (
+    load_clip as load_clip,
+    load_preprocessing as load_preprocessing,
+    save_clip as save_clip,
+)
 
 
 def make_model(model: str | CLIPPreset = "toy", *, key: PRNGKeyArray, width: int = 128,

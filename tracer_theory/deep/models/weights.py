@@ -40,7 +40,7 @@ from safetensors.numpy import save as safetensors_bytes
 
 from ..._io import check_writable, write_atomic, write_json_atomic
 from ...errors import InputError
-from ..data.images import CLIP_MEAN, CLIP_STD
+from ..data.images import CLIP_MEAN, CLIP_STD, Preprocessing
 from ..data.tokenizer import tokenizer_for_vocabulary
 from .clip import CLIP, PRESETS, CLIPPreset, preset as named_preset
 
@@ -205,7 +205,7 @@ def _open_clip_preset(config: Mapping[str, Any], file: Path) -> CLIPPreset:
                    activation=activation)
 
 
-def _open_clip_config(p: CLIPPreset) -> dict[str, Any]:
+def _open_clip_config(p: CLIPPreset, pre: Preprocessing) -> dict[str, dict[str, Any]]:
     act = {"act_kwargs": {"approximate": "tanh"}} if p.activation == "gelu_tanh" else {}
     vision = {"image_size": p.image_size, "layers": p.layers, "width": p.width,
               "patch_size": p.patch_size, "head_width": p.width // p.heads,
@@ -213,9 +213,34 @@ def _open_clip_config(p: CLIPPreset) -> dict[str, Any]:
     text = {"context_length": p.context, "vocab_size": p.vocab_size, "width": p.text_width,
             "heads": p.text_heads, "layers": p.text_layers, "mlp_ratio": float(p.mlp_ratio),
             **act}
-    return {"model_cfg": {"embed_dim": p.dim, "quick_gelu": p.activation == "quick_gelu",
-                          "vision_cfg": vision, "text_cfg": text},
-            "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}
+    return {"open_clip_config.json": {
+        "model_cfg": {"embed_dim": p.dim, "quick_gelu": p.activation == "quick_gelu",
+                      "vision_cfg": vision, "text_cfg": text},
+        "preprocess_cfg": {"size": pre.size, "mean": list(pre.mean), "std": list(pre.std),
+                           "interpolation": "bicubic", "resize_mode": "shortest"}}}
+
+
+def _open_clip_preprocessing(folder: Path, p: CLIPPreset) -> Preprocessing:
+    """``preprocess_cfg`` of ``open_clip_config.json`` (open_clip's defaults where absent)."""
+    file = folder / "open_clip_config.json"
+    cfg = _read_json(file).get("preprocess_cfg") or {} if file.is_file() else {}
+    for option, supported in (("interpolation", "bicubic"), ("resize_mode", "shortest")):
+        if cfg.get(option, supported) != supported:
+            raise InputError(f"{file}: preprocess_cfg.{option} = {cfg[option]!r} is not "
+                             f"supported (CLIP's preprocessing: {supported})")
+    size = cfg.get("size", p.image_size)
+    size = size[0] if isinstance(size, list | tuple) and len(set(size)) == 1 else size
+    return _preprocessing(file, size, p, cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD))
+
+
+def _preprocessing(file: Path, size: Any, p: CLIPPreset, mean: Any, std: Any) -> Preprocessing:
+    if size != p.image_size:
+        raise InputError(f"{file}: the preprocessing's image size {size!r} is not the model's "
+                         f"{p.image_size}")
+    try:
+        return Preprocessing(p.image_size, tuple(mean), tuple(std))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{file}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,7 +321,7 @@ def _hf_preset(config: Mapping[str, Any], file: Path) -> CLIPPreset:
                    dim=config.get("projection_dim", 512), activation=acts.pop())
 
 
-def _hf_config(p: CLIPPreset) -> dict[str, Any]:
+def _hf_config(p: CLIPPreset, pre: Preprocessing) -> dict[str, dict[str, Any]]:
     act = _TO_HF_ACTIVATION[p.activation]
     text = {"model_type": "clip_text_model", "vocab_size": p.vocab_size,
             "hidden_size": p.text_width, "intermediate_size": p.mlp_ratio * p.text_width,
@@ -308,9 +333,42 @@ def _hf_config(p: CLIPPreset) -> dict[str, Any]:
               "num_attention_heads": p.heads, "num_channels": p.channels,
               "image_size": p.image_size, "patch_size": p.patch_size, "hidden_act": act,
               "layer_norm_eps": 1e-5, "projection_dim": p.dim}
-    return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": p.dim,
-            "logit_scale_init_value": 2.6592, "torch_dtype": "float32", "text_config": text,
-            "vision_config": vision}
+    model = {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": p.dim,
+             "logit_scale_init_value": 2.6592, "torch_dtype": "float32", "text_config": text,
+             "vision_config": vision}
+    image = {"image_processor_type": "CLIPImageProcessor", "do_resize": True,
+             "size": {"shortest_edge": pre.size}, "resample": _BICUBIC, "do_center_crop": True,
+             "crop_size": {"height": pre.size, "width": pre.size}, "do_rescale": True,
+             "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(pre.mean),
+             "image_std": list(pre.std), "do_convert_rgb": True}
+    return {"config.json": model, "preprocessor_config.json": image}
+
+
+#: PIL's code for bicubic resampling, as Hugging Face's image processors store it.
+_BICUBIC = 3
+
+
+def _hf_preprocessing(folder: Path, p: CLIPPreset) -> Preprocessing:
+    """``preprocessor_config.json`` (a ``CLIPImageProcessor``; CLIP's defaults if absent)."""
+    file = folder / "preprocessor_config.json"
+    cfg = _read_json(file) if file.is_file() else {}
+    for option, supported in (("resample", _BICUBIC), ("do_resize", True),
+                              ("do_center_crop", True), ("do_rescale", True),
+                              ("do_normalize", True)):
+        if cfg.get(option, supported) != supported:
+            raise InputError(f"{file}: {option} = {cfg[option]!r} is not supported (CLIP's "
+                             f"preprocessing: {supported})")
+    if abs(cfg.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
+        raise InputError(f"{file}: rescale_factor = {cfg['rescale_factor']} is not 1/255")
+    crop, short = cfg.get("crop_size", p.image_size), cfg.get("size", p.image_size)
+    crop = crop.get("height") if isinstance(crop, dict) and len(set(crop.values())) == 1 else crop
+    short = short.get("shortest_edge") if isinstance(short, dict) else short
+    if crop != short:
+        raise InputError(f"{file}: size {cfg.get('size')!r} and crop_size "
+                         f"{cfg.get('crop_size')!r} must be one square size (resize the short "
+                         "side to it, center crop)")
+    return _preprocessing(file, crop, p, cfg.get("image_mean", CLIP_MEAN),
+                          cfg.get("image_std", CLIP_STD))
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,15 +378,18 @@ def _hf_config(p: CLIPPreset) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """A checkpoint layout: its file names, every tensor of a preset (``tensors``), the preset
-    its config file describes (``read_config``) and the config of a preset (``config``), and
-    the keys of buffers it may carry that are not weights (``buffers``, regular expressions)."""
+    its config file describes (``read_config``), the JSON files that describe a preset and its
+    preprocessing (``config``: file name → content), the preprocessing a folder describes
+    (``read_preprocessing``), and the keys of buffers it may carry that are not weights
+    (``buffers``, regular expressions)."""
 
     name: str
     config_file: str
     weights_file: str
     tensors: Callable[[CLIPPreset], list[Tensor]]
     read_config: Callable[[Mapping[str, Any], Path], CLIPPreset]
-    config: Callable[[CLIPPreset], dict[str, Any]]
+    config: Callable[[CLIPPreset, Preprocessing], dict[str, dict[str, Any]]]
+    read_preprocessing: Callable[[Path, CLIPPreset], Preprocessing]
     signature: str  # a key only this layout has
     buffers: tuple[str, ...] = ()
 
@@ -338,11 +399,12 @@ class Layout:
 
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     Layout("open_clip", "open_clip_config.json", "open_clip_model.safetensors",
-           _open_clip_tensors, _open_clip_preset, _open_clip_config, "visual.conv1.weight",
+           _open_clip_tensors, _open_clip_preset, _open_clip_config, _open_clip_preprocessing,
+           "visual.conv1.weight",
            # OpenAI's own state dict carries its sizes as scalars; open_clip drops them
            buffers=("input_resolution", "context_length", "vocab_size", "attn_mask")),
     Layout("hf", "config.json", "model.safetensors", _hf_tensors, _hf_preset, _hf_config,
-           "vision_model.embeddings.patch_embedding.weight",
+           _hf_preprocessing, "vision_model.embeddings.patch_embedding.weight",
            buffers=(r"(text|vision)_model\.embeddings\.position_ids",)),
 )}
 
@@ -518,6 +580,19 @@ def load_clip(path: str | os.PathLike, *, model: str | CLIPPreset | None = None)
                                         for v, leaf in zip(values, leaves, strict=True)])
 
 
+def load_preprocessing(path: str | os.PathLike, *, model: str | CLIPPreset | None = None
+                       ) -> Preprocessing:
+    """How the checkpoint at ``path`` (as ``load_clip`` reads it) expects its images: the
+    open_clip ``preprocess_cfg`` or Hugging Face ``preprocessor_config.json`` mean, std and size
+    (CLIP's where the folder does not say; CLIP's for a bare state dict). Only CLIP's resize
+    (bicubic short side, center crop) is supported; another is refused by name."""
+    path = Path(path)
+    layout, preset, _ = _find(path, model)
+    if not path.is_dir():
+        return Preprocessing(preset.image_size)
+    return layout.read_preprocessing(path, preset)
+
+
 # --------------------------------------------------------------------------------------------
 # Writing
 
@@ -534,18 +609,29 @@ def checkpoint_tensors(model: CLIP, layout: str = "open_clip") -> dict[str, np.n
             for t in LAYOUTS[layout].tensors(model.preset)}
 
 
-def save_clip(model: CLIP, path: str | os.PathLike, layout: str = "open_clip") -> Path:
+def save_clip(model: CLIP, path: str | os.PathLike, layout: str = "open_clip", *,
+              preprocessing: Preprocessing | None = None) -> Path:
     """Write ``model`` as a ``layout`` checkpoint folder at ``path`` (``"open_clip"``:
     ``open_clip_config.json`` + ``open_clip_model.safetensors``; ``"hf"``: ``config.json`` +
-    ``model.safetensors``), with its ``tokenizer.json`` where the vocabulary is CLIP's or this
-    toolkit's own; each file atomically. Returns the folder."""
+    ``model.safetensors`` + ``preprocessor_config.json``), with its ``preprocessing`` (default
+    CLIP's at the model's image size) and its ``tokenizer.json`` where the vocabulary is CLIP's
+    or this toolkit's own; each file atomically. Returns the folder."""
     tensors = checkpoint_tensors(model, layout)
+    if preprocessing is None:
+        preprocessing = Preprocessing(model.preset.image_size)
+    if not isinstance(preprocessing, Preprocessing):
+        raise TypeError(f"preprocessing must be a Preprocessing, got "
+                        f"{type(preprocessing).__name__}")
+    if preprocessing.size != model.preset.image_size:
+        raise ValueError(f"preprocessing.size ({preprocessing.size}) must be the model's image "
+                         f"size ({model.preset.image_size})")
     spec = LAYOUTS[layout]
     folder = check_writable(path, folder=True, what="checkpoint folder")
     folder.mkdir(parents=True, exist_ok=True)
     data = safetensors_bytes(tensors, metadata={"format": "pt"})  # "pt": torch tools read it
     write_atomic(folder / spec.weights_file, lambda f: f.write(data), binary=True)
-    write_json_atomic(folder / spec.config_file, spec.config(model.preset))
+    for name, content in spec.config(model.preset, preprocessing).items():
+        write_json_atomic(folder / name, content)
     tokenizer = tokenizer_for_vocabulary(model.preset.vocab_size, model.preset.context)
     if tokenizer is not None:
         text = tokenizer.to_json()
@@ -553,4 +639,5 @@ def save_clip(model: CLIP, path: str | os.PathLike, layout: str = "open_clip") -
     return folder
 
 
-__all__ = ["LAYOUTS", "Layout", "Tensor", "checkpoint_tensors", "load_clip", "save_clip"]
+__all__ = ["LAYOUTS", "Layout", "Tensor", "checkpoint_tensors", "load_clip", "load_preprocessing",
+           "save_clip"]
