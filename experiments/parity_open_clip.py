@@ -2,7 +2,8 @@
 ``transformers`` on randomly initialized models, and of our tokenizer with open_clip's.
 
     pip install -e '.[parity]'          # torch, open_clip_torch, transformers (CPU is enough)
-    python experiments/parity_open_clip.py [--models ViT-B-32 custom hf-small] [--out parity.json]
+    python experiments/parity_open_clip.py [--models ViT-B-32 custom hf-small] [--converter]
+        [--out parity.json]
 
 No network is used: every model is built randomly initialized (``open_clip.create_model(name,
 pretrained=None)``, ``transformers.CLIPModel(CLIPConfig(...))``). Before saving, every bias and
@@ -33,9 +34,19 @@ trips: each loaded model is saved in both layouts and read back by the torch lib
 layout (``load_state_dict(strict=True)`` for open_clip, ``CLIPModel.from_pretrained`` for HF)
 and compared with the source model the same way (float32).
 
+``--converter`` also checks ``python -m tracer_theory.deep.models.convert_torch`` on the
+open_clip ViT models: a ``torch.save``'d training checkpoint (``{"epoch", "state_dict"}``,
+``module.`` keys) and a TorchScript archive made as OpenAI's (traced, float16, with the
+``input_resolution``/``context_length``/``vocab_size`` entries), each converted, loaded with
+``load_clip(dest, model=name)`` and compared with the torch model (the float16 one with the
+float16-rounded torch model).
+
 Last, the tokenizer: ``tracer_theory.deep.data.clip_tokenizer()`` against
 ``open_clip.get_tokenizer("ViT-B-32")`` (open_clip's ``SimpleTokenizer``, whose vocabulary ships
-in its wheel) on ~30 strings; prints identical rows / total and every differing row.
+in its wheel) on 30 strings (punctuation, digits, contractions, accents, scripts, emoji, HTML
+entities, mojibake, empty and blank text, text past 77 tokens); prints identical rows / total and
+every differing row, then apart, not in the pass criterion, two texts that spell a special token
+literally (``SPECIAL_TOKEN_STRINGS``).
 
 ``--out FILE`` also writes every number as JSON (atomically). Exit code 0 when every float32
 row is within 1e-5 and every token row is identical, 1 otherwise, 2 for a missing dependency.
@@ -51,6 +62,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 MODELS = ("ViT-B-32", "ViT-B-32-quickgelu", "custom", "hf-small")
@@ -82,11 +94,16 @@ TOKENIZER_STRINGS = [
     "punctuation: ;:!?()[]{}<>@#$%^*_+=~`|\\/",
     "ellipsis… em—dash – “curly” ‘quotes’", "hyphen-ated words and under_scores",
     "www.example.com/path?q=1&r=2", "user@example.com #hashtag @mention",
-    "<|startoftext|> literal special <|endoftext|>", "<start_of_text> open_clip's <end_of_text>",
     "zero\u200bwidth\u00a0nbsp", "x " * 120,
     "a very long caption " + " ".join(f"word{i}" for i in range(100)),
     "fullwidth ＡＢＣ１２３", "combining e\u0301 vs é",
 ]
+#: Text holding a special token's spelling literally: OpenAI's tokenizer (and ours, and Hugging
+#: Face's) reads ``<|startoftext|>``/``<|endoftext|>`` as the special ids, open_clip's
+#: ``SimpleTokenizer`` renamed them ``<start_of_text>``/``<end_of_text>``. Reported apart, not
+#: part of the pass criterion.
+SPECIAL_TOKEN_STRINGS = ["<|startoftext|> literal special <|endoftext|>",
+                         "<start_of_text> open_clip's <end_of_text>"]
 
 
 def require_torch_stack() -> None:
@@ -259,7 +276,48 @@ def image_size(model, kind: str) -> int:
     return size[0] if isinstance(size, tuple | list) else size
 
 
-def run_model(name: str, work: Path, seed: int) -> list[dict]:
+def converter_rows(model, name: str, work: Path, t_img, t_tok, ref32: dict) -> list[dict]:
+    """``convert_torch`` on two checkpoints of the open_clip ``model``, each loaded back with
+    ``load_clip(dest, model=name)`` and compared with the torch model: a ``torch.save``'d
+    training checkpoint (``{"epoch", "state_dict"}`` with ``module.`` keys) and a TorchScript
+    archive made as OpenAI's (a trace, in float16, with the ``input_resolution``,
+    ``context_length`` and ``vocab_size`` entries), against the float16-rounded model."""
+    import copy
+
+    import torch
+
+    from tracer_theory.deep.models import load_clip
+    from tracer_theory.deep.models.convert_torch import convert
+
+    rows = []
+    pickle = work / f"{name}-ckpt.pt"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in
+                                           model.state_dict().items()}}, pickle)
+    scripted = copy.deepcopy(model)
+    del scripted.context_length, scripted.vocab_size  # plain ints in open_clip: buffers here
+    size = image_size(model, "open_clip")
+    for key, value in (("input_resolution", size), ("context_length", 77),
+                       ("vocab_size", 49408)):
+        scripted.register_buffer(key, torch.tensor(value))
+    archive = work / f"{name}-openai.pt"
+    with torch.no_grad(), warnings.catch_warnings():  # TorchScript is deprecated: OpenAI's own
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        traced = torch.jit.trace(scripted, (t_img[:1], t_tok[:1]), check_trace=False).half()
+        torch.jit.save(traced, str(archive))
+    rounded = copy.deepcopy(model).half().float()
+    for label, source, ref in (("pickle", pickle, ref32),
+                               ("torchscript fp16", archive,
+                                torch_outputs(rounded, "open_clip", t_img, t_tok))):
+        dest = work / f"{name}-{label.split()[0]}.safetensors"
+        summary = convert(source, dest)
+        ours = load_clip(dest, model=name)
+        diff = compare(our_outputs(ours, t_img.numpy(), t_tok.numpy()), ref)
+        rows.append({"model": name, "source": f"convert_torch {label}", "dtype": "float32",
+                     **diff, "converted": summary})
+    return rows
+
+
+def run_model(name: str, work: Path, seed: int, converter: bool = False) -> list[dict]:
     """Rows of the parity table for one model (see the module docstring)."""
     import jax
     import numpy as np
@@ -292,7 +350,7 @@ def run_model(name: str, work: Path, seed: int) -> list[dict]:
                      **diff, "param_dtypes": dtypes, "load_s": round(load_s, 2)})
     # float64: the torch model in double, ours cast (x64 on from here on)
     jax.config.update("jax_enable_x64", True)
-    ref64 = torch_outputs(model.double(), kind, t_img.double(), t_tok)
+    ref64 = torch_outputs(model.double(), kind, torch.from_numpy(images), t_tok)
     diff = compare(our_outputs(as_float64(ours), images, tokens), ref64)
     rows.append({"model": name, "source": f"{kind} {source}", "dtype": "float64", **diff})
     jax.config.update("jax_enable_x64", False)
@@ -309,6 +367,8 @@ def run_model(name: str, work: Path, seed: int) -> list[dict]:
         except Exception as err:  # report, keep going
             rows.append({"model": name, "source": f"save_clip -> {layout}", "dtype": "float32",
                          "error": f"{type(err).__name__}: {str(err)[:300]}"})
+    if converter and kind == "open_clip" and name != "custom":
+        rows.extend(converter_rows(model, name, work, t_img, t_tok, ref32))
     for path in work.glob(f"{name}*"):
         _remove(path)
     print(f"  [{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
@@ -337,31 +397,31 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def tokenizer_rows() -> tuple[int, list[dict]]:
+def tokenizer_rows(strings: list[str]) -> tuple[int, list[dict]]:
     """``(identical rows, differing rows)`` of our tokenizer against open_clip's."""
     import numpy as np
 
     from tracer_theory.deep.data import clip_tokenizer
-    ours = clip_tokenizer()(TOKENIZER_STRINGS)
-    theirs = import_open_clip().get_tokenizer("ViT-B-32")(TOKENIZER_STRINGS).numpy()
+    ours = clip_tokenizer()(strings)
+    theirs = import_open_clip().get_tokenizer("ViT-B-32")(strings).numpy()
     differ = []
-    for text, a, b in zip(TOKENIZER_STRINGS, ours, theirs, strict=True):
+    for text, a, b in zip(strings, ours, theirs, strict=True):
         if not np.array_equal(a, b):
             cut = lambda r: [int(x) for x in r[: max(np.flatnonzero(r)[-1] + 1, 1)]]  # noqa: E731
             differ.append({"text": text, "ours": cut(a), "open_clip": cut(b)})
-    return len(TOKENIZER_STRINGS) - len(differ), differ
+    return len(strings) - len(differ), differ
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':20s}{'source':24s}{'dtype':9s}{'image':>10s}{'text':>10s}{'logits':>10s}  ok"
+    head = f"{'model':20s}{'source':32s}{'dtype':9s}{'image':>10s}{'text':>10s}{'logits':>10s}  ok"
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['model']:20s}{r['source']:24s}{r['dtype']:9s}  ERROR {r['error']}")
+            lines.append(f"{r['model']:20s}{r['source']:32s}{r['dtype']:9s}  ERROR {r['error']}")
             continue
         ok = "" if r["dtype"] != "float32" else (
             "yes" if max(r["image"], r["text"], r["logits"]) <= GOAL else "NO")
-        lines.append(f"{r['model']:20s}{r['source']:24s}{r['dtype']:9s}{r['image']:10.1e}"
+        lines.append(f"{r['model']:20s}{r['source']:32s}{r['dtype']:9s}{r['image']:10.1e}"
                      f"{r['text']:10.1e}{r['logits']:10.1e}  {ok}")
     return "\n".join(lines)
 
@@ -371,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--converter", action="store_true",
+                        help="also check convert_torch on the open_clip ViT models: a "
+                             "torch.save'd checkpoint and an OpenAI-style TorchScript archive")
     args = parser.parse_args(argv)
     require_torch_stack()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -384,21 +447,27 @@ def main(argv: list[str] | None = None) -> int:
         from tracer_theory._io import check_writable
         check_writable(args.out, what="--out")
     import jax
-    import open_clip
     import torch
     import transformers
+    open_clip = import_open_clip()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     print(f"torch {torch.__version__}, open_clip {open_clip.__version__}, transformers "
           f"{transformers.__version__}, jax {jax.__version__} ({jax.default_backend()})")
     rows = []
     with tempfile.TemporaryDirectory(prefix="parity_") as tmp:
         for name in args.models:
-            rows.extend(run_model(name, Path(tmp), args.seed))
+            rows.extend(run_model(name, Path(tmp), args.seed, args.converter))
     print(format_table(rows))
-    same, differ = tokenizer_rows()
+    same, differ = tokenizer_rows(TOKENIZER_STRINGS)
     print(f"\ntokenizer: {same}/{len(TOKENIZER_STRINGS)} rows identical "
           "(clip_tokenizer() vs open_clip.get_tokenizer('ViT-B-32'))")
     for d in differ:
+        print(f"  {d['text']!r:.70}\n    ours      {d['ours']}\n    open_clip {d['open_clip']}")
+    special_same, special_differ = tokenizer_rows(SPECIAL_TOKEN_STRINGS)
+    print(f"special-token spellings in the text (informative): {special_same}/"
+          f"{len(SPECIAL_TOKEN_STRINGS)} identical; ours reads OpenAI's <|startoftext|>/"
+          "<|endoftext|> as the special ids, open_clip its own <start_of_text>/<end_of_text>")
+    for d in special_differ:
         print(f"  {d['text']!r:.70}\n    ours      {d['ours']}\n    open_clip {d['open_clip']}")
     passed = not differ and all("error" not in r and max(r["image"], r["text"], r["logits"])
                                 <= GOAL for r in rows if r["dtype"] == "float32")
@@ -407,7 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.out, {"goal": GOAL, "rows": rows, "passed": passed,
                                      "tokenizer": {"identical": same,
                                                    "total": len(TOKENIZER_STRINGS),
-                                                   "differing": differ}})
+                                                   "differing": differ,
+                                                   "special_token_strings": {
+                                                       "identical": special_same,
+                                                       "total": len(SPECIAL_TOKEN_STRINGS),
+                                                       "differing": special_differ}}})
         print(f"wrote {args.out}")
     return 0 if passed else 1
 

@@ -5,46 +5,59 @@
 
 ``SOURCE`` is either OpenAI's TorchScript archive (``ViT-B-32.pt`` from the original CLIP
 release: ``torch.jit.load(map_location="cpu").state_dict()``, less its three non-weight entries
-``input_resolution``, ``context_length`` and ``vocab_size``) or a pickled state dict
+``input_resolution``, ``context_length`` and ``vocab_size``, and any causal ``attn_mask``
+buffer, which TorchScript saves with the weights) or a pickled state dict
 (``torch.save``, read with ``torch.load(weights_only=True)``; a top-level ``"state_dict"`` or
 ``"model"`` dict, as in open_clip's training checkpoints, is unwrapped and a leading ``module.``
 prefix, from ``DistributedDataParallel``, stripped). The tensors are written contiguous with
 their dtypes kept (OpenAI's release is float16; ``load_clip`` returns float32), under the same
 names, which are open_clip's (``visual.conv1.weight``,
-``transformer.resblocks.0.attn.in_proj_weight`` …). The file is written atomically, without
-the ``safetensors`` package.
+``transformer.resblocks.0.attn.in_proj_weight`` …). The file is written atomically with the
+``safetensors`` library.
 
 Needs torch (``pip install 'tracer-theory[torch]'``), imported only when converting. Every
-expected failure (a missing or unreadable ``SOURCE``, a file that is not a torch checkpoint or
-holds no tensors, ``DEST`` not ending in ``.safetensors`` or existing without ``--overwrite``)
-is one line naming the path on stderr and exit code 2.
+expected failure (a missing or unreadable ``SOURCE``, a file that is not a torch checkpoint, holds
+no tensors or no ``visual.*`` ones, ``DEST`` not ending in ``.safetensors`` or existing without
+``--overwrite``)
+is one line naming the path on stderr and exit code 3 (2 for a usage error or torch missing).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import pickle
+import re
 import sys
-import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from ..._io import write_atomic
 
 #: The extra that installs torch.
 TORCH_EXTRA = "pip install 'tracer-theory[torch]'"
 #: Entries of OpenAI's TorchScript state dicts that are sizes, not weights.
 NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
-EXIT_OK, EXIT_ERROR = 0, 2
+#: The last name part of derived buffers that are no weights either: the causal attention mask,
+#: a non-persistent buffer of open_clip that TorchScript saves with the weights all the same.
+DERIVED = "attn_mask"
+#: Exit codes, as the ``tracer-theory`` command's: 2 a usage error (or torch missing), 3 a file
+#: that cannot be read, converted or written.
+EXIT_OK, EXIT_USAGE, EXIT_INPUT = 0, 2, 3
 _PROG = "python -m tracer_theory.deep.models.convert_torch"
-#: safetensors' names of torch's dtypes.
-_SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-                       "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
-                       "uint8": "U8", "bool": "BOOL", "float8_e4m3fn": "F8_E4M3",
-                       "float8_e5m2": "F8_E5M2"}
 
 
 class ConversionError(Exception):
     """An expected failure: the message is the one line printed (it names the path)."""
+
+    code = EXIT_INPUT
+
+
+class MissingTorch(ConversionError):
+    """torch is not installed (the optional extra)."""
+
+    code = EXIT_USAGE
 
 
 def _check_paths(source: Path, dest: Path, overwrite: bool) -> None:
@@ -82,8 +95,8 @@ def _import_torch():
     try:
         import torch
     except ImportError:  # also sys.modules["torch"] = None
-        raise ConversionError(f"converting a torch checkpoint needs torch: {TORCH_EXTRA}"
-                              ) from None
+        raise MissingTorch(f"converting a torch checkpoint needs torch: {TORCH_EXTRA}"
+                           ) from None
     return torch
 
 
@@ -104,7 +117,9 @@ def read_state_dict(source: str | os.PathLike) -> dict:
     source = Path(source)
     if _is_torchscript(source):
         try:
-            state = torch.jit.load(str(source), map_location="cpu").state_dict()
+            with warnings.catch_warnings():  # TorchScript is deprecated; OpenAI's files are it
+                warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
+                state = torch.jit.load(str(source), map_location="cpu").state_dict()
         except Exception as err:  # torch's own parse errors
             raise ConversionError(f"SOURCE {source} is a TorchScript archive torch cannot load: "
                                   f"{_first_line(err)}") from None
@@ -112,7 +127,11 @@ def read_state_dict(source: str | os.PathLike) -> dict:
     else:
         try:
             state = torch.load(str(source), map_location="cpu", weights_only=True)
-        except Exception as err:  # UnpicklingError, RuntimeError, …
+        except pickle.UnpicklingError:  # weights_only refused a Python object
+            raise ConversionError(f"SOURCE {source} holds Python objects besides tensors that "
+                                  "torch.load(weights_only=True) does not read (a whole pickled "
+                                  "model?); save its state_dict() instead") from None
+        except Exception as err:  # RuntimeError (a damaged archive), EOFError, …
             raise ConversionError(f"SOURCE {source} is not a torch checkpoint that "
                                   f"torch.load(weights_only=True) reads: {_first_line(err)}"
                                   ) from None
@@ -125,7 +144,8 @@ def read_state_dict(source: str | os.PathLike) -> dict:
                               "dict")
     tensors = {}
     for name, value in state.items():
-        if isinstance(value, torch.Tensor) and name not in NON_WEIGHTS:
+        if (isinstance(value, torch.Tensor) and name not in NON_WEIGHTS
+                and str(name).rsplit(".", 1)[-1] != DERIVED):
             key = str(name).removeprefix("module.")
             if key in tensors:
                 raise ConversionError(f"SOURCE {source}: two tensors are named {key!r} once "
@@ -141,51 +161,19 @@ def read_state_dict(source: str | os.PathLike) -> dict:
 
 
 def write_safetensors(tensors: dict, dest: str | os.PathLike) -> Path:
-    """Write ``{name: contiguous CPU torch tensor}`` to ``dest`` in the safetensors format
-    (8-byte little-endian header length, the JSON header padded to 8 bytes, the raw bytes),
-    atomically (a temporary sibling, then ``os.replace``)."""
-    import torch
+    """Write ``{name: contiguous CPU torch tensor}`` to ``dest`` with the ``safetensors``
+    library (metadata ``format: pt``, as torch tools expect), atomically."""
+    from safetensors.torch import save
 
-    dest = Path(dest)
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    order = sorted(tensors)
-    for name in order:
-        t = tensors[name]
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": _dtype_name(t), "shape": list(t.shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(raw).to_bytes(8, "little"))
-            f.write(raw)
-            for name in order:
-                t = tensors[name]
-                if t.numel():
-                    f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
-
-
-def _dtype_name(t) -> str:
-    name = str(t.dtype).removeprefix("torch.")
-    if name not in _SAFETENSORS_DTYPES:
-        raise ConversionError(f"tensor of dtype {name} has no safetensors name")
-    return _SAFETENSORS_DTYPES[name]
+    data = save(tensors, metadata={"format": "pt"})
+    return write_atomic(dest, lambda f: f.write(data), binary=True)
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
+    """The first line of ``err``'s message, without terminal escapes, at most 160 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def convert(source: str | os.PathLike, dest: str | os.PathLike, *, overwrite: bool = False
@@ -210,20 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns its exit code (0, or 2 after printing one line)."""
+    """Run the command; returns its exit code (0, or 2 or 3 after printing one line)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse printed the usage error (or the help)
-        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
         summary = convert(args.source, args.dest, overwrite=args.overwrite)
     except ConversionError as err:
         print(f"convert_torch: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return err.code
     except OSError as err:  # writing DEST: disk full, permissions
         print(f"convert_torch: error: DEST {args.dest} cannot be written: {err.strerror or err}",
               file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_INPUT
     except KeyboardInterrupt:
         print("convert_torch: error: interrupted; DEST was not written", file=sys.stderr)
         return 130
@@ -232,8 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-__all__ = ["NON_WEIGHTS", "TORCH_EXTRA", "ConversionError", "convert", "main",
-           "read_state_dict", "write_safetensors"]
+__all__ = ["DERIVED", "NON_WEIGHTS", "TORCH_EXTRA", "ConversionError", "MissingTorch", "convert",
+           "main", "read_state_dict", "write_safetensors"]
 
 if __name__ == "__main__":
     sys.exit(main())
