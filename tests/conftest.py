@@ -21,9 +21,12 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # One persistent XLA compilation cache for the test workers and the notebook kernels they start
-# (the notebooks and `tracer-theory figures` compile the same functions): a speed-up only.
+# (the notebooks and `tracer-theory figures` compile the same functions): a speed-up only. Every
+# program is cached, however quickly it compiled: the suite compiles thousands of small programs
+# (tens of milliseconds each, most of its run time), and reading one back takes a millisecond or
+# two. (Programs with host callbacks, such as equinox's runtime checks, JAX never caches.)
 _CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "tracer_theory_xla"),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 for _name, _value in _CACHE.items():
     os.environ.setdefault(_name, _value)
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])

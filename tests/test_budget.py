@@ -116,10 +116,16 @@ def test_summary_and_verdicts_by_hand():
     assert "R0 16.3" in lines[0]
 
 
+#: Images of the end-to-end budget's eNTK Gram: the quick preset's 8 halved (the Gram's rows
+#: were the largest part of the run); with 4 the gradient-descent control still keeps > 99.9%
+#: of its change in the row space, and every assertion below reads the same.
+N_QUICK = 4
+
+
 def test_quick_budget_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "b"
     argv = ["budget", "--quick", "--objectives", "prompts", "--strategies", "direct",
-            "static_sd", "--out", str(out), "--quiet"]
+            "static_sd", "--n", str(N_QUICK), "--out", str(out), "--quiet"]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     payload = json.loads((out / "budget_toy_quick.json").read_text())
@@ -138,7 +144,7 @@ def test_quick_budget_end_to_end_and_resume(tmp_path, capsys):
         assert row["R2gd"]["curvature"] > 0
         assert row["R1"] != row["R3"]  # a frozen encoder changes the outcome
     spectrum = payload["spectra"]["0"]
-    assert spectrum["size"] == 8 * 64 and 0 < spectrum["rank"] <= spectrum["size"]
+    assert spectrum["size"] == N_QUICK * 64 and 0 < spectrum["rank"] <= spectrum["size"]
     assert payload["verdicts"] and "mean |rung − R4|" in text
     assert (out / "figures" / "budget_toy_quick.png").exists()
     # resuming reads every finished run and the closed forms: no file is rewritten
