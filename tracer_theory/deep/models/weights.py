@@ -450,9 +450,13 @@ class _Stored:
                 raise InputError(f"{file} is not a readable safetensors file (truncated or "
                                  f"another format): {str(err)[:200]}") from None
 
-    def read(self, key: str) -> np.ndarray:
-        with safe_open(self.files[key], "numpy") as f:
-            return f.get_tensor(key)
+    def read_all(self) -> dict[str, np.ndarray]:
+        """Every tensor, each file opened once."""
+        out: dict[str, np.ndarray] = {}
+        for file in dict.fromkeys(self.files.values()):
+            with safe_open(file, "numpy") as f:
+                out |= {key: f.get_tensor(key) for key in f.keys()}
+        return out
 
 
 def _read_json(file: Path) -> dict[str, Any]:
@@ -565,8 +569,9 @@ def load_clip(path: str | os.PathLike, *, model: str | CLIPPreset | None = None)
     _check(layout, preset, stored, tensors, shapes, str(path))
     values: list[Any] = [None] * len(leaves)
     bad = []
+    arrays = stored.read_all()
     for t in tensors:
-        stored_tensor = stored.read(t.key)
+        stored_tensor = arrays[t.key]
         if not np.isfinite(stored_tensor).all():
             bad.append(t.key)
         for get, array in zip(t.parts, t.to_model(stored_tensor.astype(np.float32)),
