@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ...errors import InputError
-from .images import preprocess
+from .images import Preprocessing
 
 #: File extensions read as images (case-insensitive).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -99,10 +99,12 @@ class ImageSet:
         """The images (all, or those at ``indices``) as CLIP sees them: (n, 3, size, size)
         float32 (``preprocess``)."""
         chosen = range(len(self)) if indices is None else indices
-        out = np.empty((len(chosen), 3, size, size), np.float32)
-        for row, i in enumerate(chosen):
-            out[row] = preprocess(self.paths[i], size)
-        return out
+        return self.array(Preprocessing(size))[np.asarray(chosen, np.int64)]
+
+    def array(self, preprocessing: Preprocessing) -> FolderImages:
+        """The images as a lazily decoded (N, 3, size, size) float32 array (``FolderImages``)
+        under ``preprocessing`` (e.g. ``load_preprocessing(checkpoint)``)."""
+        return FolderImages(self, preprocessing)
 
     def fingerprint(self) -> str:
         """A digest of the files (paths, sizes, modification times), labels and classes: what
@@ -115,6 +117,63 @@ class ImageSet:
         if self.captions is not None:
             h.update("\0".join(self.captions).encode())
         return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FolderImages:
+    """The images of an ``ImageSet`` as an array (N, 3, size, size) float32 that decodes on
+    demand: ``x[indices]`` reads, decodes and preprocesses only the images at ``indices``
+    (an int gives one (3, size, size) image), ``np.asarray(x)`` all of them. What the training
+    loop streams from, and what an evaluation reads in chunks."""
+
+    images: ImageSet
+    preprocessing: Preprocessing
+    dtype = np.dtype(np.float32)
+    ndim = 4
+
+    def __post_init__(self):
+        if not isinstance(self.images, ImageSet):
+            raise TypeError(f"images must be an ImageSet, got {type(self.images).__name__}")
+        if not isinstance(self.preprocessing, Preprocessing):
+            raise TypeError("preprocessing must be a Preprocessing, got "
+                            f"{type(self.preprocessing).__name__}")
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        size = self.preprocessing.size
+        return (len(self.images), 3, size, size)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, int | np.integer):
+            return self.preprocessing(self.images.paths[_in_range(int(index), len(self))])
+        chosen = np.arange(len(self))[index]  # slices, boolean masks and index arrays alike
+        out = np.empty((len(chosen), *self.shape[1:]), np.float32)
+        for row, i in enumerate(chosen.tolist()):
+            out[row] = self.preprocessing(self.images.paths[i])
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def fingerprint(self) -> str:
+        """The set's fingerprint and the preprocessing: what results on these images depend
+        on."""
+        text = f"{self.images.fingerprint()}\0{self.preprocessing}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _in_range(index: int, n: int) -> int:
+    if not -n <= index < n:
+        raise IndexError(f"image index {index} out of range for {n} images")
+    return index % n
 
 
 def _unreadable(path: Path) -> str | None:
@@ -242,4 +301,4 @@ def image_csv(path: str | os.PathLike, *, classes: Sequence[str] | None = None,
                     ignored=0, source=str(path))
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageSet", "image_csv", "image_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "FolderImages", "ImageSet", "image_csv", "image_folder"]

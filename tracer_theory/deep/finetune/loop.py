@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..._cache import array_digest, cache_key
 from ...errors import Diverged
+from ..data.folders import FolderImages
 from ..models import DualEncoder
 from ..parallel import Mesh, replicate
 from .checkpoints import load_model, load_run, save_model, save_run
@@ -38,6 +39,7 @@ from .config import FinetuneConfig
 from .finetunee import Batch, Finetunee
 from .step import TrainState, gap_metrics, phase_optimizer, start, start_phase, train_step
 from .strategies import Phase, Strategy, describe
+from .stream import SOURCES, Source, StepImages, check_workers, streamed
 
 #: The logged curves: the step, the loss, the teacher–student gap (parameter distance, logit KL,
 #: argmax agreement) and the gray zero-shot accuracy (%) on the fixed gray probe.
@@ -85,15 +87,26 @@ class Probe(eqx.Module):
         return cls(jnp.asarray(images), jnp.asarray(gray[0]), jnp.asarray(gray[1], jnp.int32))
 
 
-def draw_batch(data: TrainingData, key: PRNGKeyArray, size: int, n_hybrid: int) -> Batch:
-    """``size − n_hybrid`` finetuning examples and ``n_hybrid`` replay examples, each drawn
-    without replacement with ``key``."""
+def batch_indices(key: PRNGKeyArray, n: int, n_replay: int, size: int, n_hybrid: int
+                  ) -> tuple[Int[Array, " k"], Int[Array, " h"]]:
+    """The indices of one batch: ``size − n_hybrid`` of the ``n`` finetuning examples and
+    ``n_hybrid`` of the ``n_replay`` replay examples, each drawn without replacement with
+    ``key``. The one sampler of every loop, on the device or on the host (``stream``)."""
     k_task, k_hybrid = jax.random.split(key)
-    idx = subset(k_task, data.labels.shape[0], size - n_hybrid)
-    hidx = (subset(k_hybrid, data.hybrid_labels.shape[0], n_hybrid) if n_hybrid
-            else jnp.zeros((0,), jnp.int32))
-    return Batch(data.images[idx], data.labels[idx], data.hybrid_images[hidx],
-                 data.hybrid_tokens[hidx], data.hybrid_labels[hidx])
+    idx = subset(k_task, n, size - n_hybrid)
+    hidx = subset(k_hybrid, n_replay, n_hybrid) if n_hybrid else jnp.zeros((0,), jnp.int32)
+    return idx, hidx
+
+
+def draw_batch(data: TrainingData, key: PRNGKeyArray, size: int, n_hybrid: int,
+               images: Float[Array, "b C H W"] | None = None) -> Batch:
+    """``size − n_hybrid`` finetuning examples and ``n_hybrid`` replay examples, each drawn
+    without replacement with ``key`` (``batch_indices``); ``images``: the finetuning images of
+    those indices when they were read on the host (a streamed run, ``data.images`` empty)."""
+    idx, hidx = batch_indices(key, data.labels.shape[0], data.hybrid_labels.shape[0], size,
+                              n_hybrid)
+    return Batch(data.images[idx] if images is None else images, data.labels[idx],
+                 data.hybrid_images[hidx], data.hybrid_tokens[hidx], data.hybrid_labels[hidx])
 
 
 def subset(key: PRNGKeyArray, n: int, k: int) -> Int[Array, " k"]:
@@ -141,11 +154,13 @@ class _Fixed(eqx.Module):
     sharding: NamedSharding | None = eqx.field(static=True)
 
 
-def _train(state: TrainState, step: Int[Array, ""], fixed: _Fixed, schedule
+def _train(state: TrainState, step: Int[Array, ""], fixed: _Fixed, schedule, images=None
            ) -> tuple[TrainState, Array]:
-    """Step ``step``: draw its batch, one optimizer step and teacher update; ``(state, loss)``."""
+    """Step ``step``: draw its batch (its finetuning ``images`` given when streamed), one
+    optimizer step and teacher update; ``(state, loss)``."""
     config = fixed.config
-    batch = draw_batch(fixed.data, step_key(fixed.key, step), config.batch_size, fixed.n_hybrid)
+    batch = draw_batch(fixed.data, step_key(fixed.key, step), config.batch_size, fixed.n_hybrid,
+                       images)
     if fixed.sharding is not None:
         batch = jax.lax.with_sharding_constraint(batch, fixed.sharding)
     state, parts = train_step(state, batch, fixed.strategy, schedule, config, fixed.optimizer,
@@ -199,9 +214,9 @@ def _run_blocks(state, firsts, fixed, schedule, length, log, seeds: bool):
 
 
 @eqx.filter_jit
-def _run_step(state, step, fixed, schedule, seeds: bool):
+def _run_step(state, step, fixed, schedule, seeds: bool, images=None):
     if not seeds:
-        return _train(state, step, fixed, schedule)
+        return _train(state, step, fixed, schedule, images)
     return eqx.filter_vmap(lambda st, f: _train(st, step, f, schedule),
                            in_axes=(eqx.if_array(0), _over_seeds_axes(fixed)))(state, fixed)
 
@@ -263,9 +278,15 @@ def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
              hybrid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, seed: int,
              progress: str | None = None, mesh: Mesh | None = None, chunk: int = DEFAULT_CHUNK,
              stops: Sequence[int] = (), checkpoint: str | Path | None = None,
-             checkpoint_key: dict | None = None, overwrite: bool = False) -> Run:
+             checkpoint_key: dict | None = None, overwrite: bool = False,
+             source: Source = "auto", workers: int = 0, threads: int = 2) -> Run:
     """Finetune ``pretrained`` on ``images`` (N, C, H, W) / ``labels`` (N,) with ``strategy``
     under the training ``config``, as one scanned on-device program per chunk of steps.
+
+    ``images``: an array, or ``FolderImages`` on disk. ``source`` (``stream.streamed``):
+    ``"device"`` holds the images on the device and draws each batch there, ``"stream"`` reads
+    each step's images on the host (grain, ``workers`` processes or ``threads`` threads) into
+    the same jitted step, ``"auto"`` streams large sets on disk. Both draw the same batches.
 
     ``class_emb`` (C, D): the frozen class embeddings; ``probe`` (B, C, H, W) the fixed colored
     batch the teacher–student gap is logged on and ``gray_probe`` = (images, labels) the gray
@@ -284,7 +305,8 @@ def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
     naming the step, the strategy and its λ and learning rate (nothing is checkpointed).
     Returns ``Run(model, curves, snapshots)``.
     """
-    run = _Runner(strategy, config, chunk, stops, hybrid, mesh, n_seeds=None)
+    run = _Runner(strategy, config, chunk, stops, hybrid, mesh, n_seeds=None, source=source,
+                  workers=workers, threads=threads)
     return run(pretrained, images, labels, jnp.asarray(class_emb), probe, gray_probe,
                jax.random.key(seed), progress, checkpoint, checkpoint_key, overwrite)
 
@@ -318,7 +340,12 @@ class _Runner:
     """The host side of a run: phases, chunks, logging, snapshots and checkpoints. With
     ``n_seeds`` every array of the state carries the seeds on axis 0."""
 
-    def __init__(self, strategy, config, chunk, stops, hybrid, mesh, n_seeds):
+    def __init__(self, strategy, config, chunk, stops, hybrid, mesh, n_seeds, source="device",
+                 workers=0, threads=2):
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        self.source = source
+        self.workers, self.threads = check_workers(workers, threads)
         if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
             raise ValueError(f"chunk must be a positive number of steps, got {chunk!r}")
         if any(isinstance(s, bool) or not isinstance(s, int | np.integer) for s in stops):
@@ -354,6 +381,10 @@ class _Runner:
             raise ValueError(f"batch_size = {config.batch_size} draws "
                              f"{config.batch_size - self.n_hybrid} finetuning examples per step "
                              f"without replacement, but only {len(labels)} were given")
+        self.streamed = streamed(images, self.source)
+        if self.streamed and self.n_seeds is not None:
+            raise ValueError("finetune_seeds holds the images on the device (source='device'); "
+                             "stream one seed at a time with finetune(..., source='stream')")
         dtype = jnp.result_type(*jax.tree.leaves(eqx.filter(pretrained, eqx.is_inexact_array)))
         check_representable(self.strategy, config, dtype)
         state = self._map(lambda m: start(m, self.strategy, config)[0], pretrained)
@@ -365,12 +396,16 @@ class _Runner:
                 "run": checkpoint_key, "strategy": describe(self.strategy),
                 "training": dataclasses.asdict(config), "stops": list(self.stops),
                 "sampler": SAMPLER, "seeds": self.n_seeds,
-                "arguments": array_digest((pretrained, images, labels, class_emb, probe,
+                "arguments": array_digest((pretrained, _digestible(images), labels, class_emb,
+                                           probe,
                                            gray_probe, self.hybrid, key))})
             resumed = self._resume(Path(checkpoint), state, pretrained, run_key, overwrite)
             if resumed is not None:
                 done, logged, snapshots, state = resumed
-        data = TrainingData.of(images, labels, self.hybrid)
+        self.images = images
+        held = (np.zeros((0, *images.shape[1:]), np.float32) if self.streamed
+                else np.asarray(images))
+        data = TrainingData.of(held, labels, self.hybrid)
         probe = Probe.of(probe, gray_probe)
         sharding = None
         if self.mesh is not None:
@@ -390,7 +425,7 @@ class _Runner:
                            phase_optimizer(config, phase), self.n_hybrid, sharding)
             # rolled programs: chunks of whole log intervals, so every block is the same program
             every = config.log_every
-            size = self.chunk if stepwise() else -(-self.chunk // every) * every
+            size = self.chunk if stepwise() or self.streamed else -(-self.chunk // every) * every
             for lo, hi in chunk_ranges(done, int(self.ends[i]), size, self.stops):
                 state, rows = self._steps(state, lo, hi, fixed, schedule, seeds)
                 logged += rows
@@ -409,10 +444,17 @@ class _Runner:
     def _steps(self, state, lo: int, hi: int, fixed: _Fixed, schedule, seeds: bool):
         """Steps ``lo + 1 .. hi``; returns the state and the logged rows."""
         config, rows = self.config, []
-        if stepwise():
+        if self.streamed or stepwise():
             losses = []
-            for step in range(lo + 1, hi + 1):
-                state, loss = _run_step(state, jnp.int32(step), fixed, schedule, seeds)
+            images = itertools.repeat(None)  # batches drawn inside the step
+            if self.streamed:  # each step's images read on the host (stream.py)
+                images = StepImages(self.images, fixed.key, lo + 1, hi,
+                                    n_replay=fixed.data.hybrid_labels.shape[0],
+                                    size=config.batch_size, n_hybrid=self.n_hybrid,
+                                    workers=self.workers, threads=self.threads,
+                                    sharding=fixed.sharding)
+            for step, batch in zip(range(lo + 1, hi + 1), images, strict=False):
+                state, loss = _run_step(state, jnp.int32(step), fixed, schedule, seeds, batch)
                 losses.append(loss)
                 if step % config.log_every == 0 or step == config.steps:
                     values = _log(state, loss, fixed, seeds)
@@ -516,6 +558,12 @@ def check_finite(losses, first: int, model, what: str, scale: str) -> None:
 @jax.jit
 def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _digestible(images):
+    """``images`` as ``array_digest`` reads them: arrays themselves, images on disk by their
+    fingerprint (files, sizes, times, preprocessing)."""
+    return images.fingerprint() if isinstance(images, FolderImages) else images
 
 
 def _snapshot_path(checkpoint: str | Path, step: int) -> Path:

@@ -8,7 +8,8 @@ import hashlib
 import numpy as np
 
 from ..data.mnist import colorize, mnist_splits, to_rgb
-from ..data.prompts import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, prompt_tokens
+from ..data.prompts import DIGIT_WORDS, HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, prompt_tokens
+from ..data.task import Split, Task, balanced
 from ..models import preset
 from ..models.clip import clip_tokens, resize_images
 
@@ -55,18 +56,28 @@ class ExperimentData:
             self.color_test = {p: resize_images(x, size) for p, x in self.color_test.items()}
 
     def sample(self, n: int) -> np.ndarray:
-        """Indices (n,) of a fixed subset of the training split, balanced over the classes (a
-        seeded draw in each class, taken in turn): the splits are sorted by label, so a prefix
-        ``[:n]`` would hold one or two classes."""
-        total = len(self.train_labels)
-        if not 1 <= n <= total:
-            raise ValueError(f"n must be in [1, {total}] training images, got {n}")
-        perm = np.random.default_rng(0).permutation(total)
-        rank = np.empty(total, int)  # position of each image among its class in the draw
-        for c in np.unique(self.train_labels):
-            members = perm[self.train_labels[perm] == c]
-            rank[members] = np.arange(len(members))
-        return np.sort(perm[np.argsort(rank[perm], kind="stable")][:n])
+        """Indices (n,) of a fixed class-balanced subset of the training split
+        (``task.balanced``: the splits are sorted by label, so a prefix ``[:n]`` would hold one
+        or two classes)."""
+        return balanced(self.train_labels, n)
+
+    def task(self) -> Task:
+        """ColoredMNIST as a ``Task``: finetuning on the colored training split, the ID
+        (p = 0.95) and two shifted (flipped p = 0.05, neutral p = 0.5) colored test sets, the
+        gray test digits as the pretraining proxy, the gray training digits as replay data, and
+        the curves' fixed batches of ``probe`` and ``gray_probe``."""
+        labels = self.test_labels
+        return Task("colored_mnist", DIGIT_WORDS,
+                    tuple(t.replace("{d}", "{}") for t in TRAIN_TEMPLATES),
+                    Split(self.color_train, self.train_labels),
+                    Split(self.color_val, self.val_labels),
+                    {"id": Split(self.color_test[P_TRAIN], labels, role="id"),
+                     "ood_flipped": Split(self.color_test[P_FLIPPED], labels, role="shifted"),
+                     "ood_neutral": Split(self.color_test[P_NEUTRAL], labels, role="shifted"),
+                     "gray": Split(self.gray_test, labels, role="proxy")},
+                    replay=Split(self.gray_train, self.train_labels),
+                    gap_probe=self.probe(), zero_shot_probe=Split(*self.gray_probe()),
+                    source=self.source)
 
     def hybrid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The gray training images with their first caption and labels (replay batches)."""
