@@ -261,6 +261,63 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace existing splits")
     export.set_defaults(run=_export_mnist)
 
+    tune = sub.add_parser("finetune", help="finetune a CLIP checkpoint on image folders with "
+                                           "every strategy; forgetting, WiSE-FT, the theory")
+    tune.add_argument("--checkpoint", required=True, metavar="PATH",
+                      help="an open_clip or Hugging Face CLIP folder (or a .safetensors state "
+                           "dict with --model)")
+    tune.add_argument("--model", default=None, help="the architecture of a bare state dict "
+                                                    "(e.g. ViT-B-32)")
+    tune.add_argument("--train", required=True, metavar="DIR|CSV",
+                      help="training images: a folder of class folders or an open_clip CSV")
+    tune.add_argument("--val", required=True, metavar="DIR|CSV", help="validation images")
+    tune.add_argument("--eval", action="append", default=[], metavar="NAME=DIR[:ROLE]",
+                      help="an evaluation set, ROLE id, shifted (default) or proxy (zero-shot "
+                           "accuracy before and after measures forgetting); repeatable")
+    tune.add_argument("--replay", default=None, metavar="DIR|CSV",
+                      help="replay images for strategies that mix them in (data_hybrid)")
+    tune.add_argument("--templates", default=None, metavar="FILE",
+                      help="caption templates, one per line with {} for the class name "
+                           "(default: CLIP's 80 ImageNet templates)")
+    tune.add_argument("--strategy", nargs="+", default=["direct", "l2sp", "ema_sd", "wma_sd"],
+                      help="registered strategies (default: direct l2sp ema_sd wma_sd)")
+    tune.add_argument("--objective", choices=("head", "prompts"), default="head",
+                      help="a new linear head (default) or the frozen class-prompt embeddings")
+    tune.add_argument("--steps", type=int, default=100)
+    tune.add_argument("--batch-size", type=int, default=128)
+    tune.add_argument("--lr", type=float, default=3e-3)
+    tune.add_argument("--weight-decay", type=float, default=0.0)
+    tune.add_argument("--warmup-steps", type=int, default=None,
+                      help="linear warm-up steps (default: 10, at most --steps)")
+    tune.add_argument("--no-cosine", action="store_true", help="constant lr after warm-up")
+    tune.add_argument("--log-every", type=int, default=10)
+    tune.add_argument("--bf16", action="store_true", help="bfloat16 compute")
+    tune.add_argument("--accumulate", type=int, default=1, help="micro-batches per step")
+    tune.add_argument("--seeds", type=_seed, nargs="+", default=[0])
+    tune.add_argument("--wise-alphas", type=float, nargs="*", default=[0.25, 0.5, 0.75])
+    tune.add_argument("--source", choices=("auto", "device", "stream"), default="auto",
+                      help="hold the training images on the device or stream them (default: "
+                           "by size)")
+    tune.add_argument("--workers", type=int, default=0,
+                      help="loader worker processes when streaming (default 0: threads)")
+    tune.add_argument("--theory", action="store_true",
+                      help="predict each strategy's forgetting from the linearization")
+    tune.add_argument("--theory-samples", type=int, default=500,
+                      help="training images the theory linearizes on (default 500)")
+    tune.add_argument("--theory-memory-gb", type=float, default=4.0)
+    tune.add_argument("--save-models", choices=("hf", "open_clip"), default=None,
+                      help="write every finetuned model as a checkpoint folder")
+    tune.add_argument("--skip-bad", action="store_true",
+                      help="leave unreadable images out (listed) instead of stopping")
+    tune.add_argument("--devices", type=int, default=None,
+                      help="split each batch over this many devices (default: 1)")
+    tune.add_argument("--out", default="results/finetune", help="results folder (resumes)")
+    tune.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
+    tune.add_argument("--overwrite", action="store_true",
+                      help="rerun and replace results in OUT written for other settings")
+    tune.add_argument("--quiet", action="store_true", help="no progress bars")
+    tune.set_defaults(run=_finetune)
+
     figures = sub.add_parser("figures", help="regenerate every figure of the notebooks "
                                              "(PNG + PDF) and figures/README.md")
     figures.add_argument("--out", default="figures", help="output folder (default: figures)")
@@ -545,6 +602,112 @@ def _export_mnist(args: argparse.Namespace) -> int:
     for split, folder in written.items():
         count = sum(1 for _ in folder.rglob("*.png"))
         print(f"{split:13s} {SPLITS[split][1]:8s} {count:6d} images  {folder}")
+    return 0
+
+
+def _image_set(flag: str, path: str, skip_bad: bool):
+    """The images a flag names: a class folder or an open_clip CSV (``InputError`` naming the
+    flag when neither)."""
+    from pathlib import Path
+
+    from .deep.data.folders import image_csv, image_folder
+
+    _check_input(flag, path)
+    try:
+        if Path(path).is_dir():
+            return image_folder(path, skip_bad=skip_bad)
+        return image_csv(path, skip_bad=skip_bad)
+    except InputError as err:
+        raise InputError(f"{flag}: {err}") from None
+
+
+def _eval_flag(text: str) -> tuple[str, str, str]:
+    """``NAME=PATH[:ROLE]`` → (name, path, role); a ``ValueError`` naming ``--eval``."""
+    from .deep.data.task import ROLES
+
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise ValueError(f"--eval must be NAME=DIR[:ROLE], got {text!r}")
+    path, role = rest, "shifted"
+    head, colon, tail = rest.rpartition(":")
+    if colon and tail in ROLES:
+        path, role = head, tail
+    elif colon and tail and "/" not in tail and "\\" not in tail and len(tail) < 12:
+        raise ValueError(f"--eval {text!r}: role must be one of {ROLES}, got {tail!r}")
+    return name, path, role
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .deep.data.task import folder_task
+    from .deep.data.tokenizer import clip_tokenizer
+    from .deep.finetune.config import FinetuneConfig
+    from .deep.finetune.strategies import registered
+    from .deep.models.weights import load_clip, load_preprocessing
+    from .deep.parallel import data_mesh
+    from .deep.studies.finetune_task import TaskRunConfig, format_task_table, run_task
+    from .deep.studies.theory import format_comparison
+    from .report.style import save
+    from .report.task import task_figure
+
+    evals = [_eval_flag(text) for text in args.eval]
+    if len({n for n, _, _ in evals}) != len(evals):
+        raise ValueError(f"--eval names must be distinct, got {[n for n, _, _ in evals]}")
+    strategies = tuple(registered(tuple(args.strategy)).items())
+    training = FinetuneConfig(objective=args.objective, steps=args.steps,
+                              batch_size=args.batch_size, lr=args.lr,
+                              weight_decay=args.weight_decay, log_every=args.log_every,
+                              warmup_steps=(min(10, max(args.steps, 0))
+                                            if args.warmup_steps is None else args.warmup_steps),
+                              cosine=not args.no_cosine,
+                              accumulate=args.accumulate,
+                              compute_dtype="bfloat16" if args.bf16 else "float32")
+    config = TaskRunConfig(strategies, training, tuple(args.seeds), tuple(args.wise_alphas),
+                           args.source, args.workers, args.theory, args.theory_samples,
+                           args.theory_memory_gb, args.save_models)
+    figures = args.figures or f"{args.out}/figures"
+    check_writable(args.out, folder=True, what="--out")
+    check_writable(figures, folder=True, what="--figures")
+    _check_input("--checkpoint", args.checkpoint)
+    templates = None
+    if args.templates is not None:
+        _check_input("--templates", args.templates)
+        templates = [t for t in Path(args.templates).read_text(encoding="utf-8").splitlines()
+                     if t.strip()]
+    clip = load_clip(args.checkpoint, model=args.model)
+    preprocessing = load_preprocessing(args.checkpoint, model=args.model)
+    folder = Path(args.checkpoint)
+    tokenizer = (clip_tokenizer(folder) if (folder / "tokenizer.json").is_file()
+                 else clip_tokenizer(context=clip.preset.context))
+    sets = {"train": _image_set("--train", args.train, args.skip_bad),
+            "val": _image_set("--val", args.val, args.skip_bad)}
+    for name, path, _ in evals:
+        sets[name] = _image_set(f"--eval {name}", path, args.skip_bad)
+    replay = None if args.replay is None else _image_set("--replay", args.replay, args.skip_bad)
+    for image_set in [*sets.values(), *([replay] if replay else [])]:
+        print(image_set.report())
+    try:
+        task = folder_task(sets["train"], sets["val"],
+                           {name: (sets[name], role) for name, _, role in evals},
+                           preprocessing, templates=templates, replay=replay,
+                           name=Path(args.train).name)
+    except ValueError as err:
+        raise InputError(f"the task: {err}") from None
+    mesh = data_mesh(args.devices) if args.devices else None
+    payload = run_task(clip, tokenizer, task, config, args.out, progress=not args.quiet,
+                       mesh=mesh, overwrite=args.overwrite, preprocessing=preprocessing,
+                       checkpoint=str(args.checkpoint))
+    print(f"\n== {args.checkpoint} finetuned on {args.train} ({len(task.train):,} images, "
+          f"{len(task.classes)} classes), seeds {list(config.seeds)}; forgetting: zero-shot "
+          f"accuracy drop on {payload['proxy']!r} (points)")
+    print(format_task_table(payload))
+    if "theory" in payload:
+        print(f"\n== linear theory at the checkpoint ({payload['theory']['samples']} training "
+              "images) vs measured forgetting")
+        print(format_comparison(payload["theory"]))
+    written = save(task_figure(payload).figure, f"{figures}/finetune")[0]
+    print(f"wrote {args.out}/summary.json, {written}")
     return 0
 
 

@@ -70,27 +70,41 @@ def clip_config(preset: str = "tiny", *, seeds: tuple[int, ...] = (0, 1), mnist:
 
 def linear_problem(pretrained: Finetunee, data: ExperimentData, n: int = 500,
                    labels: np.ndarray | None = None, n_pre: int | None = None) -> LinearProblem:
-    """The linearization at ``pretrained`` on ``n`` finetuning images (float64; call inside
-    ``jax.enable_x64(True)``): ``X_I`` (width, n), ``X_T`` (text_width, n), ``W⁰``, ``W_T⁰``.
+    """The linearization at ``pretrained`` on ``n`` finetuning images of the toy experiment
+    (``linearize`` of ``data.sample(n)``, captions the first template of each image's label).
     ``labels``: the training labels the captions follow (default ``data.train_labels``; noisy
-    ones for a label-noise study). ``n_pre``: also ``X_pre`` (width, n_pre), the pretrained
-    features of a class-balanced sample of the gray pretraining images, scaled like ``X_I`` so
-    that ``forgetting`` is a per-image mean (THEORY §7)."""
-    clip = pretrained.clip
+    ones for a label-noise study). ``n_pre``: also ``X_pre`` of a class-balanced sample of
+    ``n_pre`` gray pretraining images (THEORY §7)."""
     index = data.sample(n)
-    images = jnp.asarray(data.color_train[index])
     labels = (data.train_labels if labels is None else np.asarray(labels))[index]
-    feats = np.asarray(clip.image_features(images), np.float64).T
-    text = np.asarray(jax.vmap(clip.text)(jnp.asarray(data.captions[labels, 0])), np.float64).T
+    pre = None if n_pre is None else data.gray_train[data.sample(n_pre)]
+    return linearize(pretrained, data.color_train[index], data.captions[labels, 0], pre)
+
+
+def linearize(pretrained: Finetunee, images: np.ndarray, captions: np.ndarray,
+              pre_images: np.ndarray | None = None) -> LinearProblem:
+    """The linearization at ``pretrained`` (float64; call inside ``jax.enable_x64(True)``) on
+    finetuning ``images`` (n, C, H, W) with caption tokens ``captions`` (n, L): ``X_I``
+    (width, n), ``X_T`` (text_width, n), ``W⁰``, ``W_T⁰``, scaled so that the fit is a
+    per-sample mean; ``pre_images``: also ``X_pre`` of those pretraining-like images, scaled
+    likewise (``forgetting`` a per-image mean)."""
+    clip = pretrained.clip
+    feats = np.asarray(_features(clip, images), np.float64).T
+    text = np.asarray(jax.vmap(clip.text)(jnp.asarray(captions)), np.float64).T
     scale = 1 / np.sqrt(feats.shape[1])
     x_pre = None
-    if n_pre is not None:
-        gray = jnp.asarray(data.gray_train[data.sample(n_pre)])
-        x_pre = np.asarray(clip.image_features(gray), np.float64).T / np.sqrt(n_pre)
+    if pre_images is not None:
+        x_pre = np.asarray(_features(clip, pre_images), np.float64).T / np.sqrt(len(pre_images))
     return LinearProblem(feats * scale, text * scale, np.asarray(clip.image_proj.weight,
                                                                  np.float64),
                          np.asarray(clip.text_proj.weight, np.float64), contrast="centered",
                          x_pre=x_pre)
+
+
+def _features(clip, images, chunk: int = 500) -> np.ndarray:
+    """Image features (n, width) of ``images`` (an array or images on disk), in chunks."""
+    return np.concatenate([np.asarray(clip.image_features(jnp.asarray(images[i:i + chunk])))
+                           for i in range(0, len(images), chunk)])
 
 
 class ZeroShotProbe(NamedTuple):
@@ -103,11 +117,18 @@ class ZeroShotProbe(NamedTuple):
 
     @classmethod
     def of(cls, pretrained: Finetunee, data: ExperimentData) -> ZeroShotProbe:
+        """On the gray test digits, with the training-template class embeddings."""
+        return cls.on(pretrained, data.gray_test, data.test_labels, data.captions)
+
+    @classmethod
+    def on(cls, pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
+           prompts: np.ndarray) -> ZeroShotProbe:
+        """On ``images`` (N, C, H, W; an array or images on disk) with ``labels`` (N,) indexing
+        the classes of ``prompts`` (K, P, L)."""
         clip = pretrained.clip
-        features = np.concatenate([np.asarray(clip.image_features(jnp.asarray(
-            data.gray_test[i:i + 500])), np.float64) for i in range(0, len(data.gray_test), 500)])
-        class_emb = np.asarray(clip.class_embeddings(jnp.asarray(data.captions)), np.float64)
-        return cls(features, class_emb, data.test_labels)
+        class_emb = np.asarray(clip.class_embeddings(jnp.asarray(prompts)), np.float64)
+        return cls(np.asarray(_features(clip, images), np.float64), class_emb,
+                   np.asarray(labels))
 
     def logits(self, w: np.ndarray) -> np.ndarray:
         """Cosine zero-shot logits (N, 10) with the image projection ``w`` (dim, width)."""
