@@ -120,6 +120,13 @@ class Task:
             if unknown:
                 raise InputError(f"{name}: classes not among the task's {len(classes)}: "
                                  f"{unknown[:20]}")
+            if split.classes is not None and len(split):
+                own = {classes.index(c) for c in split.classes}
+                outside = sorted({classes[i] for i in split.labels.tolist()} -
+                                 {classes[i] for i in own})
+                if outside:
+                    raise ValueError(f"{name}: labels of classes it is not scored over: "
+                                     f"{outside[:20]} (its classes: {list(split.classes)})")
         for name, split in self.evals.items():
             if split.role is None:
                 raise ValueError(f"evals[{name!r}] needs a role, one of {ROLES}")
@@ -144,7 +151,9 @@ class Task:
 
     def probes(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         """The curves' fixed batches as arrays: gap images (B, C, H, W) and (zero-shot images,
-        labels) or ``None`` when the task has no proxy set."""
+        labels) or ``None`` when the task has no proxy set. The logged zero-shot curve scores
+        over all of the task's classes (a proxy set of a subset of them is scored over its own
+        classes only in the final evaluation)."""
         gap = self.gap_probe
         if gap is None:
             gap = self.val.images[balanced(self.val.labels, min(GAP_PROBE, len(self.val)))]

@@ -19,6 +19,7 @@ features held at their pretrained values.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -251,8 +252,10 @@ def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
                       "seeds": [g["seed"] for g in group]})
     measured = [t["measured_forgetting"] for t in table]
 
-    def rho(key):
-        value = scipy.stats.spearmanr([t[key] for t in table], measured).statistic
+    def rho(key):  # undefined (None) for a constant side, e.g. every strategy forgetting 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+            value = scipy.stats.spearmanr([t[key] for t in table], measured).statistic
         return None if np.isnan(value) else float(value)
 
     return {"points": table, "rows": rows,
