@@ -149,6 +149,16 @@ class Task:
         ``tokenize`` (texts → (n, L) ids)."""
         return zero_shot_prompts(tokenize, self.classes, self.templates)
 
+    def replay_arrays(self, prompts: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The replay data as the loop mixes it in: (images, the first template's tokens of each
+        image's class, labels), with ``prompts`` (C, P, L) from ``Task.prompts``; ``None``
+        without replay data."""
+        if self.replay is None:
+            return None
+        labels = self.replay.labels
+        return np.asarray(self.replay.images), np.asarray(prompts)[labels, 0], labels
+
     def probes(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         """The curves' fixed batches as arrays: gap images (B, C, H, W) and (zero-shot images,
         labels) or ``None`` when the task has no proxy set. The logged zero-shot curve scores

@@ -81,7 +81,7 @@ class ExperimentData:
 
     def hybrid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The gray training images with their first caption and labels (replay batches)."""
-        return self.gray_train, self.captions[self.train_labels, 0], self.train_labels
+        return self.task().replay_arrays(self.captions)
 
     def probe(self) -> np.ndarray:
         """The fixed batch on which the teacher–student gap is logged (256 colored val images)."""

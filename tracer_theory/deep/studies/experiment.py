@@ -155,6 +155,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy"
         bases = task_bases(pretrained, data)
         results["pretrained"][str(seed)] = before
         class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
+        task = data.task()  # what the loop runs on: the training split, replay and probes
+        gap_probe, zero_shot_probe = task.probes()
         for name, (strategy, ft_config) in plan.items():
             path = run_dir / f"seed{seed}_{name}.json"
             key, done = keys[seed, name], finished[seed, name]
@@ -162,9 +164,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy"
                 results["runs"].setdefault(name, {})[str(seed)] = done
                 continue
             model, curves, _ = finetune(
-                pretrained, data.color_train, data.train_labels, strategy, ft_config,
-                class_emb=class_emb, probe=data.probe(), gray_probe=data.gray_probe(),
-                hybrid=data.hybrid(), seed=seed, mesh=mesh,
+                pretrained, task.train.images, task.train.labels, strategy, ft_config,
+                class_emb=class_emb, probe=gap_probe, gray_probe=zero_shot_probe,
+                hybrid=task.replay_arrays(data.captions), seed=seed, mesh=mesh,
                 progress=f"seed {seed} {name}" if progress else None)
             after = evaluate(model, data, config.objective)
             record = {"config": key, **after, "forgetting": before["gray_acc"] - after["gray_acc"],

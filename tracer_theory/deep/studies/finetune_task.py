@@ -164,8 +164,7 @@ def run_task(clip: DualEncoder, tokenize, task: Task, config: TaskRunConfig,
     weights = array_digest(eqx.filter(clip, eqx.is_array))
     fingerprint = task.fingerprint()
     gap_probe, zs_probe = task.probes()
-    replay = None if task.replay is None else (
-        np.asarray(task.replay.images), prompts[task.replay.labels, 0], task.replay.labels)
+    replay = task.replay_arrays(prompts)
     base = fresh_model(clip, len(task.classes), config.seeds[0])
     before = evaluate_task(base, task, class_emb, ft.objective, zero_shot_only=True)
     results: dict[str, Any] = {"pretrained": {}, "runs": {}}
