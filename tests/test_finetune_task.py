@@ -244,3 +244,21 @@ def test_fresh_model_head_is_seeded_like_the_toy_experiment():
     expected = eqx.nn.Linear(clip.image_proj.in_features, 10, dtype=jnp.float32,
                              key=jax.random.fold_in(jax.random.key(5), 1))
     assert np.array_equal(a.head.weight, expected.weight)
+
+
+def test_prompts_objective_runs_rung_r1_and_saves_models(task_dirs, tmp_path, capsys):
+    from tracer_theory.deep.models import load_clip
+
+    out = tmp_path / "out"
+    assert main(_args(task_dirs, out, "--strategy", "direct", "l2sp", "--objective", "prompts",
+                      "--theory", "--theory-samples", "12", "--save-models", "hf",
+                      "--wise-alphas")) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["theory"]["R1"]) == {"direct", "l2sp"}
+    assert summary["theory"]["samples"] == 12
+    saved = load_clip(out / "models" / "seed0_direct")
+    before = load_clip(task_dirs / "ckpt")
+    moved = [not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(eqx.filter(saved, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(before, eqx.is_array)), strict=True)]
+    assert any(moved)  # the finetuned weights were written, not the checkpoint's
