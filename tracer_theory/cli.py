@@ -691,7 +691,7 @@ def _finetune(args: argparse.Namespace) -> int:
         task = folder_task(sets["train"], sets["val"],
                            {name: (sets[name], role) for name, _, role in evals},
                            preprocessing, templates=templates, replay=replay,
-                           name=Path(args.train).name)
+                           name="/".join(Path(args.train).resolve().parts[-2:]))
     except ValueError as err:
         raise InputError(f"the task: {err}") from None
     mesh = data_mesh(args.devices) if args.devices else None

@@ -4,6 +4,7 @@ the predicted against the measured forgetting."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .result import Result
@@ -62,7 +63,8 @@ def task_figure(payload: dict[str, Any]) -> Result:
                      f"({len(theory['points'])} strategies)")
         tx.grid(alpha=0.3)
         tx.legend(fontsize=7)
-    fig.suptitle(f"{payload['checkpoint'] or 'checkpoint'} on {payload['task']['name']}, "
+    checkpoint = Path(payload["checkpoint"]).name if payload["checkpoint"] else "checkpoint"
+    fig.suptitle(f"{checkpoint} finetuned on {payload['task']['name']}, "
                  f"seeds {list(payload['config']['seeds'])}", fontsize=9)
     fig.tight_layout()
     regularized = [n for n in ("l2sp", "static_sd", "ema_sd", "wma_sd") if n in points]
