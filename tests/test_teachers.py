@@ -264,13 +264,13 @@ def test_mixed_seeds_are_not_a_verdict():
 def count_runs(monkeypatch):
     """Counts the finetuning runs of the study."""
     calls = []
-    original = teachers.finetune
+    original = teachers.finetune_on
 
     def counted(*args, **kwargs):
         calls.append(kwargs["seed"])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(teachers, "finetune", counted)
+    monkeypatch.setattr(teachers, "finetune_on", counted)
     return calls
 
 

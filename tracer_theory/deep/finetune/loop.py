@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..._cache import array_digest, cache_key
 from ...errors import Diverged
 from ..data.folders import FolderImages
+from ..data.task import Task
 from ..models import DualEncoder
 from ..parallel import Mesh, replicate
 from .checkpoints import load_model, load_run, save_model, save_run
@@ -309,6 +310,21 @@ def finetune(pretrained: Finetunee, images: np.ndarray, labels: np.ndarray,
                   workers=workers, threads=threads)
     return run(pretrained, images, labels, jnp.asarray(class_emb), probe, gray_probe,
                jax.random.key(seed), progress, checkpoint, checkpoint_key, overwrite)
+
+
+def finetune_on(task: Task, pretrained: Finetunee, strategy: Strategy, config: FinetuneConfig,
+                *, class_emb: Float[Array, "C D"], prompts: np.ndarray,
+                labels: np.ndarray | None = None, **options) -> Run:
+    """``finetune`` on a ``Task``: its training split (``labels`` replacing its labels, e.g.
+    noisy ones), its curves' fixed batches (``Task.probes``) and its replay data with the first
+    template's tokens of ``prompts`` (C, P, L), read only for a strategy that mixes it in;
+    ``options`` as ``finetune``'s (``seed``, ...)."""
+    gap, zero_shot = task.probes()
+    replay = task.replay_arrays(prompts) if strategy.hybrid_size(config.batch_size) else None
+    return finetune(pretrained, task.train.images,
+                    task.train.labels if labels is None else labels, strategy, config,
+                    class_emb=class_emb, probe=gap, gray_probe=zero_shot, hybrid=replay,
+                    **options)
 
 
 def finetune_seeds(pretrained: Sequence[Finetunee], images: np.ndarray, labels: np.ndarray,
@@ -635,4 +651,4 @@ def reference_finetune(pretrained: Finetunee, images: np.ndarray, labels: np.nda
 
 
 __all__ = ["CURVES", "Phase", "Probe", "Run", "TrainingData", "draw_batch", "finetune",
-           "finetune_seeds", "reference_finetune"]
+           "finetune_on", "finetune_seeds", "reference_finetune"]

@@ -27,7 +27,7 @@ from ..._io import write_json_atomic
 from ..finetune.checkpoints import load_model, save_model
 from ..finetune.config import FinetuneConfig, PretrainConfig
 from ..finetune.finetunee import Finetunee
-from ..finetune.loop import SAMPLER, finetune
+from ..finetune.loop import SAMPLER, finetune_on
 from ..finetune.pretraining import pretrain
 from ..finetune.strategies import Direct, Strategy, describe, has_teacher
 from ..models import make_model, preset
@@ -156,17 +156,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path = "results/toy"
         results["pretrained"][str(seed)] = before
         class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
         task = data.task()  # what the loop runs on: the training split, replay and probes
-        gap_probe, zero_shot_probe = task.probes()
         for name, (strategy, ft_config) in plan.items():
             path = run_dir / f"seed{seed}_{name}.json"
             key, done = keys[seed, name], finished[seed, name]
             if done is not None:
                 results["runs"].setdefault(name, {})[str(seed)] = done
                 continue
-            model, curves, _ = finetune(
-                pretrained, task.train.images, task.train.labels, strategy, ft_config,
-                class_emb=class_emb, probe=gap_probe, gray_probe=zero_shot_probe,
-                hybrid=task.replay_arrays(data.captions), seed=seed, mesh=mesh,
+            model, curves, _ = finetune_on(
+                task, pretrained, strategy, ft_config, class_emb=class_emb,
+                prompts=data.captions, seed=seed, mesh=mesh,
                 progress=f"seed {seed} {name}" if progress else None)
             after = evaluate(model, data, config.objective)
             record = {"config": key, **after, "forgetting": before["gray_acc"] - after["gray_acc"],

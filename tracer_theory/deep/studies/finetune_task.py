@@ -37,7 +37,7 @@ from ..data.images import Preprocessing
 from ..data.task import Split, Task, balanced
 from ..finetune.config import FinetuneConfig
 from ..finetune.finetunee import Finetunee
-from ..finetune.loop import SAMPLER, finetune
+from ..finetune.loop import SAMPLER, finetune, finetune_on
 from ..finetune.strategies import Direct, Restricted, Strategy, describe, has_teacher
 from ..finetune.stream import SOURCES, Source, check_workers
 from ..models import DualEncoder
@@ -163,8 +163,6 @@ def run_task(clip: DualEncoder, tokenize, task: Task, config: TaskRunConfig,
         theory_sample = _theory_sample(clip, task, config)  # memory checked before any work
     weights = array_digest(eqx.filter(clip, eqx.is_array))
     fingerprint = task.fingerprint()
-    gap_probe, zs_probe = task.probes()
-    replay = task.replay_arrays(prompts)
     base = fresh_model(clip, len(task.classes), config.seeds[0])
     before = evaluate_task(base, task, class_emb, ft.objective, zero_shot_only=True)
     results: dict[str, Any] = {"pretrained": {}, "runs": {}}
@@ -183,10 +181,8 @@ def run_task(clip: DualEncoder, tokenize, task: Task, config: TaskRunConfig,
                 results["runs"].setdefault(name, {})[str(seed)] = done
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            run = finetune(
-                pretrained, task.train.images, task.train.labels, strategy, ft,
-                class_emb=class_emb, probe=gap_probe, gray_probe=zs_probe,
-                hybrid=replay if strategy.hybrid_size(ft.batch_size) else None, seed=seed,
+            run = finetune_on(
+                task, pretrained, strategy, ft, class_emb=class_emb, prompts=prompts, seed=seed,
                 mesh=mesh, progress=f"seed {seed} {name}" if progress else None,
                 checkpoint=path.with_suffix(".ckpt"), checkpoint_key=key, overwrite=overwrite,
                 source=config.source, workers=config.workers)

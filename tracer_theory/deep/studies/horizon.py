@@ -35,7 +35,7 @@ from ...linear.spectrum import spectrum
 from ..data.mnist import flip_labels
 from ..finetune.checkpoints import check_run
 from ..finetune.config import FinetuneConfig, PretrainConfig
-from ..finetune.loop import SAMPLER, finetune, zero_shot_accuracy
+from ..finetune.loop import SAMPLER, finetune_on, zero_shot_accuracy
 from ..finetune.strategies import (
     EMA,
     REGISTRY,
@@ -267,9 +267,9 @@ def _one_run(pretrained, data, labels, strategy: Strategy, ft: FinetuneConfig, c
     written for the same run ``key``."""
     ckpt = path.with_suffix(".ckpt")
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    run = finetune(pretrained, data.color_train, labels, strategy, ft, class_emb=class_emb,
-                   probe=data.probe(), gray_probe=data.gray_probe(), hybrid=data.hybrid(),
-                   seed=seed, progress=progress or None, chunk=config.chunk,
+    run = finetune_on(data.task(), pretrained, strategy, ft, class_emb=class_emb,
+                      prompts=data.captions, labels=labels,
+                      seed=seed, progress=progress or None, chunk=config.chunk,
                    stops=stops[:-1], checkpoint=ckpt, checkpoint_key=key, overwrite=overwrite)
     curves = {k: np.asarray(v).tolist() for k, v in run.curves.items()}
     curves["forgetting"] = (probe_before - np.asarray(run.curves["gray_acc"])).tolist()

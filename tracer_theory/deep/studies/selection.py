@@ -10,7 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from ..._io import write_json_atomic
-from ..finetune.loop import finetune
+from ..finetune.loop import finetune_on
 from ..finetune.strategies import Direct, registered
 from .evaluation import validation_scores
 from .experiment import ExperimentConfig, pretrained_model
@@ -42,10 +42,10 @@ def select_hyperparameters(config: ExperimentConfig, out_dir: str | Path = "resu
     base = dataclasses.replace(config.finetune, objective=config.objective)
 
     def score(strategy, lr, what):
-        model, _, _ = finetune(pretrained, data.color_train, data.train_labels, strategy,
-                            dataclasses.replace(base, lr=lr), class_emb=class_emb,
-                            probe=data.probe(), hybrid=data.hybrid(), seed=seed,
-                            progress=f"select {what}" if progress else None)
+        model, _, _ = finetune_on(data.task(), pretrained, strategy,
+                                  dataclasses.replace(base, lr=lr), class_emb=class_emb,
+                                  prompts=data.captions, seed=seed,
+                                  progress=f"select {what}" if progress else None)
         return validation_scores(model, data, config.objective)
 
     table: dict[str, Any] = {"lr": {v: score(Direct(), v, f"lr={v:g}") for v in lr_grid}}

@@ -52,7 +52,7 @@ from ...dynamics.schedules import GridKernel
 from ...linear.closed_forms import solve
 from ...linear.problem import forgetting
 from ..finetune.config import FinetuneConfig, PretrainConfig
-from ..finetune.loop import SAMPLER, finetune
+from ..finetune.loop import SAMPLER, finetune_on
 from ..finetune.strategies import (
     EMA,
     WMA,
@@ -399,9 +399,8 @@ def _one_run(pretrained, before, class_emb, data: ExperimentData, strategy: Stra
     """One finetuning run, evaluated on the validation split (for the choice of λ) and on the
     test split (what is reported)."""
     start = time.perf_counter()
-    run = finetune(pretrained, data.color_train, data.train_labels, strategy, training,
-                   class_emb=class_emb, probe=data.probe(), gray_probe=data.gray_probe(),
-                   hybrid=data.hybrid(), seed=seed, progress=progress or None)
+    run = finetune_on(data.task(), pretrained, strategy, training, class_emb=class_emb,
+                      prompts=data.captions, seed=seed, progress=progress or None)
     seconds = time.perf_counter() - start
     test = evaluate(run.model, data, training.objective)
     test["forgetting"] = before["gray_acc"] - test["gray_acc"]

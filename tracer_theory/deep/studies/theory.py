@@ -35,7 +35,7 @@ from ...linear.closed_forms import solve
 from ...linear.problem import LinearProblem
 from ..finetune.config import FinetuneConfig, PretrainConfig
 from ..finetune.finetunee import Finetunee
-from ..finetune.loop import finetune
+from ..finetune.loop import finetune_on
 from ..finetune.strategies import Strategy
 from ..parallel import Mesh
 from .arrays import ExperimentData
@@ -226,9 +226,8 @@ def _measured(payload, path: Path, key: dict[str, Any], name: str, strategy: Str
     done = read_record(path, key, overwrite=overwrite, fields=("forgetting",))
     if done is not None:
         return float(done["forgetting"])
-    model, _, _ = finetune(pretrained, data.color_train, data.train_labels, strategy, ft,
-                        class_emb=class_emb, probe=data.probe(), hybrid=data.hybrid(),
-                        seed=seed, mesh=mesh,
+    model, _, _ = finetune_on(data.task(), pretrained, strategy, ft, class_emb=class_emb,
+                              prompts=data.captions, seed=seed, mesh=mesh,
                         progress=f"seed {seed} {name} λ={strategy.lam:g}" if progress else None)
     before = payload["pretrained"][str(seed)]["gray_acc"]
     after = evaluate(model, data, ft.objective)
