@@ -129,9 +129,11 @@ def _absl_flags_parsed() -> None:
 
 class StepImages:
     """The finetuning images of steps ``first .. last`` on the device, one batch per step
-    (``jax.device_put``, with ``sharding``): grain reads ahead in the background and the step
-    each batch feeds is dispatched asynchronously, so reading and transfer overlap the step.
-    ``waited``: seconds the loop spent waiting for the loader."""
+    (``jax.device_put``, with ``sharding``): grain reads ahead in background threads or worker
+    processes while the step runs, and where steps are dispatched asynchronously (accelerators;
+    XLA:CPU here returns when the step is done) the next transfer overlaps the step too. The
+    readers stop with the last batch. ``waited``: seconds the loop spent waiting for the
+    loader."""
 
     def __init__(self, images: np.ndarray | FolderImages, key: PRNGKeyArray, first: int,
                  last: int, *, n_replay: int, size: int, n_hybrid: int, workers: int = 0,
@@ -150,10 +152,15 @@ class StepImages:
         return jax.device_put(batch, self._sharding)
 
     def __iter__(self) -> Iterator[Array]:
-        # the step a batch feeds is dispatched asynchronously, so the next batch's wait and
-        # transfer run while the device computes; grain's threads read further ahead meanwhile
-        for _ in range(self._left):
-            yield self._next()
+        # grain's threads (or worker processes) read ahead while the step runs; where the step
+        # is dispatched asynchronously (accelerators) the next transfer overlaps it as well
+        try:
+            for _ in range(self._left):
+                yield self._next()
+        finally:  # stop grain's readers (and worker processes) with the last batch
+            close = getattr(self._host, "close", None)
+            if close is not None:
+                close()
 
 
 __all__ = ["DEVICE_BYTES", "SOURCES", "StepImages", "check_workers", "read_batches",
