@@ -44,8 +44,7 @@ def test_the_generic_evaluation_equals_the_toy_experiments_on_colored_mnist():
     reference = evaluate(model, data, "head")
     task = data.task()
     words = lambda texts: np.stack([tokenize(t) for t in texts])  # noqa: E731
-    ours = evaluate_task(model, task, clip.class_embeddings(jnp.asarray(task.prompts(words))),
-                         "head")
+    ours = evaluate_task(model, task, task.prompts(words), "head")
     assert ours["gray_zs_acc"] == reference["gray_acc"]
     assert ours["gray_zs_ece"] == reference["gray_ece"]
     for name in ("id", "ood_flipped", "ood_neutral"):
@@ -68,7 +67,7 @@ def test_a_subset_evaluation_set_is_scored_over_its_own_classes():
     import dataclasses
 
     only = dataclasses.replace(task, evals={"pair": subset})
-    ours = evaluate_task(model, only, emb, "head")
+    ours = evaluate_task(model, only, task.prompts(words), "head")
     # the reference: argmax over the two classes' logits only, by hand
     feats = np.asarray(clip.embed_images(jnp.asarray(subset.images)))
     logits = feats @ np.asarray(emb)[[3, 7]].T
@@ -262,3 +261,105 @@ def test_prompts_objective_runs_rung_r1_and_saves_models(task_dirs, tmp_path, ca
         jax.tree.leaves(eqx.filter(saved, eqx.is_array)),
         jax.tree.leaves(eqx.filter(before, eqx.is_array)), strict=True)]
     assert any(moved)  # the finetuned weights were written, not the checkpoint's
+
+
+# --- FLYP ----------------------------------------------------------------------------------
+
+
+def _flyp_inputs(objective: str):
+    from tracer_theory.deep.finetune.finetunee import Batch, logits_from_features
+    from tracer_theory.deep.finetune.strategies import LossInputs
+
+    data = ExperimentData(quick=True)
+    clip = make_model("toy", key=jax.random.key(2), width=16, dim=8)
+    model = fresh_model(clip, 10, seed=1)
+    y = data.train_labels  # repeated classes: three 0s, two 1s and a 2
+    index = np.r_[np.flatnonzero(y == 0)[:3], np.flatnonzero(y == 1)[:2],
+                  np.flatnonzero(y == 2)[:1]]
+    images, labels = jnp.asarray(data.color_train[index]), jnp.asarray(data.train_labels[index])
+    empty = jnp.zeros((0, 3, 28, 28))
+    batch = Batch(images, labels, empty, jnp.zeros((0, 8), jnp.int32), jnp.zeros((0,), jnp.int32))
+    emb = clip.class_embeddings(jnp.asarray(data.captions))
+    features = clip.image_features(images)
+    logits = logits_from_features(model, features, emb, objective)
+    return data, model, batch, LossInputs(model, batch, features, logits, model, None,
+                                          model.head, emb, objective)
+
+
+@pytest.mark.parametrize("objective", ["prompts", "head"])
+def test_flyp_task_loss_is_the_contrastive_loss_against_class_captions(objective):
+    from tracer_theory.deep.finetune.strategies import FLYP
+
+    data, model, batch, inputs = _flyp_inputs(objective)
+    flyp = FLYP().with_prompts(data.captions)
+    ours = float(flyp.task_loss(inputs))
+    # by hand (NumPy): unit image embeddings, unit caption embeddings of the first template of
+    # each label, logits scale · cos; targets uniform over the pairs of one label; ½(rows + cols)
+    clip = model.clip
+    img = np.asarray(jax.vmap(clip.image_proj)(inputs.features), np.float64)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    labels = np.asarray(batch.labels)
+    txt = np.asarray(jax.vmap(clip.text_proj)(jax.vmap(clip.text)(
+        jnp.asarray(data.captions[labels, 0]))), np.float64)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    z = float(clip.scale) * img @ txt.T
+    same = (labels[:, None] == labels[None, :]).astype(float)
+    targets = same / same.sum(1, keepdims=True)
+
+    def soft_ce(x, t):
+        log_p = x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) \
+            - x.max(1, keepdims=True)
+        return -np.mean(np.sum(t * log_p, axis=1))
+
+    expected = 0.5 * (soft_ce(z, targets) + soft_ce(z.T, targets.T))
+    if objective == "head":
+        head = np.asarray(jax.vmap(model.head)(inputs.features), np.float64)
+        expected += soft_ce(head, np.eye(10)[labels])
+    assert ours == pytest.approx(expected, rel=1e-5)
+
+
+def test_flyp_trains_the_text_tower_and_its_probe_does_not_move_the_encoder():
+    from tracer_theory.deep.finetune.strategies import FLYP, both_towers, image_side
+
+    data, model, batch, inputs = _flyp_inputs("head")
+    flyp = FLYP().with_prompts(data.captions)
+    assert flyp.phases(10)[0].trainable is both_towers
+    assert any(t is model.clip.text for t in both_towers(model))
+    assert not any(t is model.clip.text for t in image_side(model))
+
+    def loss(clip, objective):
+        from tracer_theory.deep.finetune.finetunee import logits_from_features
+
+        m = eqx.tree_at(lambda x: x.clip, model, clip)
+        features = clip.image_features(batch.images)
+        logits = logits_from_features(m, features, inputs.class_emb, objective)
+        return flyp.task_loss(inputs._replace(model=m, features=features, logits=logits,
+                                              objective=objective))
+
+    with_head = eqx.filter_grad(lambda c: loss(c, "head"))(model.clip)
+    without = eqx.filter_grad(lambda c: loss(c, "prompts"))(model.clip)
+    for a, b in zip(jax.tree.leaves(with_head), jax.tree.leaves(without), strict=True):
+        assert np.allclose(a, b, atol=1e-7)  # the probe's loss reaches the head alone
+    assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(without.text))
+
+
+def test_flyp_without_prompts_says_how_to_bind_them():
+    from tracer_theory.deep.finetune.strategies import FLYP
+
+    _, _, _, inputs = _flyp_inputs("prompts")
+    with pytest.raises(ValueError, match="with_prompts"):
+        FLYP().task_loss(inputs)
+
+
+def test_finetune_runs_flyp_and_scores_with_the_finetuned_text_tower(task_dirs, tmp_path):
+    out = tmp_path / "out"
+    assert main(_args(task_dirs, out, "--strategy", "flyp", "direct", "--objective", "prompts",
+                      "--save-models", "hf", "--wise-alphas")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["strategies"]["flyp"]["tokens"]  # the captions were bound
+    from tracer_theory.deep.models import load_clip
+
+    flyp, direct = (load_clip(out / "models" / f"seed0_{n}") for n in ("flyp", "direct"))
+    before = load_clip(task_dirs / "ckpt")
+    assert not np.array_equal(flyp.text_proj.weight, before.text_proj.weight)
+    assert np.array_equal(direct.text_proj.weight, before.text_proj.weight)

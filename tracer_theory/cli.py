@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="caption templates, one per line with {} for the class name "
                            "(default: CLIP's 80 ImageNet templates)")
     tune.add_argument("--strategy", nargs="+", default=["direct", "l2sp", "ema_sd", "wma_sd"],
-                      help="registered strategies (default: direct l2sp ema_sd wma_sd)")
+                      help="registered strategies, or flyp (FLYP-style contrastive finetuning "
+                           "with class-name captions; default: direct l2sp ema_sd wma_sd)")
     tune.add_argument("--objective", choices=("head", "prompts"), default="head",
                       help="a new linear head (default) or the frozen class-prompt embeddings")
     tune.add_argument("--steps", type=int, default=100)
@@ -643,10 +644,14 @@ def _finetune(args: argparse.Namespace) -> int:
     from .deep.data.task import folder_task
     from .deep.data.tokenizer import clip_tokenizer
     from .deep.finetune.config import FinetuneConfig
-    from .deep.finetune.strategies import registered
     from .deep.models.weights import load_clip, load_preprocessing
     from .deep.parallel import data_mesh
-    from .deep.studies.finetune_task import TaskRunConfig, format_task_table, run_task
+    from .deep.studies.finetune_task import (
+        TaskRunConfig,
+        finetune_strategies,
+        format_task_table,
+        run_task,
+    )
     from .deep.studies.theory import format_comparison
     from .report.style import save
     from .report.task import task_figure
@@ -654,7 +659,7 @@ def _finetune(args: argparse.Namespace) -> int:
     evals = [_eval_flag(text) for text in args.eval]
     if len({n for n, _, _ in evals}) != len(evals):
         raise ValueError(f"--eval names must be distinct, got {[n for n, _, _ in evals]}")
-    strategies = tuple(registered(tuple(args.strategy)).items())
+    strategies = finetune_strategies(tuple(args.strategy))
     training = FinetuneConfig(objective=args.objective, steps=args.steps,
                               batch_size=args.batch_size, lr=args.lr,
                               weight_decay=args.weight_decay, log_every=args.log_every,

@@ -13,7 +13,6 @@ from jaxtyping import Array, Float, PyTree
 
 from ...dynamics.schedules import Schedule, StaticSchedule, static_teacher
 from ...dynamics.teacher import TeacherState, teacher
-from ..losses import cross_entropy
 from ..metrics import argmax_agreement, mean_kl, parameter_distance
 from .config import FinetuneConfig, learning_rate
 from .finetunee import Batch, Finetunee, embed_with, image_tower, logits_from_features
@@ -62,10 +61,10 @@ def finetune_loss(model: Finetunee, batch: Batch, strategy: Strategy, objective:
     """The task loss plus ``strategy``'s regularizer; returns ``(loss, parts)``."""
     features = model.clip.image_features(batch.images)  # one encoder pass for every term
     logits = logits_from_features(model, features, class_emb, objective)
-    task = cross_entropy(logits, batch.labels)
-    reg, parts = strategy.regularizer(LossInputs(model, batch, features, logits, pretrained,
-                                                 teacher_tower, teacher_head, class_emb,
-                                                 objective))
+    inputs = LossInputs(model, batch, features, logits, pretrained, teacher_tower, teacher_head,
+                        class_emb, objective)
+    task = strategy.task_loss(inputs)
+    reg, parts = strategy.regularizer(inputs)
     return task + reg, {"task": task, **parts, "reg": reg}
 
 

@@ -3,6 +3,8 @@
 A strategy is a small immutable equinox module that owns everything that sets it apart from
 plain finetuning:
 
+* ``task_loss(inputs)``: the task loss (cross-entropy of the finetuning classifier, unless the
+  strategy finetunes otherwise, as FLYP does);
 * ``regularizer(inputs)``: the term added to the task loss, and its logged parts;
 * ``phases(steps)``: which parameters train, for how many steps, at which learning-rate divisor;
 * ``schedule(steps)``: its teacher schedule (self-distillation only), or ``None``;
@@ -41,7 +43,13 @@ from ...dynamics.schedules import (
 from ...dynamics.spectral import TeacherSD, default_lr
 from ...linear import strategies as linear_strategies
 from ...linear.problem import LinearProblem
-from ..losses import clip_loss, cross_frobenius, kl_distillation, multi_view_distillation
+from ..losses import (
+    clip_loss,
+    cross_entropy,
+    cross_frobenius,
+    kl_distillation,
+    multi_view_distillation,
+)
 from ..metrics import squared_distance
 from ..models import normalize
 from ..models.tangent import trainable_part
@@ -121,6 +129,15 @@ def _floats(tree: PyTree) -> PyTree:
 
 class Strategy(eqx.Module):
     """Plain finetuning of the image side; subclasses override what they change."""
+
+    def task_loss(self, inputs: LossInputs) -> Float[Array, ""]:
+        """The task loss; here the cross-entropy of the finetuning classifier's logits."""
+        return cross_entropy(inputs.logits, inputs.batch.labels)
+
+    def with_prompts(self, prompts: np.ndarray) -> Strategy:
+        """This strategy for a task whose class prompts are ``prompts`` (C, P, L) token ids;
+        here itself (FLYP binds its class captions)."""
+        return self
 
     def regularizer(self, inputs: LossInputs) -> tuple[Float[Array, ""], dict[str, Array]]:
         """``(term, logged parts)`` added to the task loss; here 0."""
@@ -350,6 +367,12 @@ class Wrapped(Strategy):
     def phase(self, phase: Phase) -> Phase:
         raise NotImplementedError
 
+    def task_loss(self, inputs):
+        return self.strategy.task_loss(inputs)
+
+    def with_prompts(self, prompts):
+        return dataclasses.replace(self, strategy=self.strategy.with_prompts(prompts))
+
     def regularizer(self, inputs):
         return self.strategy.regularizer(inputs)
 
@@ -427,6 +450,43 @@ class ProjectionOnly(Strategy):
 
     def phases(self, steps):
         return (Phase(steps, projection_side),)
+
+
+def both_towers(model) -> tuple:
+    """The classifier, the image tower and projection, and the text tower and projection."""
+    return (*image_side(model), model.clip.text, model.clip.text_proj)
+
+
+class FLYP(Strategy):
+    """FLYP-style finetuning ("finetune like you pretrain", Goyal et al. 2023): the task loss is
+    the pretraining contrastive loss (``losses.clip_loss``, the pairs of one class positives)
+    between each image and the caption of its class, ``tokens`` (C, L) (the first template's,
+    bound by ``with_prompts``), with both towers training. The finetuned classifier is the
+    zero-shot one of the finetuned towers (the ``prompts`` objective); with the ``head``
+    objective the new head also trains as a linear probe on the detached features."""
+
+    tokens: tuple[tuple[int, ...], ...] | None = None
+
+    def with_prompts(self, prompts):
+        first = np.asarray(prompts)[:, 0]
+        return dataclasses.replace(self, tokens=tuple(tuple(int(t) for t in row)
+                                                      for row in first))
+
+    def task_loss(self, inputs):
+        if self.tokens is None:
+            raise ValueError("FLYP needs its class captions: FLYP().with_prompts(prompts) with "
+                             "the task's (C, P, L) prompt tokens (run_task binds them)")
+        clip, batch = inputs.model.clip, inputs.batch
+        captions = jnp.asarray(self.tokens, jnp.int32)[batch.labels]
+        img = normalize(jax.vmap(clip.image_proj)(inputs.features))
+        loss = clip_loss(img, clip.embed_texts(captions), clip.scale, labels=batch.labels)
+        if inputs.objective == "head":  # the head as a probe: it does not move the encoder
+            probe = jax.vmap(inputs.model.head)(jax.lax.stop_gradient(inputs.features))
+            loss = loss + cross_entropy(probe, batch.labels)
+        return loss
+
+    def phases(self, steps):
+        return (Phase(steps, both_towers),)
 
 
 class DataHybrid(Strategy):

@@ -38,7 +38,15 @@ from ..data.task import Split, Task, balanced
 from ..finetune.config import FinetuneConfig
 from ..finetune.finetunee import Finetunee
 from ..finetune.loop import SAMPLER, finetune, finetune_on
-from ..finetune.strategies import Direct, Restricted, Strategy, describe, has_teacher
+from ..finetune.strategies import (
+    FLYP,
+    Direct,
+    Restricted,
+    Strategy,
+    describe,
+    has_teacher,
+    registered,
+)
 from ..finetune.stream import SOURCES, Source, check_workers
 from ..models import DualEncoder
 from ..parallel import Mesh
@@ -99,13 +107,29 @@ class TaskRunConfig:
             raise ValueError(f"save must be None, 'hf' or 'open_clip', got {self.save!r}")
 
 
-def evaluate_task(model: Finetunee, task: Task, class_emb, objective: str,
+#: Strategies a task runs beyond the registry's (``finetune_strategies``): FLYP needs a task's
+#: class prompts, so the toy experiments, which run the whole registry, leave it out.
+TASK_STRATEGIES: dict[str, Strategy] = {"flyp": FLYP()}
+
+
+def finetune_strategies(names: tuple[str, ...]) -> tuple[tuple[str, Strategy], ...]:
+    """``(name, strategy)`` of ``names`` from the registry and ``TASK_STRATEGIES``; a
+    ``ValueError`` lists the known names."""
+    known = {**registered(), **TASK_STRATEGIES}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}; known: {list(known)}")
+    return tuple((n, known[n]) for n in names)
+
+
+def evaluate_task(model: Finetunee, task: Task, prompts: np.ndarray, objective: str,
                   zero_shot_only: bool = False) -> dict[str, float]:
     """Per evaluation set ``s`` (scored over its own classes): ``s_zs_acc`` / ``s_zs_ece``
-    (zero-shot, the class embeddings ``class_emb`` (K, D)) and, unless ``zero_shot_only``,
-    ``s_acc`` / ``s_ece`` through the finetuning classifier (``objective``)."""
+    (zero-shot with ``model``'s class embeddings of ``prompts`` (K, P, L), the text tower as
+    finetuned) and, unless ``zero_shot_only``, ``s_acc`` / ``s_ece`` through the finetuning
+    classifier (``objective``)."""
     clip = model.clip
-    emb = jnp.asarray(class_emb)
+    emb = clip.class_embeddings(jnp.asarray(prompts))
     out: dict[str, float] = {}
     for name, split in task.evals.items():
         cols = task.columns(split)
@@ -151,6 +175,9 @@ def run_task(clip: DualEncoder, tokenize, task: Task, config: TaskRunConfig,
     ft = config.finetune
     prompts = task.prompts(tokenize)
     class_emb = clip.class_embeddings(jnp.asarray(prompts))
+    # strategies that need the task's class prompts (FLYP's captions) get them here
+    config = dataclasses.replace(config, strategies=tuple(
+        (name, s.with_prompts(prompts)) for name, s in config.strategies))
     needs_replay = [n for n, s in config.strategies if s.hybrid_size(ft.batch_size)]
     if needs_replay and task.replay is None:
         raise InputError(f"strategies {needs_replay} mix replay images into their batches: the "
@@ -164,7 +191,7 @@ def run_task(clip: DualEncoder, tokenize, task: Task, config: TaskRunConfig,
     weights = array_digest(eqx.filter(clip, eqx.is_array))
     fingerprint = task.fingerprint()
     base = fresh_model(clip, len(task.classes), config.seeds[0])
-    before = evaluate_task(base, task, class_emb, ft.objective, zero_shot_only=True)
+    before = evaluate_task(base, task, prompts, ft.objective, zero_shot_only=True)
     results: dict[str, Any] = {"pretrained": {}, "runs": {}}
     first = next(iter(proxies))
     for seed in config.seeds:
@@ -186,14 +213,14 @@ def run_task(clip: DualEncoder, tokenize, task: Task, config: TaskRunConfig,
                 mesh=mesh, progress=f"seed {seed} {name}" if progress else None,
                 checkpoint=path.with_suffix(".ckpt"), checkpoint_key=key, overwrite=overwrite,
                 source=config.source, workers=config.workers)
-            record = {"config": key, **_scored(run.model, task, class_emb, ft.objective, before,
+            record = {"config": key, **_scored(run.model, task, prompts, ft.objective, before,
                                                first),
                       "curves": {k: np.asarray(v).tolist() for k, v in run.curves.items()}}
             if has_teacher(strategy):
                 record["gap"] = gap_summary(run.curves)
             if isinstance(strategy, Direct):
                 record["wise_ft"] = {f"{a:g}": _scored(wise_ft(pretrained, run.model, a), task,
-                                                       class_emb, ft.objective, before, first)
+                                                       prompts, ft.objective, before, first)
                                      for a in config.wise_alphas}
             if config.save is not None:
                 from ..models.weights import save_clip
@@ -223,10 +250,10 @@ def run_task(clip: DualEncoder, tokenize, task: Task, config: TaskRunConfig,
     return payload
 
 
-def _scored(model, task, class_emb, objective, before, first) -> dict[str, float]:
+def _scored(model, task, prompts, objective, before, first) -> dict[str, float]:
     """The evaluation of ``model`` with each proxy set's forgetting (and ``forgetting``, the
     first proxy set's)."""
-    after = evaluate_task(model, task, class_emb, objective)
+    after = evaluate_task(model, task, prompts, objective)
     drops = {f"{p}_forgetting": before[f"{p}_zs_acc"] - after[f"{p}_zs_acc"]
              for p in task.proxies()}
     return {**after, **drops, "forgetting": drops[f"{first}_forgetting"]}
@@ -273,7 +300,6 @@ def _theory(clip, task: Task, config: TaskRunConfig, prompts, payload, index, ou
         problem = linearize(pretrained, images, prompts[labels, 0])
     probe = ZeroShotProbe.on(pretrained, proxy.images, _local(proxy, cols), prompts[cols])
     rows, r1 = [], {}
-    class_emb = clip.class_embeddings(jnp.asarray(prompts))
     for strategy_name, strategy in tqdm(config.strategies, desc="theory", leave=False,
                                         disable=not progress):
         with jax.enable_x64(True):
@@ -284,7 +310,7 @@ def _theory(clip, task: Task, config: TaskRunConfig, prompts, payload, index, ou
             w = np.asarray(solve(problem, linear))
             predicted = predicted_forgetting(probe, np.asarray(problem.w0), w)
         if ft.objective == "prompts":
-            r1[strategy_name] = _rung_r1(pretrained, strategy, ft, images, labels, class_emb,
+            r1[strategy_name] = _rung_r1(pretrained, strategy, ft, images, labels, prompts,
                                          task, payload, name, out_dir, progress, mesh,
                                          overwrite)
         for seed, record in payload["runs"][strategy_name].items():
@@ -298,7 +324,7 @@ def _theory(clip, task: Task, config: TaskRunConfig, prompts, payload, index, ou
     return out
 
 
-def _rung_r1(pretrained, strategy, ft: FinetuneConfig, images, labels, class_emb, task, payload,
+def _rung_r1(pretrained, strategy, ft: FinetuneConfig, images, labels, prompts, task, payload,
              proxy: str, out_dir: Path, progress, mesh, overwrite) -> float:
     """Rung R1: the last layer trained by the deep step (encoder frozen) on the theory's
     sample; its forgetting on the proxy set (resumable, keyed like the runs)."""
@@ -312,11 +338,12 @@ def _rung_r1(pretrained, strategy, ft: FinetuneConfig, images, labels, class_emb
         return float(done["forgetting"])
     batch = min(ft.batch_size, len(labels))
     model = finetune(pretrained, images, labels, restricted,
-                     dataclasses.replace(ft, batch_size=batch), class_emb=class_emb,
+                     dataclasses.replace(ft, batch_size=batch),
+                     class_emb=pretrained.clip.class_embeddings(jnp.asarray(prompts)),
                      probe=images[:8], seed=0, mesh=mesh,
                      progress="R1" if progress else None).model
     only = dataclasses.replace(task, evals={proxy: task.evals[proxy]})
-    after = evaluate_task(model, only, class_emb, ft.objective, zero_shot_only=True)
+    after = evaluate_task(model, only, prompts, ft.objective, zero_shot_only=True)
     forgetting = payload["pretrained"][str(next(iter(payload["pretrained"])))][
         f"{proxy}_zs_acc"] - after[f"{proxy}_zs_acc"]
     write_json_atomic(path, {"config": key, "forgetting": forgetting})
@@ -342,5 +369,5 @@ def format_task_table(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["TaskRunConfig", "evaluate_task", "format_task_table", "fresh_model", "run_task",
-           "theory_bytes"]
+__all__ = ["TASK_STRATEGIES", "TaskRunConfig", "evaluate_task", "finetune_strategies",
+           "format_task_table", "fresh_model", "run_task", "theory_bytes"]
