@@ -158,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seeds (default: 0 1, or 0 with --quick)")
     clip.add_argument("--objective", choices=["head", "prompts"], default="head")
     clip.add_argument("--devices", type=int, default=None,
-                      help="devices of the data-parallel mesh (default: all local devices)")
+                      help="devices of the mesh (default: all local devices)")
+    clip.add_argument("--fsdp", type=int, default=1,
+                      help="shard parameters, optimizer state, teacher and anchor over this "
+                           "many devices (the rest split the data; default 1: replicated)")
     clip.add_argument("--bf16", action="store_true", help="bfloat16 compute (accelerators)")
     clip.add_argument("--accumulate", type=int, default=1,
                       help="gradient-accumulation micro-batches per step")
@@ -312,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="leave unreadable images out (listed) instead of stopping")
     tune.add_argument("--devices", type=int, default=None,
                       help="split each batch over this many devices (default: 1)")
+    tune.add_argument("--fsdp", type=int, default=1,
+                      help="shard parameters, optimizer state, teacher and anchor over this "
+                           "many of the devices (default 1: replicated)")
     tune.add_argument("--out", default="results/finetune", help="results folder (resumes)")
     tune.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
     tune.add_argument("--overwrite", action="store_true",
@@ -389,7 +395,7 @@ def _toy(args: argparse.Namespace) -> int:
 
 
 def _clip(args: argparse.Namespace) -> int:
-    from .deep.parallel import data_mesh
+    from .deep.parallel import device_mesh
     from .deep.studies.experiment import format_table
     from .deep.studies.theory import clip_config, format_comparison, run_with_theory
     from .report.clip import theory_figure
@@ -401,10 +407,11 @@ def _clip(args: argparse.Namespace) -> int:
     config = clip_config(args.preset, seeds=seeds, mnist=args.mnist, objective=args.objective,
                          quick=args.quick, compute_dtype="bfloat16" if args.bf16 else "float32",
                          accumulate=args.accumulate)
-    mesh = data_mesh(args.devices)
+    mesh = device_mesh(args.devices, fsdp=args.fsdp)
     payload = run_with_theory(config, args.out, progress=not args.quiet, mesh=mesh,
                               overwrite=args.overwrite)
-    print(f"\n== CLIP preset {args.preset}, {mesh.shape['data']} device(s) "
+    print(f"\n== CLIP preset {args.preset}, {mesh.devices.size} device(s) "
+          f"(data {mesh.shape['data']} × fsdp {mesh.shape['fsdp']}) "
           f"({mesh.devices.flat[0].platform}), seeds {list(config.seeds)}, data: "
           f"{payload['data']}")
     print(format_table(payload))
@@ -645,7 +652,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from .deep.data.tokenizer import clip_tokenizer
     from .deep.finetune.config import FinetuneConfig
     from .deep.models.weights import load_clip, load_preprocessing
-    from .deep.parallel import data_mesh
+    from .deep.parallel import device_mesh
     from .deep.studies.finetune_task import (
         TaskRunConfig,
         finetune_strategies,
@@ -699,7 +706,8 @@ def _finetune(args: argparse.Namespace) -> int:
                            name="/".join(Path(args.train).resolve().parts[-2:]))
     except ValueError as err:
         raise InputError(f"the task: {err}") from None
-    mesh = data_mesh(args.devices) if args.devices else None
+    mesh = (device_mesh(args.devices, fsdp=args.fsdp) if args.devices or args.fsdp > 1
+            else None)
     payload = run_task(clip, tokenizer, task, config, args.out, progress=not args.quiet,
                        mesh=mesh, overwrite=args.overwrite, preprocessing=preprocessing,
                        checkpoint=str(args.checkpoint))

@@ -1,9 +1,14 @@
-"""Data parallelism with ``jax.sharding``: one mesh axis ``"data"`` over the local devices.
+"""Data parallelism and sharded state with ``jax.sharding``.
 
-The model and the optimizer state are replicated on every device; each batch is split along its
-first axis. A jitted step then runs the same code on 1 or N devices: XLA partitions it and sums
-the gradients across devices. On a CPU host, ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
-(set before jax is imported) gives N devices to try it.
+``data_mesh(devices)``: one mesh axis ``"data"``; the model and the optimizer state are
+replicated on every device and each batch is split along its first axis. ``device_mesh(devices,
+fsdp)``: a 2-D mesh ``"data"`` × ``"fsdp"``: every batch is split over all the devices, and the
+parameters, optimizer state, teacher and anchor are sharded over ``"fsdp"`` by one rule
+(``partition``: the largest axis of a leaf of at least ``MIN_SHARDED`` elements that the
+``"fsdp"`` size divides, the rest replicated), FSDP-style. A jitted step runs the same code on
+any of these meshes: XLA partitions it, gathers the sharded parameters where they are used and
+reduces the gradients. On a CPU host, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (set
+before jax is imported) gives N devices to try it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
-__all__ = ["Mesh", "data_mesh", "replicate", "shard_batch"]
+__all__ = ["MIN_SHARDED", "Mesh", "batch_spec", "constrain", "data_mesh", "device_mesh",
+           "partition", "place", "replicate", "shard_batch"]
+
+#: Leaves with fewer elements stay replicated (biases, norms, scalars: not worth a gather).
+MIN_SHARDED = 1024
 
 
 def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
@@ -37,6 +46,59 @@ def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(chosen), ("data",))
 
 
+def device_mesh(devices: int | Sequence[jax.Device] | None = None, fsdp: int = 1) -> Mesh:
+    """A 2-D mesh ``("data", "fsdp")`` over ``devices`` (as ``data_mesh``) with ``fsdp``
+    devices along ``"fsdp"`` and the rest along ``"data"``; ``ValueError`` naming ``fsdp`` when
+    it does not divide the device count."""
+    flat = data_mesh(devices).devices.reshape(-1)
+    if isinstance(fsdp, bool) or not isinstance(fsdp, int | np.integer) or fsdp < 1 \
+            or len(flat) % fsdp:
+        raise ValueError(f"fsdp must be a positive integer dividing the {len(flat)} devices, "
+                         f"got {fsdp!r}")
+    return Mesh(flat.reshape(len(flat) // fsdp, fsdp), ("data", "fsdp"))
+
+
+def partition(shape: tuple[int, ...], mesh: Mesh, min_size: int = MIN_SHARDED) -> PartitionSpec:
+    """The rule for one leaf of ``shape``: its largest axis that the mesh's ``"fsdp"`` size
+    divides (the first of equals) over ``"fsdp"`` when it has at least ``min_size`` elements,
+    else replicated (``PartitionSpec()``)."""
+    n = dict(mesh.shape).get("fsdp", 1)
+    if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return PartitionSpec()
+    axes = [i for i, d in enumerate(shape) if d % n == 0]
+    if not axes:
+        return PartitionSpec()
+    axis = max(axes, key=lambda i: (shape[i], -i))
+    return PartitionSpec(*(("fsdp" if i == axis else None) for i in range(len(shape))))
+
+
+def batch_spec(mesh: Mesh) -> PartitionSpec:
+    """Batches split along their first axis over every axis of ``mesh``."""
+    return PartitionSpec(tuple(mesh.axis_names))
+
+
+def place(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Every array of ``tree`` on ``mesh`` under its rule (``partition``): sharded over
+    ``"fsdp"`` or replicated."""
+    def put(x):
+        if not eqx.is_array(x):
+            return x
+        return jax.device_put(x, NamedSharding(mesh, partition(x.shape, mesh)))
+
+    return jax.tree.map(put, tree)
+
+
+def constrain(tree: PyTree, mesh: Mesh) -> PyTree:
+    """``place`` inside a traced function: every array of ``tree`` constrained to its rule, so
+    a step's new state keeps the layout of the old."""
+    def hold(x):
+        if not eqx.is_array(x) or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, partition(x.shape, mesh)))
+
+    return jax.tree.map(hold, tree)
+
+
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Every array of ``tree`` placed whole on every device of ``mesh``."""
     sharding = NamedSharding(mesh, PartitionSpec())
@@ -44,10 +106,11 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
 
 
 def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
-    """Every array of ``batch`` split along its first axis over the ``"data"`` axis of ``mesh``;
-    ValueError when a (non-empty) batch size is not a multiple of the device count."""
-    n = mesh.shape["data"]
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    """Every array of ``batch`` split along its first axis over all the devices of ``mesh``
+    (``batch_spec``); ValueError when a (non-empty) batch size is not a multiple of the device
+    count."""
+    n = mesh.devices.size
+    sharding = NamedSharding(mesh, batch_spec(mesh))
 
     def put(x):
         x = np.asarray(x) if not isinstance(x, jax.Array) else x

@@ -25,7 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
@@ -34,7 +34,7 @@ from ...errors import Diverged
 from ..data.folders import FolderImages
 from ..data.task import Task
 from ..models import DualEncoder
-from ..parallel import Mesh, replicate
+from ..parallel import Mesh, batch_spec, constrain, place, replicate
 from .checkpoints import load_model, load_run, save_model, save_run
 from .config import FinetuneConfig
 from .finetunee import Batch, Finetunee
@@ -166,6 +166,8 @@ def _train(state: TrainState, step: Int[Array, ""], fixed: _Fixed, schedule, ima
         batch = jax.lax.with_sharding_constraint(batch, fixed.sharding)
     state, parts = train_step(state, batch, fixed.strategy, schedule, config, fixed.optimizer,
                               fixed.pretrained, fixed.class_emb, fixed.pretrained.head)
+    if fixed.sharding is not None:  # parameters, optimizer state and teacher keep their layout
+        state = constrain(state, fixed.sharding.mesh)
     return state, parts["loss"]
 
 
@@ -425,8 +427,9 @@ class _Runner:
         probe = Probe.of(probe, gray_probe)
         sharding = None
         if self.mesh is not None:
-            data, probe, pretrained = replicate((data, probe, pretrained), self.mesh)
-            sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+            data, probe = replicate((data, probe), self.mesh)
+            pretrained = place(pretrained, self.mesh)  # the anchor, sharded like the model
+            sharding = NamedSharding(self.mesh, batch_spec(self.mesh))
         seeds = self.n_seeds is not None
         bar = tqdm(total=config.steps, initial=done, desc=progress, leave=False,
                    disable=progress is None)
@@ -436,7 +439,7 @@ class _Runner:
             if i and done == self.ends[i] - phase.steps:
                 state = self._phase_start(state, i)
             if self.mesh is not None:
-                state = replicate(state, self.mesh)
+                state = place(state, self.mesh)
             fixed = _Fixed(data, probe, pretrained, class_emb, key, self.strategy, config,
                            phase_optimizer(config, phase), self.n_hybrid, sharding)
             # rolled programs: chunks of whole log intervals, so every block is the same program

@@ -12,14 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 from jaxtyping import PRNGKeyArray
 from tqdm.auto import tqdm
 
 from ..._cache import array_digest, cache_key
 from ..losses import clip_loss
 from ..models import DualEncoder, make_model
-from ..parallel import Mesh, replicate
+from ..parallel import Mesh, batch_spec, constrain, place, replicate
 from .checkpoints import load_run, save_run
 from .config import PretrainConfig, learning_rate
 from .loop import SAMPLER, check_finite, chunk_ranges, stepwise, subset
@@ -57,8 +57,11 @@ def _pretrain_one(model, opt_state, step, arrays, key, optimizer, config: Pretra
     batch = _pretrain_batch(*arrays, jax.random.fold_in(key, step), config.batch_size)
     if sharding is not None:
         batch = jax.lax.with_sharding_constraint(batch, sharding)
-    return _pretrain_step(model, opt_state, *batch, optimizer, config.accumulate,
-                          config.compute_dtype)
+    model, opt_state, loss = _pretrain_step(model, opt_state, *batch, optimizer,
+                                            config.accumulate, config.compute_dtype)
+    if sharding is not None:  # the parameters and optimizer state keep their layout
+        model, opt_state = constrain((model, opt_state), sharding.mesh)
+    return model, opt_state, loss
 
 
 @eqx.filter_jit
@@ -94,8 +97,9 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     from ``fold_in(key(seed), step)``, so any chunk size gives the same model).
 
     ``captions`` (10, P, L): caption tokens per digit; each image gets a random one per step.
-    ``mesh``: a 1-D device mesh (``parallel.data_mesh``) over which each batch is split; the
-    model is replicated (data parallel). ``checkpoint``: where to save/resume the run every
+    ``mesh``: a device mesh (``parallel.data_mesh`` or ``device_mesh``) over whose devices each
+    batch is split; the model and optimizer state are replicated or, over an ``"fsdp"`` axis,
+    sharded (``parallel.place``). ``checkpoint``: where to save/resume the run every
     ``config.checkpoint_every`` steps (the model and the optimizer state), keyed by every
     argument the result depends on: a checkpoint of another run is a ``ResumeMismatch`` and a
     damaged one a ``DamagedArtifact`` (``overwrite``: start afresh instead). A non-finite loss
@@ -117,8 +121,8 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     arrays = (jnp.asarray(images), jnp.asarray(labels, jnp.int32), jnp.asarray(captions))
     sharding = None
     if mesh is not None:
-        model, opt_state, arrays = replicate((model, opt_state, arrays), mesh)
-        sharding = NamedSharding(mesh, PartitionSpec("data"))
+        (model, opt_state), arrays = place((model, opt_state), mesh), replicate(arrays, mesh)
+        sharding = NamedSharding(mesh, batch_spec(mesh))
     every = config.checkpoint_every if checkpoint is not None else 0
     stops = range(every, config.steps, every) if every else ()
     seed_key = jax.random.key(seed)
