@@ -38,7 +38,15 @@ from ..parallel import Mesh, batch_spec, constrain, place, replicate
 from .checkpoints import load_model, load_run, save_model, save_run
 from .config import FinetuneConfig
 from .finetunee import Batch, Finetunee
-from .step import TrainState, gap_metrics, phase_optimizer, start, start_phase, train_step
+from .step import (
+    TrainState,
+    gap_metrics,
+    phase_optimizer,
+    start,
+    start_phase,
+    teacher_tower,
+    train_step,
+)
 from .strategies import Phase, Strategy, describe
 from .stream import SOURCES, Source, StepImages, check_workers, streamed
 
@@ -131,10 +139,10 @@ def zero_shot_accuracy(clip: DualEncoder, images: Float[Array, "G C H W"],
     return 100 * jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def log_metrics(state: TrainState, loss: Array, probe: Probe, class_emb: Float[Array, "K D"]
-                ) -> dict[str, Array]:
+def log_metrics(state: TrainState, loss: Array, probe: Probe, class_emb: Float[Array, "K D"],
+                pretrained: Finetunee) -> dict[str, Array]:
     """The logged values of ``CURVES`` (but the step) after a step of loss ``loss``."""
-    gaps = gap_metrics(state.model, state.teacher.params, probe.images, class_emb)
+    gaps = gap_metrics(state.model, teacher_tower(state, pretrained), probe.images, class_emb)
     gray = zero_shot_accuracy(state.model.clip, probe.gray_images, probe.gray_labels, class_emb)
     return {"loss": loss, **gaps, "gray_acc": gray}
 
@@ -183,7 +191,8 @@ def _block(state: TrainState, first: Int[Array, ""], fixed: _Fixed, schedule, le
 
     arrays, losses = jax.lax.scan(body, arrays, first + jnp.arange(length, dtype=jnp.int32))
     state = eqx.combine(arrays, static)
-    values = log_metrics(state, losses[-1], fixed.probe, fixed.class_emb) if log else {}
+    values = (log_metrics(state, losses[-1], fixed.probe, fixed.class_emb, fixed.pretrained)
+              if log else {})
     return state, (values, losses)
 
 
@@ -227,9 +236,9 @@ def _run_step(state, step, fixed, schedule, seeds: bool, images=None):
 @eqx.filter_jit
 def _log(state, loss, fixed, seeds: bool):
     if not seeds:
-        return log_metrics(state, loss, fixed.probe, fixed.class_emb)
-    return eqx.filter_vmap(lambda st, lo, ce: log_metrics(st, lo, fixed.probe, ce))(
-        state, loss, fixed.class_emb)
+        return log_metrics(state, loss, fixed.probe, fixed.class_emb, fixed.pretrained)
+    return eqx.filter_vmap(lambda st, lo, ce, pre: log_metrics(st, lo, fixed.probe, ce, pre))(
+        state, loss, fixed.class_emb, fixed.pretrained)
 
 
 def _over_seeds_axes(fixed: _Fixed) -> _Fixed:
@@ -645,7 +654,7 @@ def reference_finetune(pretrained: Finetunee, images: np.ndarray, labels: np.nda
             state, parts = train_step(state, batch, strategy, schedule, config, optimizer,
                                       pretrained, class_emb, pretrained.head)
             if step % config.log_every == 0 or step == config.steps:
-                values = logs(state, parts["loss"], probe, class_emb)
+                values = logs(state, parts["loss"], probe, class_emb, pretrained)
                 rows.append((step, *(float(values[k]) for k in CURVES[1:])))
     table = np.asarray(rows, np.float64)
     curves = {k: table[:, j] for j, k in enumerate(CURVES)}

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PyTree
 
-from ...dynamics.schedules import Schedule, StaticSchedule, static_teacher
+from ...dynamics.schedules import Schedule, StaticSchedule
 from ...dynamics.teacher import TeacherState, teacher
 from ..metrics import argmax_agreement, mean_kl, parameter_distance
 from .config import FinetuneConfig, learning_rate
@@ -98,9 +98,14 @@ def start_phase(model: Finetunee, teacher_state: TeacherState, phase: Phase,
 def start(model: Finetunee, strategy: Strategy, config: FinetuneConfig
           ) -> tuple[TrainState, optax.GradientTransformation, Schedule | None]:
     """``(state, optimizer, schedule)`` at step 0 of ``strategy``'s first phase: the teacher
-    at ``model``'s image tower and the schedule over ``config.steps`` (built once here)."""
+    at ``model``'s image tower and the schedule over ``config.steps`` (built once here). A
+    static teacher, or none, never moves from the pretrained tower: its state holds no copy
+    (``params`` ``None``) and ``teacher_tower`` reads the pretrained model's."""
     schedule = strategy.schedule(config.steps)
-    teacher_state = teacher(schedule or static_teacher()).init(image_tower(model))
+    if moves(schedule):
+        teacher_state = teacher(schedule).init(image_tower(model))
+    else:
+        teacher_state = TeacherState(jnp.zeros((), jnp.int32), None)
     state, optimizer = start_phase(model, teacher_state, strategy.phases(config.steps)[0],
                                    config)
     return state, optimizer, schedule
@@ -116,7 +121,8 @@ def train_step(state: TrainState, batch: Batch, strategy: Strategy, schedule: Sc
     dtype = config.compute_dtype
     # Everything not differentiated is cast once per step, outside the micro-batch loop; the
     # student is cast inside the loss so its gradients reach the float32 parameters.
-    fixed = in_compute_dtype((pretrained, state.teacher.params, class_emb, teacher_head), dtype)
+    fixed = in_compute_dtype((pretrained, teacher_tower(state, pretrained), class_emb,
+                              teacher_head), dtype)
 
     def loss(model, batch):
         value, parts = finetune_loss(in_compute_dtype(model, dtype), batch, strategy,
@@ -132,9 +138,21 @@ def train_step(state: TrainState, batch: Batch, strategy: Strategy, schedule: Sc
                                           state.opt_state, params)
     model = eqx.apply_updates(state.model, updates)
     teacher_state = state.teacher
-    if schedule is not None and not isinstance(schedule, StaticSchedule):
+    if moves(schedule):
         teacher_state = teacher(schedule).update(image_tower(model), state.teacher)
     return TrainState(model, opt_state, teacher_state), {"loss": value, **parts}
+
+
+def moves(schedule: Schedule | None) -> bool:
+    """Whether a teacher of ``schedule`` ever leaves the pretrained weights (not a static or
+    absent one)."""
+    return schedule is not None and not isinstance(schedule, StaticSchedule)
+
+
+def teacher_tower(state: TrainState, pretrained: Finetunee) -> PyTree:
+    """The teacher's image tower: the state's, or the pretrained model's for a teacher that
+    never moves (which keeps no copy)."""
+    return image_tower(pretrained) if state.teacher.params is None else state.teacher.params
 
 
 @eqx.filter_jit
