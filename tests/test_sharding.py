@@ -155,3 +155,28 @@ def test_four_devices_fsdp_2_and_4_equal_the_replicated_run():
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_two_processes_resume_a_sharded_run_and_equal_one_process(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(
+        [f for f in env.get("XLA_FLAGS", "").split()
+         if not f.startswith("--xla_force_host_platform_device_count")]
+        + ["--xla_force_host_platform_device_count=1"])
+    env["JAX_ENABLE_X64"] = "0"
+    worker = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
+    procs = [subprocess.Popen([sys.executable, worker, str(port), str(i), "2", str(tmp_path)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for i, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0, f"process {i}:\n{err[-3000:]}"
+        line = next(x for x in out.splitlines() if x.startswith(f"process {i}: ok"))
+        assert int(line.split(",")[1].split()[0]) >= 10  # the model was sharded across them
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["run.ckpt"]  # one checkpoint, written by process 0 alone

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,11 @@ from .errors import InputError
 def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], *,
                  binary: bool = False) -> Path:
     """Write a file through ``write(file)`` into a temporary sibling, then ``os.replace`` it onto
-    ``path`` (so readers see the old file or the whole new one, never a partial one)."""
+    ``path`` (so readers see the old file or the whole new one, never a partial one). In a
+    multi-process JAX run only process 0 writes (``writer``); the others return ``path``."""
     path = Path(path)
+    if not writer():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -29,6 +33,14 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], *,
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def writer() -> bool:
+    """Whether this process writes results, checkpoints and figures: always, but in a
+    multi-process JAX run (``jax.distributed``) process 0 alone. Reads JAX only if it is
+    loaded."""
+    jax = sys.modules.get("jax")
+    return jax is None or jax.process_index() == 0
 
 
 def _umask() -> int:

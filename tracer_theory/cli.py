@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--fsdp", type=int, default=1,
                       help="shard parameters, optimizer state, teacher and anchor over this "
                            "many of the devices (default 1: replicated)")
+    _distributed_flags(tune)
     tune.add_argument("--out", default="results/finetune", help="results folder (resumes)")
     tune.add_argument("--figures", default=None, help="figure folder (default: OUT/figures)")
     tune.add_argument("--overwrite", action="store_true",
@@ -613,6 +614,26 @@ def _export_mnist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a multi-process run (``parallel.initialize``)."""
+    parser.add_argument("--distributed", action="store_true",
+                        help="join a multi-process run configured by JAX's environment "
+                             "(SLURM, TPU pod slices, JAX_COORDINATOR_ADDRESS, ...)")
+    parser.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                        help="a multi-process run's coordinator (process 0's address)")
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
+
+
+def _join(args: argparse.Namespace) -> None:
+    """Join the multi-process run the flags describe, if any."""
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(v is not None for v in given):
+        from .deep.parallel import initialize
+
+        initialize(*given)
+
+
 def _image_set(flag: str, path: str, skip_bad: bool):
     """The images a flag names: a class folder or an open_clip CSV (``InputError`` naming the
     flag when neither)."""
@@ -663,6 +684,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from .report.style import save
     from .report.task import task_figure
 
+    _join(args)
     evals = [_eval_flag(text) for text in args.eval]
     if len({n for n, _, _ in evals}) != len(evals):
         raise ValueError(f"--eval names must be distinct, got {[n for n, _, _ in evals]}")

@@ -21,22 +21,23 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
-__all__ = ["MIN_SHARDED", "Mesh", "batch_spec", "constrain", "data_mesh", "device_mesh",
-           "partition", "place", "replicate", "shard_batch"]
+__all__ = ["MIN_SHARDED", "Mesh", "barrier", "batch_spec", "constrain", "data_mesh",
+           "device_mesh", "initialize", "partition", "place", "replicate", "shard_batch",
+           "to_host"]
 
 #: Leaves with fewer elements stay replicated (biases, norms, scalars: not worth a gather).
 MIN_SHARDED = 1024
 
 
 def data_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh named ``"data"`` over ``devices``: all local devices (``None``), the first
-    ``devices`` of them (an int), or the given list."""
-    available = jax.local_devices()
+    """A 1-D mesh named ``"data"`` over ``devices``: all devices (``None``; with several
+    processes, every process's), the first ``devices`` of them (an int), or the given list."""
+    available = jax.devices()  # every process's: one mesh over all of them
     if devices is None:
         chosen = available
     elif isinstance(devices, int):
         if not 1 <= devices <= len(available):
-            raise ValueError(f"devices must be in [1, {len(available)}] (the local devices), "
+            raise ValueError(f"devices must be in [1, {len(available)}] (the devices), "
                              f"got {devices}")
         chosen = available[:devices]
     else:
@@ -79,11 +80,11 @@ def batch_spec(mesh: Mesh) -> PartitionSpec:
 
 def place(tree: PyTree, mesh: Mesh) -> PyTree:
     """Every array of ``tree`` on ``mesh`` under its rule (``partition``): sharded over
-    ``"fsdp"`` or replicated."""
+    ``"fsdp"`` or replicated. Over several processes every process passes the same values."""
     def put(x):
         if not eqx.is_array(x):
             return x
-        return jax.device_put(x, NamedSharding(mesh, partition(x.shape, mesh)))
+        return jax.device_put(_host(x, mesh), NamedSharding(mesh, partition(x.shape, mesh)))
 
     return jax.tree.map(put, tree)
 
@@ -102,7 +103,47 @@ def constrain(tree: PyTree, mesh: Mesh) -> PyTree:
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Every array of ``tree`` placed whole on every device of ``mesh``."""
     sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+    return jax.tree.map(lambda x: jax.device_put(_host(x, mesh), sharding) if eqx.is_array(x)
+                        else x, tree)
+
+
+def _host(x, mesh: Mesh):
+    """``x`` as host data when ``mesh`` spans several processes (a process-local array cannot
+    be moved onto devices of another process; each process passes its copy of the value)."""
+    if mesh.is_multi_process and isinstance(x, jax.Array) and x.is_fully_addressable:
+        return np.asarray(x)
+    return x
+
+
+def to_host(tree: PyTree) -> PyTree:
+    """``tree`` with every array that this process cannot read whole (sharded over several
+    processes) gathered to host memory (a collective: every process must call it)."""
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return x
+
+    return jax.tree.map(get, tree)
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Join a multi-process run (``jax.distributed.initialize``): the arguments, or JAX's
+    standard environment (SLURM, TPU pod slices, ``JAX_COORDINATOR_ADDRESS``, ...) where they
+    are ``None``. CPU processes exchange collectives through gloo. Call before any JAX
+    computation; every process then runs the same program over one mesh of all devices."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def barrier(name: str) -> None:
+    """Wait for every process at ``name`` (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:

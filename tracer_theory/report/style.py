@@ -7,6 +7,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from .._io import writer
 from ..deep.finetune.strategies import REGISTRY
 
 #: One color and one label per strategy, shared by the linear-theory, toy and CLIP figures: the
@@ -43,8 +44,10 @@ def save(fig: Figure, stem: str | Path) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` (no timestamps, so reruns give the same bytes);
     close the figure; returns both paths."""
     base = Path(stem)
-    base.parent.mkdir(parents=True, exist_ok=True)
     out = [base.with_name(base.name + ".png"), base.with_name(base.name + ".pdf")]
+    if not writer():  # a multi-process run: process 0 writes
+        return out
+    base.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out[0], dpi=DPI, metadata={"Software": None})
     fig.savefig(out[1], metadata={"CreationDate": None, "Producer": None, "Creator": None})
     return out

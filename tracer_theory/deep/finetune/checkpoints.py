@@ -15,11 +15,17 @@ import equinox as eqx
 from jaxtyping import PyTree
 
 from ..._cache import check_keyed, keyed_header, load_keyed, write_keyed
+from ..parallel import barrier, to_host
 
 
 def save_model(path: str | os.PathLike, tree: PyTree, key: Mapping[str, Any]) -> Path:
-    """Atomically write the array leaves of ``tree`` (an equinox model) for ``key``."""
-    return write_keyed(path, key, lambda f: eqx.tree_serialise_leaves(f, tree))
+    """Atomically write the array leaves of ``tree`` (an equinox model) for ``key``; sharded
+    arrays are gathered first, and over several processes process 0 writes while the others
+    wait for it."""
+    tree = to_host(tree)
+    written = write_keyed(path, key, lambda f: eqx.tree_serialise_leaves(f, tree))
+    barrier(f"save {path}")
+    return written
 
 
 def load_model(path: str | os.PathLike, like: PyTree, key: Mapping[str, Any], *,
@@ -35,12 +41,16 @@ def save_run(path: str | os.PathLike, tree: PyTree, step: int, key: Mapping[str,
     """Atomically write ``tree`` (equinox leaves) with the step and JSON-ready ``info``, for
     ``key``."""
 
+    tree = to_host(tree)  # sharded state gathered; process 0 writes (``save_model``)
+
     def write(f: IO[bytes]) -> None:
         header = json.dumps({"step": step, "info": info or {}}).encode()
         f.write(len(header).to_bytes(8, "little") + header)
         eqx.tree_serialise_leaves(f, tree)
 
-    return write_keyed(path, key, write)
+    written = write_keyed(path, key, write)
+    barrier(f"save {path}")
+    return written
 
 
 def _split(f: IO[bytes]) -> tuple[int, dict[str, Any]]:

@@ -30,6 +30,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
 from ..._cache import array_digest, cache_key
+from ..._io import writer
 from ...errors import Diverged
 from ..data.folders import FolderImages
 from ..data.task import Task
@@ -441,7 +442,7 @@ class _Runner:
             sharding = NamedSharding(self.mesh, batch_spec(self.mesh))
         seeds = self.n_seeds is not None
         bar = tqdm(total=config.steps, initial=done, desc=progress, leave=False,
-                   disable=progress is None)
+                   disable=progress is None or not writer())
         for i, phase in enumerate(self.phases):
             if done >= self.ends[i]:
                 continue

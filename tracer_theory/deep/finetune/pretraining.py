@@ -17,6 +17,7 @@ from jaxtyping import PRNGKeyArray
 from tqdm.auto import tqdm
 
 from ..._cache import array_digest, cache_key
+from ..._io import writer
 from ..losses import clip_loss
 from ..models import DualEncoder, make_model
 from ..parallel import Mesh, batch_spec, constrain, place, replicate
@@ -127,7 +128,7 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     stops = range(every, config.steps, every) if every else ()
     seed_key = jax.random.key(seed)
     with tqdm(total=config.steps, initial=start, desc=progress, leave=False,
-              disable=progress is None) as bar:
+              disable=progress is None or not writer()) as bar:
         pending: list = []  # losses not yet checked (one transfer per chunk or checkpoint)
         for lo, hi in chunk_ranges(start, config.steps, 1 if stepwise() else chunk, stops):
             model, opt_state, losses = _pretrain_chunk(

@@ -49,7 +49,7 @@ from ..finetune.strategies import (
 )
 from ..finetune.stream import SOURCES, Source, check_workers
 from ..models import DualEncoder
-from ..parallel import Mesh
+from ..parallel import Mesh, to_host
 from .evaluation import _logits_task, _logits_zero_shot, _scores, chunked, gap_summary, wise_ft
 from .experiment import summarize
 from .theory import ZeroShotProbe, compare, linearize, predicted_forgetting
@@ -213,6 +213,7 @@ def run_task(clip: DualEncoder, tokenize, task: Task, config: TaskRunConfig,
                 mesh=mesh, progress=f"seed {seed} {name}" if progress else None,
                 checkpoint=path.with_suffix(".ckpt"), checkpoint_key=key, overwrite=overwrite,
                 source=config.source, workers=config.workers)
+            run = run._replace(model=to_host(run.model))  # sharded over processes: gathered
             record = {"config": key, **_scored(run.model, task, prompts, ft.objective, before,
                                                first),
                       "curves": {k: np.asarray(v).tolist() for k, v in run.curves.items()}}

@@ -1,0 +1,68 @@
+"""One process of the multi-process test (tests/test_sharding.py): joins a 2-process CPU run
+(``parallel.initialize``), then compares, on a mesh over both processes' devices, a sharded
+finetuning run interrupted at step 3 and resumed with the process's own single-device run.
+Usage: ``python multiprocess_worker.py PORT PROCESS_ID FSDP OUT_DIR``."""
+
+import sys
+
+port, process_id, fsdp, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+
+from tracer_theory.deep import parallel  # noqa: E402
+
+parallel.initialize(f"localhost:{port}", 2, process_id)
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tracer_theory.deep.finetune import loop  # noqa: E402
+from tracer_theory.deep.finetune.config import FinetuneConfig  # noqa: E402
+from tracer_theory.deep.finetune.strategies import GradientDescent, registered  # noqa: E402
+from tracer_theory.deep.models import CLIP  # noqa: E402
+from tracer_theory.deep.studies.arrays import ExperimentData  # noqa: E402
+from tracer_theory.deep.studies.finetune_task import fresh_model  # noqa: E402
+
+assert jax.process_count() == 2 and jax.device_count() == 2 * jax.local_device_count()
+data = ExperimentData(quick=True, model="tiny")
+clip = CLIP("tiny", key=jax.random.key(0))
+model = fresh_model(clip, 10, 0)
+emb = clip.class_embeddings(jnp.asarray(data.captions))
+config = FinetuneConfig(steps=4, batch_size=32, log_every=2, lr=1e-3)
+strategy = GradientDescent(registered()["wma_sd"], 30.0)
+
+
+def run(mesh, **options):
+    return loop.finetune(model, data.color_train, data.train_labels, strategy, config,
+                         class_emb=emb, probe=data.probe(), seed=0, mesh=mesh, chunk=2,
+                         **options)
+
+
+local = run(None)  # this process alone, one device
+mesh = parallel.device_mesh(fsdp=fsdp)
+checkpoint = f"{out}/run.ckpt"
+original = loop._run_step
+
+
+def interrupted(state, step, *args):
+    if int(step) == 3:
+        raise KeyboardInterrupt
+    return original(state, step, *args)
+
+
+loop._run_step = interrupted
+try:
+    run(mesh, checkpoint=checkpoint)
+    raise AssertionError("the run was not interrupted")
+except KeyboardInterrupt:
+    pass
+loop._run_step = original
+resumed = run(mesh, checkpoint=checkpoint)
+sharded = sum(not leaf.is_fully_addressable
+              for leaf in jax.tree.leaves(eqx.filter(resumed.model, eqx.is_array)))
+gathered = parallel.to_host(resumed.model)
+for a, b in zip(jax.tree.leaves(eqx.filter(gathered, eqx.is_array)),
+                jax.tree.leaves(eqx.filter(local.model, eqx.is_array)), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+np.testing.assert_allclose(resumed.curves["loss"], local.curves["loss"], rtol=1e-5)
+print(f"process {process_id}: ok, {sharded} leaves spread over both processes", flush=True)
