@@ -16,7 +16,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tracer_theory.deep.finetune import loop  # noqa: E402
+from tracer_theory.deep.finetune import loop, stream  # noqa: E402
 from tracer_theory.deep.finetune.config import FinetuneConfig  # noqa: E402
 from tracer_theory.deep.finetune.strategies import GradientDescent, registered  # noqa: E402
 from tracer_theory.deep.models import CLIP  # noqa: E402
@@ -65,4 +65,15 @@ for a, b in zip(jax.tree.leaves(eqx.filter(gathered, eqx.is_array)),
                 jax.tree.leaves(eqx.filter(local.model, eqx.is_array)), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 np.testing.assert_allclose(resumed.curves["loss"], local.curves["loss"], rtol=1e-5)
+# streamed: each process reads only its devices' rows of every batch
+read = []
+_Read = stream._Read
+stream._Read = type("Counted", (_Read,), {"__call__": lambda self, row: (
+    read.append(len(row)), _Read.__call__(self, row))[1]})
+streamed = run(mesh, source="stream")
+stream._Read = _Read
+assert read and set(read) == {config.batch_size // 2}, set(read)
+for a, b in zip(jax.tree.leaves(eqx.filter(parallel.to_host(streamed.model), eqx.is_array)),
+                jax.tree.leaves(eqx.filter(local.model, eqx.is_array)), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 print(f"process {process_id}: ok, {sharded} leaves spread over both processes", flush=True)

@@ -117,6 +117,19 @@ def read_batches(images: np.ndarray | FolderImages, table: Int[np.ndarray, "s k"
     return iter(batches)
 
 
+def _local_rows(sharding, shape: tuple[int, ...]
+                ) -> tuple[np.ndarray, list[tuple[object, np.ndarray]]] | None:
+    """For a batch ``sharding`` that spans several processes: the batch rows this process's
+    devices hold (sorted) and, per local device, the positions of its rows among them;
+    ``None`` when this process holds every device (it reads whole batches)."""
+    if sharding is None or sharding.is_fully_addressable:
+        return None
+    index = sharding.addressable_devices_indices_map(shape)
+    spans = {d: np.arange(shape[0])[i[0] if i else slice(None)] for d, i in index.items()}
+    rows = np.unique(np.concatenate(list(spans.values())))
+    return rows, [(d, np.searchsorted(rows, r)) for d, r in spans.items()]
+
+
 def _absl_flags_parsed() -> None:
     """grain 0.2.18's worker processes read an absl flag that raises unless absl's flags were
     parsed (google/grain#1355, fixed after that release): a program that does not use absl gets
@@ -140,6 +153,11 @@ class StepImages:
                  threads: int = 2, sharding=None):
         table = step_indices(key, first, last, n=len(images), n_replay=n_replay, size=size,
                              n_hybrid=n_hybrid)
+        self._shape = (table.shape[1], *images.shape[1:])
+        # over several processes each reads only the rows of its own devices' shards
+        self._local = _local_rows(sharding, self._shape)
+        if self._local is not None:
+            table = table[:, self._local[0]]
         self._host = read_batches(images, table, workers=workers, threads=threads)
         self._left = len(table)
         self._sharding = sharding
@@ -149,7 +167,12 @@ class StepImages:
         tick = time.perf_counter()
         batch = next(self._host)
         self.waited += time.perf_counter() - tick
-        return jax.device_put(batch, self._sharding)
+        if self._local is None:
+            return jax.device_put(batch, self._sharding)
+        parts = self._local[1]
+        return jax.make_array_from_single_device_arrays(
+            self._shape, self._sharding,
+            [jax.device_put(batch[where], device) for device, where in parts])
 
     def __iter__(self) -> Iterator[Array]:
         # grain's threads (or worker processes) read ahead while the step runs; where the step
