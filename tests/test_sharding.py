@@ -180,3 +180,40 @@ def test_two_processes_resume_a_sharded_run_and_equal_one_process(tmp_path):
         assert int(line.split(",")[1].split()[0]) >= 10  # the model was sharded across them
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["run.ckpt"]  # one checkpoint, written by process 0 alone
+
+
+def test_a_sharded_checkpoint_resumes_on_another_mesh(setup, tmp_path, monkeypatch):
+    from tracer_theory.deep.finetune import loop
+
+    strategy = GradientDescent(registered()["wma_sd"], 30.0)
+    data, model, emb = setup
+    config = FinetuneConfig(steps=4, batch_size=32, log_every=2, lr=1e-3)
+
+    def run(mesh, **options):
+        return finetune(model, data.color_train, data.train_labels, strategy, config,
+                        class_emb=emb, probe=data.probe(), seed=0, mesh=mesh, chunk=2,
+                        **options)
+
+    reference = run(None)
+    original = loop._run_step
+
+    def interrupted(state, step, *args):
+        if int(step) == 3:
+            raise KeyboardInterrupt
+        return original(state, step, *args)
+
+    monkeypatch.setattr(loop, "_run_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(device_mesh(2, fsdp=2), checkpoint=tmp_path / "run.ckpt")
+    steps = []
+
+    def counted(state, step, *args):
+        steps.append(int(step))
+        return original(state, step, *args)
+
+    monkeypatch.setattr(loop, "_run_step", counted)
+    resumed = run(None, checkpoint=tmp_path / "run.ckpt")  # one device, from a sharded run
+    assert steps == [3, 4]  # resumed after step 2, not rerun
+    for a, b in zip(_arrays(resumed.model), _arrays(reference.model), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(resumed.curves["loss"], reference.curves["loss"], rtol=1e-5)
