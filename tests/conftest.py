@@ -25,13 +25,19 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # program is cached, however quickly it compiled: the suite compiles thousands of small programs
 # (tens of milliseconds each, most of its run time), and reading one back takes a millisecond or
 # two. (Programs with host callbacks, such as equinox's runtime checks, JAX never caches.)
+# A size limit makes JAX read and write entries under a file lock (without one it writes in
+# place, and a worker reading an entry another is still writing crashed once: SIGSEGV while
+# deserializing the half-written executable).
 _CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "tracer_theory_xla"),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 * 2**30)}
 for _name, _value in _CACHE.items():
     os.environ.setdefault(_name, _value)
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update("jax_compilation_cache_max_size",
+                  int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 #: Relative tolerance of closed-form comparisons by dtype.
 TOL = {jnp.float32: 2e-4, jnp.float64: 1e-10}

@@ -85,3 +85,19 @@ def test_activations_are_measured_and_grow_with_the_batch(model):
     assert 0 < small.activations < large.activations
     assert large.total == sum(large[:4]) + large.activations
     assert "MiB per device" in large.format()
+
+
+def test_sharded_activations_are_the_sharded_steps(model):
+    if len(jax.local_devices()) < 2:
+        pytest.skip("needs 2 host devices")
+    batch = Batch(jnp.zeros((8, 3, 28, 28), jnp.float32), jnp.zeros(8, jnp.int32),
+                  jnp.zeros((0, 3, 28, 28), jnp.float32), jnp.zeros((0, 9), jnp.int32),
+                  jnp.zeros((0,), jnp.int32))
+    emb = jnp.zeros((10, model.clip.image_proj.out_features), jnp.float32)
+    strategy = registered()["wma_sd"]
+    one = step_memory(model, strategy, CONFIG, batch=batch, class_emb=emb)
+    data = step_memory(model, strategy, CONFIG, device_mesh(2), batch=batch, class_emb=emb)
+    fsdp = step_memory(model, strategy, CONFIG, device_mesh(2, fsdp=2), batch=batch,
+                       class_emb=emb)
+    assert data.activations < one.activations  # each device sees half the batch
+    assert fsdp.parameters < data.parameters and fsdp.activations > 0

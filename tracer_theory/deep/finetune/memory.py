@@ -4,8 +4,9 @@ step's activations.
 ``step_memory(model, strategy, config, mesh)`` accounts the state from shapes alone
 (``jax.eval_shape`` of ``step.start``; nothing is allocated) under the mesh's sharding rule
 (``parallel.partition``: a sharded leaf costs ``1/fsdp`` of its bytes on each device), and, with
-``batch``, measures the activations as XLA's temporary buffers of the compiled step
-(``memory_analysis().temp_size_in_bytes``, compiled for one device's share of the batch). The
+``batch``, measures the activations as XLA's temporary buffers per device of the step compiled
+on the mesh (``memory_analysis().temp_size_in_bytes``; with fsdp they include the gathered
+weights and gradients). The
 anchor is the pretrained model the loop keeps beside the student (L2-SP's anchor, the static
 teacher's tower, WiSE-FT's end point); a teacher that never moves holds no copy (``step.start``).
 """
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from ..parallel import Mesh, partition
+from ..parallel import Mesh, partition, place, replicate, shard_batch
 from .config import FinetuneConfig
 from .finetunee import Batch, Finetunee
 from .step import phase_optimizer, start, train_step
@@ -68,24 +69,26 @@ def step_memory(model: Finetunee, strategy: Strategy, config: FinetuneConfig,
                 mesh: Mesh | None = None, batch: Batch | None = None,
                 class_emb=None) -> StepMemory:
     """The per-device memory of finetuning ``model`` with ``strategy`` under ``config`` on
-    ``mesh`` (see the module); ``batch`` (and the class embeddings ``class_emb`` (C, D)) to
-    measure the activations of one device's share of it."""
+    ``mesh`` (see the module): the state from shapes alone (``model`` may be shape structures);
+    with a (global) ``batch`` and the class embeddings ``class_emb`` (C, D) also the activations,
+    the temporaries of the step compiled on ``mesh`` with the state placed by its rule and the
+    batch split over the devices (this builds the state, to compile the step)."""
     state = jax.eval_shape(lambda m: start(m, strategy, config)[0], model)
     parts = StepMemory(device_bytes(state.model, mesh), device_bytes(state.opt_state, mesh),
                        device_bytes(state.teacher.params, mesh), device_bytes(model, mesh))
     if batch is None:
         return parts
-    devices = 1 if mesh is None else mesh.devices.size
-    share = jax.tree.map(lambda x: x[: max(len(x) // devices, min(len(x), 1))]
-                         if np.ndim(x) else x, batch)
-    state_value = start(model, strategy, config)
+    state = start(model, strategy, config)[0]
+    emb = jnp.zeros((1, 1)) if class_emb is None else jnp.asarray(class_emb)
+    anchor = model
+    if mesh is not None:
+        state, anchor = place(state, mesh), place(model, mesh)
+        batch, emb = shard_batch(batch, mesh), replicate(emb, mesh)
     schedule = strategy.schedule(config.steps)
     optimizer = phase_optimizer(config, strategy.phases(config.steps)[0])
-    emb = jnp.zeros((1, 1)) if class_emb is None else class_emb
-    compiled = train_step.lower(state_value[0], share, strategy, schedule, config, optimizer,
-                                model, emb, model.head).compile()
-    analysis = compiled.compiled.memory_analysis()
-    temp = getattr(analysis, "temp_size_in_bytes", None)
+    compiled = train_step.lower(state, batch, strategy, schedule, config, optimizer, anchor,
+                                emb, anchor.head).compile()
+    temp = getattr(compiled.compiled.memory_analysis(), "temp_size_in_bytes", None)
     return parts._replace(activations=None if temp is None else int(temp))
 
 
