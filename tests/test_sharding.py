@@ -130,22 +130,33 @@ SCRIPT = textwrap.dedent("""
     clip = CLIP("tiny", key=jax.random.key(0))
     model = fresh_model(clip, 10, 0)
     emb = clip.class_embeddings(jnp.asarray(data.captions))
-    config = FinetuneConfig(steps=3, batch_size=32, log_every=3, lr=1e-3)
-    strategy = GradientDescent(registered()["wma_sd"], 30.0)
-    runs = [finetune(model, data.color_train, data.train_labels, strategy, config,
-                     class_emb=emb, probe=data.probe(), seed=0, mesh=mesh)
-            for mesh in (None, device_mesh(4, fsdp=2), device_mesh(4, fsdp=4))]
-    leaves = [jax.tree.leaves(eqx.filter(r.model, eqx.is_array)) for r in runs]
-    for other in leaves[1:]:
-        for a, b in zip(other, leaves[0], strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    for r in runs[1:]:
-        np.testing.assert_allclose(r.curves["loss"], runs[0].curves["loss"], rtol=1e-5)
+    from jax.sharding import NamedSharding
+    from tracer_theory.deep.parallel import partition
+    config = FinetuneConfig(steps=2, batch_size=32, log_every=2, lr=1e-3)
+    for name in ("direct", "l2sp", "wma_sd"):
+        strategy = GradientDescent(registered()[name], 30.0)
+        meshes = (None, device_mesh(4, fsdp=2), device_mesh(4, fsdp=4))
+        runs = [finetune(model, data.color_train, data.train_labels, strategy, config,
+                         class_emb=emb, probe=data.probe(), seed=0, mesh=mesh)
+                for mesh in meshes]
+        leaves = [jax.tree.leaves(eqx.filter(r.model, eqx.is_array)) for r in runs]
+        for other in leaves[1:]:
+            for a, b in zip(other, leaves[0], strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        for r in runs[1:]:
+            np.testing.assert_allclose(r.curves["loss"], runs[0].curves["loss"], rtol=1e-5)
+            # the teacher: its distance to the student (the teacher-student gap)
+            np.testing.assert_allclose(r.curves["param_distance"],
+                                       runs[0].curves["param_distance"], rtol=1e-4, atol=1e-7)
+        for mesh, leaves_of in zip(meshes[1:], leaves[1:]):
+            for leaf in leaves_of:
+                rule = NamedSharding(mesh, partition(leaf.shape, mesh))
+                assert leaf.sharding.is_equivalent_to(rule, leaf.ndim), (name, leaf.shape)
     print("ok")
 """)
 
 
-def test_four_devices_fsdp_2_and_4_equal_the_replicated_run():
+def test_four_devices_fsdp_2_and_4_equal_the_replicated_run_for_three_strategies():
     env = dict(os.environ)
     env["XLA_FLAGS"] = " ".join(
         [f for f in env.get("XLA_FLAGS", "").split()

@@ -621,7 +621,9 @@ def save_clip(model: CLIP, path: str | os.PathLike, layout: str = "open_clip", *
     ``model.safetensors`` + ``preprocessor_config.json``), with its ``preprocessing`` (default
     CLIP's at the model's image size) and its ``tokenizer.json`` where the vocabulary is CLIP's
     or this toolkit's own; each file atomically. Returns the folder."""
-    tensors = checkpoint_tensors(model, layout)
+    from ..parallel import to_host  # a model sharded over several processes: gathered first
+
+    tensors = checkpoint_tensors(to_host(model), layout)
     if preprocessing is None:
         preprocessing = Preprocessing(model.preset.image_size)
     if not isinstance(preprocessing, Preprocessing):
