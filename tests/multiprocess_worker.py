@@ -20,12 +20,15 @@ from tracer_theory.deep.finetune import loop, stream  # noqa: E402
 from tracer_theory.deep.finetune.config import FinetuneConfig  # noqa: E402
 from tracer_theory.deep.finetune.strategies import GradientDescent, registered  # noqa: E402
 from tracer_theory.deep.models import CLIP  # noqa: E402
+from tracer_theory.deep.models.clip import CLIPPreset  # noqa: E402
 from tracer_theory.deep.studies.arrays import ExperimentData  # noqa: E402
 from tracer_theory.deep.studies.finetune_task import fresh_model  # noqa: E402
 
 assert jax.process_count() == 2 and jax.device_count() == 2 * jax.local_device_count()
 data = ExperimentData(quick=True, model="tiny")
-clip = CLIP("tiny", key=jax.random.key(0))
+clip = CLIP(CLIPPreset(name="one_layer", image_size=28, patch_size=7, width=64, layers=1,
+                       heads=4, text_width=64, text_layers=1, text_heads=4, dim=64),
+            key=jax.random.key(0))
 model = fresh_model(clip, 10, 0)
 emb = clip.class_embeddings(jnp.asarray(data.captions))
 config = FinetuneConfig(steps=4, batch_size=32, log_every=2, lr=1e-3)

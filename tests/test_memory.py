@@ -13,6 +13,7 @@ from tracer_theory.deep.finetune.memory import device_bytes, step_memory
 from tracer_theory.deep.finetune.step import start
 from tracer_theory.deep.finetune.strategies import registered
 from tracer_theory.deep.models import CLIP
+from tracer_theory.deep.models.clip import CLIPPreset
 from tracer_theory.deep.parallel import device_mesh, place
 from tracer_theory.deep.studies.finetune_task import fresh_model
 
@@ -21,7 +22,9 @@ CONFIG = FinetuneConfig(steps=4, batch_size=8)
 
 @pytest.fixture(scope="module")
 def model():
-    return fresh_model(CLIP("tiny", key=jax.random.key(0)), 10, 0)
+    one_layer = CLIPPreset(name="one_layer", image_size=28, patch_size=7, width=64, layers=1,
+                           heads=4, text_width=64, text_layers=1, text_heads=4, dim=64)
+    return fresh_model(CLIP(one_layer, key=jax.random.key(0)), 10, 0)
 
 
 def _nbytes(tree) -> int:
