@@ -245,24 +245,6 @@ def test_fresh_model_head_is_seeded_like_the_toy_experiment():
     assert np.array_equal(a.head.weight, expected.weight)
 
 
-def test_prompts_objective_runs_rung_r1_and_saves_models(task_dirs, tmp_path, capsys):
-    from tracer_theory.deep.models import load_clip
-
-    out = tmp_path / "out"
-    assert main(_args(task_dirs, out, "--strategy", "direct", "l2sp", "--objective", "prompts",
-                      "--theory", "--theory-samples", "12", "--save-models", "hf",
-                      "--wise-alphas")) == 0, capsys.readouterr().err
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["theory"]["R1"]) == {"direct", "l2sp"}
-    assert summary["theory"]["samples"] == 12
-    saved = load_clip(out / "models" / "seed0_direct")
-    before = load_clip(task_dirs / "ckpt")
-    moved = [not np.array_equal(a, b) for a, b in zip(
-        jax.tree.leaves(eqx.filter(saved, eqx.is_array)),
-        jax.tree.leaves(eqx.filter(before, eqx.is_array)), strict=True)]
-    assert any(moved)  # the finetuned weights were written, not the checkpoint's
-
-
 # --- FLYP ----------------------------------------------------------------------------------
 
 
@@ -351,15 +333,21 @@ def test_flyp_without_prompts_says_how_to_bind_them():
         FLYP().task_loss(inputs)
 
 
-def test_finetune_runs_flyp_and_scores_with_the_finetuned_text_tower(task_dirs, tmp_path):
-    out = tmp_path / "out"
-    assert main(_args(task_dirs, out, "--strategy", "flyp", "direct", "--objective", "prompts",
-                      "--save-models", "hf", "--wise-alphas")) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["strategies"]["flyp"]["tokens"]  # the captions were bound
+def test_prompts_objective_runs_flyp_rung_r1_and_saves_models(task_dirs, tmp_path, capsys):
     from tracer_theory.deep.models import load_clip
 
-    flyp, direct = (load_clip(out / "models" / f"seed0_{n}") for n in ("flyp", "direct"))
+    out = tmp_path / "out"
+    assert main(_args(task_dirs, out, "--strategy", "flyp", "direct", "l2sp", "--objective",
+                      "prompts", "--theory", "--theory-samples", "12", "--save-models", "hf",
+                      "--wise-alphas")) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    # rung R1 for the strategies with a linear counterpart (FLYP has none)
+    assert set(summary["theory"]["R1"]) == {"direct", "l2sp"}
+    assert summary["theory"]["samples"] == 12
+    assert summary["config"]["strategies"]["flyp"]["tokens"]  # the captions were bound
     before = load_clip(task_dirs / "ckpt")
+    flyp, direct = (load_clip(out / "models" / f"seed0_{n}") for n in ("flyp", "direct"))
+    # the finetuned weights were written: FLYP moved the text tower, Direct FT the image side
     assert not np.array_equal(flyp.text_proj.weight, before.text_proj.weight)
     assert np.array_equal(direct.text_proj.weight, before.text_proj.weight)
+    assert not np.array_equal(direct.image_proj.weight, before.image_proj.weight)

@@ -99,8 +99,7 @@ def test_sharded_activations_are_the_sharded_steps(model):
     emb = jnp.zeros((10, model.clip.image_proj.out_features), jnp.float32)
     strategy = registered()["wma_sd"]
     one = step_memory(model, strategy, CONFIG, batch=batch, class_emb=emb)
-    data = step_memory(model, strategy, CONFIG, device_mesh(2), batch=batch, class_emb=emb)
     fsdp = step_memory(model, strategy, CONFIG, device_mesh(2, fsdp=2), batch=batch,
                        class_emb=emb)
-    assert data.activations < one.activations  # each device sees half the batch
-    assert fsdp.parameters < data.parameters and fsdp.activations > 0
+    assert fsdp.activations < one.activations  # each device sees half the batch
+    assert fsdp.parameters < one.parameters
