@@ -159,6 +159,11 @@ def test_finetune_end_to_end_with_the_theory_and_resume(task_dirs, tmp_path, cap
     assert {"shift_acc", "shift_ece", "gray_acc", "gray_zs_ece"} <= set(record)
     assert summary["task"]["evals"] == {"gray": "proxy", "shift": "shifted"}
     assert {p["strategy"] for p in summary["theory"]["points"]} == {"direct", "wma_sd"}
+    # the state each strategy holds per device: the WMA teacher, and none for Direct FT
+    memory = summary["memory"]
+    assert memory["direct"]["teacher"] == 0 < memory["wma_sd"]["teacher"]
+    assert memory["direct"]["parameters"] == memory["wma_sd"]["parameters"] > 0
+    assert "state per device" in printed
     assert (out / "figures" / "finetune.png").is_file()
     assert "Spearman" in printed and "wma_sd" in printed
     # a rerun resumes: nothing is trained again, the results are the same

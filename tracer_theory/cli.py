@@ -737,6 +737,10 @@ def _finetune(args: argparse.Namespace) -> int:
           f"{len(task.classes)} classes), seeds {list(config.seeds)}; forgetting: zero-shot "
           f"accuracy drop on {payload['proxy']!r} (points)")
     print(format_task_table(payload))
+    print("\nstate per device (parameters, optimizer, teacher, anchor; MiB):")
+    for name, parts in payload["memory"].items():
+        print(f"  {name:14s}" + "  ".join(f"{k} {v / 2**20:,.1f}" for k, v in parts.items()
+                                          if v is not None))
     if "theory" in payload:
         print(f"\n== linear theory at the checkpoint ({payload['theory']['samples']} training "
               "images) vs measured forgetting")

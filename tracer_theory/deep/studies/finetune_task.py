@@ -38,6 +38,7 @@ from ..data.task import Split, Task, balanced
 from ..finetune.config import FinetuneConfig
 from ..finetune.finetunee import Finetunee
 from ..finetune.loop import SAMPLER, finetune, finetune_on
+from ..finetune.memory import step_memory
 from ..finetune.strategies import (
     FLYP,
     Direct,
@@ -243,7 +244,10 @@ def run_task(clip: DualEncoder, tokenize, task: Task, config: TaskRunConfig,
                "config": json.loads(json.dumps(_describe(config), default=str)),
                "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
                                "python": platform.python_version()},
-               "proxy": first, **results, "summary": summarize(results)}
+               "proxy": first, **results, "summary": summarize(results),
+               "memory": {name: step_memory(fresh_model(clip, len(task.classes), 0), s, ft,
+                                            mesh)._asdict()
+                          for name, s in config.strategies}}
     if theory_sample is not None:
         payload["theory"] = _theory(clip, task, config, prompts, payload, theory_sample,
                                     out_dir, progress, mesh, overwrite)
