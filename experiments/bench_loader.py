@@ -212,22 +212,12 @@ def timed_step_images():
     return TimedStepImages
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(args: argparse.Namespace) -> None:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from _timing import fmt_time
+    from _timing import cpu_model, fmt_time
     from bench_clip_step import class_embeddings
 
     from tracer_theory.deep.data.folders import image_folder

@@ -96,17 +96,6 @@ def main(argv: list[str] | None = None) -> None:
     run(args)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(args: argparse.Namespace) -> None:
     import statistics
     import time
@@ -115,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from _timing import fmt_time
+    from _timing import cpu_model, fmt_time
     from bench_clip_step import class_embeddings
     from jax.sharding import AbstractMesh
 

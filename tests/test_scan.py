@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from runs import assert_identical_runs, leaves, relative_difference
 
 from tracer_theory._cache import MAGIC
 from tracer_theory.deep.finetune import REGISTRY, FinetuneConfig, Finetunee, PretrainConfig, loop
@@ -59,35 +60,6 @@ def _run(toy, name, config, i=0, seed=0, **kw):
                     REGISTRY[name].strategy, config, **_args(toy, i), seed=seed, **kw)
 
 
-def _leaves(model) -> list[np.ndarray]:
-    """Every inexact array leaf of ``model``, as NumPy."""
-    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))]
-
-
-def _relative_difference(a, b, start) -> float:
-    """‖a − b‖ / ‖a − start‖ over all parameters (how far apart two runs ended, relative to how
-    far they moved)."""
-    diff = sum(float(np.sum((x - y).astype(np.float64) ** 2))
-               for x, y in zip(_leaves(a), _leaves(b), strict=True))
-    moved = sum(float(np.sum((x - y).astype(np.float64) ** 2))
-                for x, y in zip(_leaves(a), _leaves(start), strict=True))
-    assert moved > 0, "the run did not move the model"
-    return (diff / moved) ** 0.5
-
-
-def _assert_identical(a, b):
-    """Bit-identical runs: every parameter, every curve and every snapshot."""
-    for x, y in zip(_leaves(a.model), _leaves(b.model), strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert set(a.curves) == set(b.curves) == set(CURVES)
-    for k in CURVES:
-        np.testing.assert_array_equal(a.curves[k], b.curves[k], err_msg=k)
-    assert set(a.snapshots) == set(b.snapshots)
-    for step in a.snapshots:
-        for x, y in zip(_leaves(a.snapshots[step]), _leaves(b.snapshots[step]), strict=True):
-            np.testing.assert_array_equal(x, y)
-
-
 def _assert_close_curves(got, want):
     assert set(got) == set(want) == set(CURVES)
     np.testing.assert_array_equal(got["steps"], want["steps"])
@@ -117,7 +89,7 @@ def test_scanned_loop_equals_the_reference_loop(toy, name, objective):
     got = _run(toy, name, config, chunk=5)
     want = reference_finetune(toy.models[0], data.color_train, data.train_labels, strategy,
                               config, **_args(toy), seed=0)
-    assert _relative_difference(got.model, want.model, toy.models[0]) < 1e-4
+    assert relative_difference(got.model, want.model, toy.models[0]) < 1e-4
     _assert_close_curves(got.curves, want.curves)
     np.testing.assert_array_equal(got.curves["steps"], [2, 4, 6, 8])
     assert not got.snapshots
@@ -150,7 +122,7 @@ def test_chunk_size_does_not_change_the_run(toy, name):
     # sets the checkpoints; the rolled programs, where the chunk changes the calls, are checked
     # below.)
     small, large = (_run(toy, name, BASE, chunk=c) for c in (3, 100))
-    _assert_identical(small, large)
+    assert_identical_runs(small, large)
 
 
 def test_rolled_program_is_chunk_independent_and_the_reference(toy, monkeypatch):
@@ -172,10 +144,10 @@ def test_rolled_program_is_chunk_independent_and_the_reference(toy, monkeypatch)
         runs[chunk] = (runs[chunk], len(calls))
     (small, n_small), (large, n_large) = runs[2], runs[100]
     assert (n_small, n_large) == (2, 1)
-    _assert_identical(small, large)
+    assert_identical_runs(small, large)
     want = reference_finetune(toy.models[0], data.color_train, data.train_labels, strategy,
                               config, **args)
-    assert _relative_difference(large.model, want.model, toy.models[0]) < 1e-4
+    assert relative_difference(large.model, want.model, toy.models[0]) < 1e-4
     _assert_close_curves(large.curves, want.curves)
     assert np.isnan(large.curves["gray_acc"]).all()  # no gray probe
 
@@ -192,8 +164,8 @@ def test_finetune_seeds_equals_one_run_per_seed(toy):
     assert len(both.model) == len(both.curves) == 2 and list(both.snapshots) == [2]
     for i, seed in enumerate((0, 1)):
         alone = _run(toy, "ema_sd", config, i=i, seed=seed, stops=(2,))
-        assert _relative_difference(both.model[i], alone.model, toy.models[i]) < 1e-4
-        assert _relative_difference(both.snapshots[2][i], alone.snapshots[2],
+        assert relative_difference(both.model[i], alone.model, toy.models[i]) < 1e-4
+        assert relative_difference(both.snapshots[2][i], alone.snapshots[2],
                                     toy.models[i]) < 1e-4
         _assert_close_curves(both.curves[i], alone.curves)
     # the two seeds are two different runs (models and batches), not one run copied
@@ -237,7 +209,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(toy, tmp_path, monk
     calls = _counting(monkeypatch)
     whole = _run(toy, "lp_ft", config, chunk=5, stops=(4,))
     assert len(calls) == sum(per_chunk) and list(whole.snapshots) == [4]
-    _assert_identical(resumed, whole)
+    assert_identical_runs(resumed, whole)
     np.testing.assert_array_equal(whole.curves["steps"], [5, 10])
 
     # a finished checkpoint is the finished run: nothing runs again
@@ -245,7 +217,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(toy, tmp_path, monk
     assert run_header(path)[0] == 10
     again = _run(toy, "lp_ft", config, **kw)
     assert calls == []
-    _assert_identical(again, whole)
+    assert_identical_runs(again, whole)
 
 
 # --- snapshots --------------------------------------------------------------------------------
@@ -257,13 +229,13 @@ def test_snapshot_is_the_model_of_the_shorter_run(toy):
     long = _run(toy, "direct", dataclasses.replace(config, steps=12), stops=(6,))
     short = _run(toy, "direct", dataclasses.replace(config, steps=6))
     assert list(long.snapshots) == [6] and not short.snapshots
-    for x, y in zip(_leaves(long.snapshots[6]), _leaves(short.model), strict=True):
+    for x, y in zip(leaves(long.snapshots[6]), leaves(short.model), strict=True):
         np.testing.assert_array_equal(x, y)
     # and the longer run logged the same curve up to step 6
     np.testing.assert_array_equal(long.curves["steps"], [3, 6, 9, 12])
     for k in CURVES:
         np.testing.assert_array_equal(long.curves[k][:2], short.curves[k], err_msg=k)
-    assert _relative_difference(long.model, short.model, toy.models[0]) > 0.1
+    assert relative_difference(long.model, short.model, toy.models[0]) > 0.1
 
 
 # --- keyed checkpoints and divergence ---------------------------------------------------------
@@ -290,7 +262,7 @@ def test_a_checkpoint_of_another_run_is_refused_before_any_step(toy, tmp_path, m
                  overwrite=True)
     assert run_header(path)[0] == 8
     monkeypatch.undo()
-    _assert_identical(fresh, _run(toy, "direct", BASE))
+    assert_identical_runs(fresh, _run(toy, "direct", BASE))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "old format"])
@@ -379,10 +351,10 @@ def test_pretraining_chunk_size_does_not_change_the_model(toy):
     start = ToyCLIP(width=config.width, dim=config.dim, key=jax.random.key(0))
     models = [pretrain(data.gray_train, data.train_labels, data.captions, config,
                        key=jax.random.key(0), seed=0, chunk=c) for c in (2, 100)]
-    for x, y in zip(_leaves(models[0]), _leaves(models[1]), strict=True):
+    for x, y in zip(leaves(models[0]), leaves(models[1]), strict=True):
         np.testing.assert_array_equal(x, y)
     # and the pretraining did train: the fresh model of the same key is another
-    assert any(not np.array_equal(x, s) for x, s in zip(_leaves(models[0]), _leaves(start),
+    assert any(not np.array_equal(x, s) for x, s in zip(leaves(models[0]), leaves(start),
                                                         strict=True))
 
 

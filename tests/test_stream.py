@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from runs import assert_identical_runs, leaves
 
 from tracer_theory.deep.data.export import write_colored_mnist
 from tracer_theory.deep.data.folders import FolderImages, image_folder
@@ -24,7 +25,6 @@ from tracer_theory.deep.data.images import UNNORMALIZED, Preprocessing
 from tracer_theory.deep.finetune import FinetuneConfig, Finetunee, loop, stream
 from tracer_theory.deep.finetune.checkpoints import run_header
 from tracer_theory.deep.finetune.loop import (
-    CURVES,
     TrainingData,
     batch_indices,
     draw_batch,
@@ -82,22 +82,14 @@ def _run(toy, name, images=None, labels=None, config=CONFIG, **kw):
     return finetune(toy.model, images, labels, registered()[name], config, **_args(toy), **kw)
 
 
-def _leaves(model) -> list[np.ndarray]:
-    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))]
-
-
 def _assert_identical(a, b):
-    """Bit-identical runs: every parameter and every logged curve."""
-    for x, y in zip(_leaves(a.model), _leaves(b.model), strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert set(a.curves) == set(b.curves) == set(CURVES)
-    for k in CURVES:
-        np.testing.assert_array_equal(a.curves[k], b.curves[k], err_msg=k)
+    """Bit-identical runs (``runs.assert_identical_runs``) logged at steps 3 and 6."""
+    assert_identical_runs(a, b)
     np.testing.assert_array_equal(a.curves["steps"], [3, 6])
 
 
 def _moved(run, start) -> bool:
-    return any(not np.array_equal(x, y) for x, y in zip(_leaves(run.model), _leaves(start),
+    return any(not np.array_equal(x, y) for x, y in zip(leaves(run.model), leaves(start),
                                                         strict=True))
 
 

@@ -279,6 +279,8 @@ def test_default_probes_are_class_balanced(folders, monkeypatch):
     assert sorted(zs_labels.tolist()) == [0, 1, 2]
     # at the defaults the probes hold every image (fewer than GAP_PROBE, ZERO_SHOT_PROBE)
     monkeypatch.undo()
+    assert task.probes()[0] is gap  # read once per task
+    task = _folder_task(folders)
     gap, (zs_images, _) = task.probes()
     np.testing.assert_array_equal(gap, val)
     assert len(zs_images) == len(proxy)

@@ -164,6 +164,11 @@ class Task:
         labels) or ``None`` when the task has no proxy set. The logged zero-shot curve scores
         over all of the task's classes (a proxy set of a subset of them is scored over its own
         classes only in the final evaluation)."""
+        if "_probes" not in self.__dict__:  # read once per task: every run logs on them
+            self.__dict__["_probes"] = self._read_probes()
+        return self.__dict__["_probes"]
+
+    def _read_probes(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         gap = self.gap_probe
         if gap is None:
             gap = self.val.images[balanced(self.val.labels, min(GAP_PROBE, len(self.val)))]

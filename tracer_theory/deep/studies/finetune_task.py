@@ -245,8 +245,7 @@ def run_task(clip: DualEncoder, tokenize, task: Task, config: TaskRunConfig,
                "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
                                "python": platform.python_version()},
                "proxy": first, **results, "summary": summarize(results),
-               "memory": {name: step_memory(fresh_model(clip, len(task.classes), 0), s, ft,
-                                            mesh)._asdict()
+               "memory": {name: step_memory(base, s, ft, mesh)._asdict()
                           for name, s in config.strategies}}
     if theory_sample is not None:
         payload["theory"] = _theory(clip, task, config, prompts, payload, theory_sample,
