@@ -200,6 +200,13 @@ def test_streamed_and_held_runs_give_the_same_results(task_dirs, tmp_path):
     (["--source", "disk"], 2, "--source"),
     (["--workers", "-1"], 2, "workers"),
     (["--batch-size", "100"], 3, "--batch-size"),
+    (["--devices", "2", "--fsdp", "3"], 2, "fsdp"),
+    (["--coordinator", "nowhere", "--num-processes", "2", "--process-id", "0"], 2,
+     "coordinator"),
+    (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"], 2,
+     "process_id"),
+    (["--coordinator", "localhost:1", "--num-processes", "0", "--process-id", "0"], 2,
+     "num_processes"),
 ])
 def test_bad_flags_are_one_line_errors(task_dirs, tmp_path, capsys, extra, code, words):
     extra = [e.format(train=task_dirs / "train", odd=task_dirs / "odd") for e in extra]

@@ -134,6 +134,17 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     standard environment (SLURM, TPU pod slices, ``JAX_COORDINATOR_ADDRESS``, ...) where they
     are ``None``. CPU processes exchange collectives through gloo. Call before any JAX
     computation; every process then runs the same program over one mesh of all devices."""
+    if coordinator is not None and (not isinstance(coordinator, str) or
+                                    not coordinator.rpartition(":")[2].isdigit()):
+        raise ValueError(f"coordinator must be 'HOST:PORT', got {coordinator!r}")
+    if num_processes is not None and (isinstance(num_processes, bool) or not isinstance(
+            num_processes, int) or num_processes < 1):
+        raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}")
+    if process_id is not None and (isinstance(process_id, bool) or not isinstance(
+            process_id, int) or process_id < 0 or (num_processes is not None
+                                                   and process_id >= num_processes)):
+        raise ValueError(f"process_id must be an integer in [0, num_processes), got "
+                         f"{process_id!r}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
 
