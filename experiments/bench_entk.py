@@ -1,23 +1,29 @@
-"""Benchmark: the empirical NTK Gram of an image tower, matrix-free against an explicit Jacobian,
-and one training step of the tangent model against one of the real model, side by side in one run.
+"""Benchmark: the empirical NTK Gram of an image tower, structured against the matrix-free
+reference and an explicit Jacobian, and one training step of the tangent model against one of
+the real model, side by side in one run.
 
-    python experiments/bench_entk.py [--models toy tiny] [--n 128 256 512] [--memory-gb 8]
-        [--block 64] [--repeats R] [--batch-size 128] [--steps 20] [--skip-gram] [--skip-step]
+    python experiments/bench_entk.py [--models toy tiny] [--n 32 128] [--memory-gb 8]
+        [--reference-max-n 32] [--repeats R] [--batch-size 128] [--steps 20] [--skip-gram]
+        [--skip-step]
 
 1. The Gram ``K = J Jᵀ`` (n·k × n·k) of the tower ``(clip.image, clip.image_proj)`` (all its
    float parameters, p of them; k embedding coordinates) on n random uniform images, float32:
-   *matrix-free*, ``ntk.entk_gram`` (``--block`` rows at a time, J never formed), and
-   *explicit*, the per-image Jacobian by ``jax.vmap(jax.jacrev(...))`` w.r.t. all parameters
-   at once, flattened to J (n·k, p), then ``J @ J.T`` in one jitted program. The explicit one
-   runs only where J alone (n·k·p·4 bytes) fits in ``--memory-gb``; ``entk_gram`` refuses
-   (``MemoryBudgetExceeded``) where its Gram with the eigendecomposition's workspace (three
-   (n·k)² matrices) would not. Each measurement runs in a fresh process (``spawn``), whose peak
-   host RSS is reported in total and above its RSS just before the measurement (on an
-   accelerator, device memory is not in the RSS; its peak is shown when the device reports it).
-   Times: the first call (compilation included) and the best of ``--repeats`` (default 1) warm
-   calls (compilation excluded: ``entk_gram`` re-traces its jitted rows on every call, so the
-   worker keeps a persistent compilation cache and a warm call only re-traces). Where both
-   methods ran, they are checked to agree: max |ΔK| / max |K|.
+   *structured*, ``ntk.entk_gram`` (each linear layer's share from its inputs and output
+   cotangents, ``deep/structured.py``; blocks from ``--memory-gb``); *matrix-free*, the
+   reference ``entk_gram(method="matrix-free")`` (64 rows at a time, J never formed), run only
+   for n <= ``--reference-max-n`` (it costs n times the explicit Jacobian's backward passes);
+   and *explicit*, the per-image Jacobian by ``jax.vmap(jax.jacrev(...))`` w.r.t. all
+   parameters at once, flattened to J (n·k, p), then ``J @ J.T`` in one jitted program, run
+   where J alone (n·k·p·4 bytes) fits in ``--memory-gb``. Each measurement runs in a fresh
+   process (``spawn``), whose peak host RSS is reported in total and above its RSS just before
+   the measurement (on an accelerator, device memory is not in the RSS; its peak is shown when
+   the device reports it). Times: the first call (compilation and, for the structured Gram,
+   the timing that picks each shared layer's contraction included) and the best of
+   ``--repeats`` (default 1) warm calls after it (the worker keeps a persistent compilation
+   cache). The methods are checked to agree: max |ΔK| / max |K| against the explicit one (or
+   the structured one where the explicit did not run). The run ends with one line per model
+   and n: ``entk <model> n=<n> float32: gram <s> s, explicit <s> s, ratio <r>x`` (warm times),
+   with both peaks.
 2. One jitted training step (``finetune.step.train_step``, strategies ``direct`` and ``wma_sd``)
    of the tangent model (``models.tangent.linearize`` on the CLIP) against the real model:
    best of ``--repeats`` (default 5) interleaved calls of ``--steps`` steps each, compiled
@@ -51,7 +57,7 @@ from tracer_theory.deep.models.tangent import linearize
 from tracer_theory.deep.ntk import Embed, entk_gram, tower_embed
 from tracer_theory.errors import MemoryBudgetExceeded
 
-METHODS = ("matrix-free", "explicit")
+METHODS = ("structured", "matrix-free", "explicit")
 STRATEGIES = ("direct", "wma_sd")
 
 
@@ -120,9 +126,9 @@ def device_peak() -> int | None:
 # --- one Gram measurement, in a fresh process -------------------------------------------------
 
 def measure_gram(task: dict[str, Any]) -> dict[str, Any]:
-    """Time and peak memory of one Gram (``task``: model, method, n, block, memory_gb, repeats,
-    save); run in a fresh process. Returns the timings and memory, or ``refused``/``skipped``
-    with the reason; saves K to ``task["save"]`` (``.npy``) when given."""
+    """Time and peak memory of one Gram (``task``: model, method, n, memory_gb,
+    reference_max_n, repeats, save); run in a fresh process. Returns the timings and memory,
+    or ``refused``/``skipped`` with the reason; saves K to ``task["save"]`` (``.npy``)"""
     params, embed = tower(task["model"])
     images = random_images(task["model"], task["n"])
     k = jax.eval_shape(embed, params, images[:1]).shape[1]
@@ -136,9 +142,12 @@ def measure_gram(task: dict[str, Any]) -> dict[str, Any]:
         def fn() -> np.ndarray:
             return np.asarray(jitted(params, images))
     else:
+        if task["method"] == "matrix-free" and task["n"] > task["reference_max_n"]:
+            return {"skipped": f"skipped (n > --reference-max-n {task['reference_max_n']})"}
+
         def fn() -> np.ndarray:
-            return entk_gram(params, embed, images, block=task["block"],
-                             memory_gb=task["memory_gb"])
+            return entk_gram(params, embed, images, memory_gb=task["memory_gb"],
+                             method=task["method"])
     before = current_rss()
     try:
         first, gram = best_time(fn, 1)
@@ -206,30 +215,31 @@ def gram_row(model: str, n: int, method: str, r: dict[str, Any], device: bool) -
 
 
 def gram_case(model: str, n: int, args: argparse.Namespace, repeats: int, tmp: str
-              ) -> tuple[dict[str, dict[str, Any]], float | None]:
-    """Both methods on ``n`` images of ``model``, each in its own process (the explicit one
-    first, so that K is saved for the agreement check only when it ran), and their agreement."""
-    task = {"model": model, "n": n, "block": args.block, "memory_gb": args.memory_gb,
-            "repeats": repeats}
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Every method on ``n`` images of ``model``, each in its own process, and the agreement
+    of each with the explicit Gram (or with the structured one where the explicit did not
+    run): ``{method: max |ΔK| / max |K_reference|}``."""
+    task = {"model": model, "n": n, "memory_gb": args.memory_gb, "repeats": repeats,
+            "reference_max_n": args.reference_max_n}
     paths = {m: Path(tmp) / f"{m}.npy" for m in METHODS}
-    explicit = in_fresh_process({**task, "method": "explicit", "save": str(paths["explicit"])})
-    both = "first" in explicit
-    free = in_fresh_process({**task, "method": "matrix-free",
-                             "save": str(paths["matrix-free"]) if both else None})
-    both = both and "first" in free
-    agree = agreement(paths["explicit"], paths["matrix-free"]) if both else None
+    results = {m: in_fresh_process({**task, "method": m, "save": str(paths[m])})
+               for m in METHODS}
+    ran = [m for m in METHODS if "first" in results[m]]
+    reference = "explicit" if "explicit" in ran else "structured"
+    agree = {m: agreement(paths[reference], paths[m]) for m in ran
+             if m != reference and reference in ran}
     for path in paths.values():
         path.unlink(missing_ok=True)
-    return {"matrix-free": free, "explicit": explicit}, agree
+    return results, agree
 
 
 def run_gram(args: argparse.Namespace) -> None:
-    """Measure and print every (model, n, method), then the explicit/matrix-free ratios."""
+    """Measure and print every (model, n, method), then the ratios and the summary lines."""
     repeats = args.repeats or 1
-    print(f"\n[1] eNTK Gram K = J Jᵀ of the image tower, float32, block {args.block}, memory "
-          f"budget {args.memory_gb:g} GiB.\n    first = first call (compilation included); "
-          f"warm = best of {repeats} later call(s) (compilation excluded); Δpeak = the worker "
-          "process's peak RSS above its RSS before the measurement; peak = its total peak RSS")
+    print(f"\n[1] eNTK Gram K = J Jᵀ of the image tower, float32, memory budget "
+          f"{args.memory_gb:g} GiB.\n    first = first call (compilation included); "
+          f"warm = best of {repeats} later call(s); Δpeak = the worker process's peak RSS "
+          "above its RSS before the measurement; peak = its total peak RSS")
     device = jax.default_backend() != "cpu"
     print(f"{'model':6s}{'n':>6s}  {'method':12s}{'first':>11s}{'warm':>11s}{'Δpeak':>11s}"
           f"{'peak':>11s}" + (f"{'device peak':>13s}" if device else ""))
@@ -240,24 +250,29 @@ def run_gram(args: argparse.Namespace) -> None:
                 results, agree = gram_case(model, n, args, repeats, tmp)
                 for method in METHODS:
                     print(gram_row(model, n, method, results[method], device), flush=True)
-                cases.append((model, n, results, agree))
-    print_ratios(cases)
+                for method, value in agree.items():
+                    flag = "  <- beyond float32 rounding: one is wrong" if value > 1e-4 else ""
+                    print(f"{'':14s}{method} agrees to max|ΔK|/max|K| = {value:.2e}{flag}")
+                cases.append((model, n, results))
+    print()
+    for model, n, results in cases:
+        print(summary_line(model, n, results))
 
 
-def print_ratios(cases: list[tuple[str, int, dict[str, dict[str, Any]], float | None]]) -> None:
-    """Explicit over matrix-free (warm time, Δpeak, peak) and their agreement, where both ran."""
-    print(f"\n{'model':6s}{'n':>6s}{'p':>10s}{'n·k':>7s}   explicit / matrix-free:"
-          f"{'warm time':>11s}{'Δpeak':>8s}{'peak':>8s}   max|ΔK|/max|K|")
-    for model, n, results, agree in cases:
-        free, explicit = results["matrix-free"], results["explicit"]
-        if agree is None:
-            print(f"{model:6s}{n:6d}   (not both ran)")
-            continue
-        print(f"{model:6s}{n:6d}{free['p']:10,d}{free['nk']:7d}   {'':23s}"
-              f"{explicit['warm'] / free['warm']:10.2f}x"
-              f"{explicit['delta'] / max(free['delta'], 1):7.2f}x"
-              f"{explicit['peak'] / free['peak']:7.2f}x   {agree:.2e}"
-              + ("  <- beyond float32 rounding: one of the two is wrong" if agree > 1e-4 else ""))
+def summary_line(model: str, n: int, results: dict[str, dict[str, Any]]) -> str:
+    """``entk <model> n=<n> float32: gram <s> s, explicit <s> s, ratio <r>x`` (warm times),
+    then both peak RSS; ``n/a`` for a method that did not run."""
+    gram, explicit = results["structured"], results["explicit"]
+
+    def seconds(r):
+        return f"{r['warm']:.3g} s" if "warm" in r else "n/a"
+
+    ratio = (f"{explicit['warm'] / gram['warm']:.3g}x" if "warm" in gram and "warm" in explicit
+             else "n/a")
+    peaks = ", ".join(f"{name} {fmt_bytes(r['peak'])}" for name, r in
+                      (("gram", gram), ("explicit", explicit)) if "peak" in r)
+    return (f"entk {model} n={n} float32: gram {seconds(gram)}, explicit {seconds(explicit)}, "
+            f"ratio {ratio} (peak RSS: {peaks or 'n/a'})")
 
 
 # --- part 2: tangent against real training steps ----------------------------------------------
@@ -326,11 +341,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["toy", "tiny"],
                         help="'toy' and/or CLIP preset names")
-    parser.add_argument("--n", nargs="+", type=int, default=[128, 256, 512],
+    parser.add_argument("--n", nargs="+", type=int, default=[32, 128],
                         help="numbers of images of the Gram")
     parser.add_argument("--memory-gb", type=float, default=8.0,
                         help="budget of both Grams (J for the explicit one)")
-    parser.add_argument("--block", type=int, default=64, help="entk_gram's rows per block")
+    parser.add_argument("--reference-max-n", type=int, default=32,
+                        help="the largest n the matrix-free reference runs at (0: never)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="best of; default 1 for the Gram (slow), 5 for the steps")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -339,8 +355,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-step", action="store_true")
     args = parser.parse_args(argv)
     repeats = 1 if args.repeats is None else args.repeats
-    if min(*args.n, args.block, args.batch_size, args.steps, repeats) < 1:
-        parser.error("--n, --block, --batch-size, --steps and --repeats must be >= 1")
+    if min(*args.n, args.batch_size, args.steps, repeats) < 1 or args.reference_max_n < 0:
+        parser.error("--n, --batch-size, --steps and --repeats must be >= 1, "
+                     "--reference-max-n >= 0")
     if not args.memory_gb > 0:
         parser.error("--memory-gb must be > 0")
     for model in args.models:

@@ -174,7 +174,7 @@ def test_a_gram_that_overflows_is_refused_naming_it(setup):
 
 def test_gram_bytes_is_exact_and_refuses_non_counts():
     # numpy integers would wrap around at 2**63; the count is an exact Python int
-    assert gram_bytes(np.int64(10**6), np.int64(10**4), 8) == 3 * 10**20 * 8
+    assert gram_bytes(np.int64(10**6), np.int64(10**4), 8) == 2 * 10**20 * 8
     for n, message in ((-1, "n must be a non-negative int, got -1"),
                        (2.5, "n must be an int, got 2.5")):
         with pytest.raises(ValueError, match=message):

@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="finetuning images of the closed forms and of rungs R1-R3 "
                              "(default: 128; the eNTK Gram is (n·k)², k the embedding width)")
     budget.add_argument("--block", type=int, default=None,
-                        help="eNTK Gram rows computed at once (default: 64)")
+                        help="eNTK Gram rows computed at once, whole images (default: as "
+                             "many as a quarter of the memory budget left by the Gram allows)")
     budget.add_argument("--memory-gb", type=float, default=None,
                         help="memory budget of the eNTK Gram and its eigendecomposition "
                              "(default: 8)")

@@ -24,6 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 from jaxtyping import Array, ArrayLike, Float, PyTree
 from tqdm.auto import tqdm
 
@@ -40,6 +41,7 @@ from .._validation import (
 )
 from ..errors import MemoryBudgetExceeded
 from ..linear import strategies as linear_strategies
+from .structured import structured_gram
 
 #: ``embed(params, images) -> (B, k)``: unnormalized image embeddings of a batch.
 Embed = Callable[[PyTree, Float[Array, "B C H W"]], Float[Array, "B k"]]
@@ -52,13 +54,14 @@ def _real(name: str, value: ArrayLike, *, positive: bool = False) -> float:
     return float(as_scalar(name, value, minimum=0.0 if positive else None, strict=positive))
 
 
-def _options(block: object, memory_gb: object, progress: object) -> tuple[int, float]:
-    """``(block, memory_gb)`` checked (an integer >= 1, a finite number > 0), and ``progress``
-    a label or ``None``."""
+def _options(block: object, memory_gb: object, progress: object) -> tuple[int | None, float]:
+    """``(block, memory_gb)`` checked (an integer >= 1 or ``None``, a finite number > 0), and
+    ``progress`` a label or ``None``."""
     if progress is not None and not isinstance(progress, str):
         raise TypeError(f"progress must be a str (the progress bar's label) or None, got "
                         f"{type(progress).__name__}")
-    return as_int("block", block, minimum=1), _real("memory_gb", memory_gb, positive=True)
+    block = None if block is None else as_int("block", block, minimum=1)
+    return block, _real("memory_gb", memory_gb, positive=True)
 
 
 def _tree_finite(tree: PyTree) -> Array:
@@ -176,10 +179,20 @@ def tower_embed(tower: PyTree, include: Callable[[PyTree], PyTree] | None = None
 
 
 def gram_bytes(n: int, k: int, itemsize: int) -> int:
-    """Memory of the ``n·k × n·k`` Gram with its eigendecomposition (Gram, eigenvectors and
-    LAPACK's workspace: three such matrices), in bytes (an exact Python int)."""
+    """Memory of the ``n·k × n·k`` Gram with its eigendecomposition (``eigh_descending``: the
+    Gram, overwritten, and the eigenvectors; then the eigenvectors and their device copy: two
+    such matrices at a time), in bytes (an exact Python int)."""
     n, k = as_int("n", n, minimum=0), as_int("k", k, minimum=0)
-    return 3 * (n * k) ** 2 * as_int("itemsize", itemsize, minimum=1)
+    return 2 * (n * k) ** 2 * as_int("itemsize", itemsize, minimum=1)
+
+
+def eigh_descending(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sigma_sq (m,), u (m, m))`` of a symmetric ``gram`` (m, m), eigenvalues descending,
+    by LAPACK's relatively robust representations (``syevr``), which overwrite ``gram`` and
+    need no workspace of its size (the divide-and-conquer ``numpy.linalg.eigh`` needs two
+    more, which a 32,768² float64 Gram on a 24 GB machine does not have)."""
+    sigma_sq, u = scipy.linalg.eigh(gram, overwrite_a=True, driver="evr", check_finite=False)
+    return sigma_sq[::-1], u[:, ::-1]
 
 
 def check_memory(n: int, k: int, itemsize: int, memory_gb: float, flag: str = "memory_gb"
@@ -198,38 +211,65 @@ def check_memory(n: int, k: int, itemsize: int, memory_gb: float, flag: str = "m
             f"{limit:g} GiB ({flag}); use fewer images or raise {flag}")
 
 
+#: How ``entk_gram`` builds ``J Jᵀ``: ``"structured"`` (the default; ``structured.py``) or
+#: ``"matrix-free"`` (the reference: per-image gradients pushed through ``J`` by ``jax.jvp``).
+GRAM_METHODS = ("structured", "matrix-free")
+
+
 def entk_gram(params: PyTree, embed: Embed, images: Float[Array, "n C H W"], *,
-              scale: float = 1.0, block: int = 64, memory_gb: float = 8.0,
-              progress: str | None = None) -> np.ndarray:
+              scale: float = 1.0, block: int | None = None, memory_gb: float = 8.0,
+              progress: str | None = None, method: str = "structured") -> np.ndarray:
     """The empirical NTK ``K = J Jᵀ`` (n·k, n·k) of ``scale · embed(params, images)``, row-major
     in the image, as a NumPy array in the parameters' dtype (float32 or float64; the images
-    are cast to it). Matrix-free: ``block`` rows at a time, each row a per-image gradient
-    (``jax.grad``) pushed through ``J`` (``jax.jvp``). Every argument is checked, and
-    ``MemoryBudgetExceeded`` raised if the Gram would not fit in ``memory_gb``, before any
-    work; a Gram that overflows is refused, never returned."""
+    are cast to it), exactly symmetric. ``method``: ``"structured"`` (each linear layer's
+    share from its inputs and output cotangents, ``structured.structured_gram``; one compile
+    per model structure, shapes and dtype) or ``"matrix-free"`` (the reference: rows as
+    per-image gradients pushed through ``J`` by ``jax.jvp``). ``block``: rows of ``K`` per
+    block (whole images for the structured Gram, at least one); default 64 rows matrix-free,
+    and for the structured Gram as many images as a quarter of the memory left by the Gram
+    and the layers' factors allows. Every argument is checked, and ``MemoryBudgetExceeded``
+    raised if the Gram would not fit in ``memory_gb``, before any work; a Gram that overflows
+    is refused, never returned."""
     dtype = _param_dtype("params", params)
     if not callable(embed):
         raise TypeError(f"embed must be a function (params, images) -> (B, k), as tower_embed "
                         f"returns, got {type(embed).__name__}")
+    if method not in GRAM_METHODS:
+        raise ValueError(f"method must be one of {list(GRAM_METHODS)}, got {method!r}")
     scale = _real("scale", scale)
     block, memory_gb = _options(block, memory_gb, progress)
     images = _as_images("images", images, dtype)
     n, k = images.shape[0], _width(params, embed, images, "embed")
     check_memory(n, k, dtype.itemsize, memory_gb)
+    if method == "structured":
+        out = structured_gram(params, embed, images, k, memory_gb=memory_gb,
+                              block=None if block is None else max(1, block // k),
+                              progress=progress)
+    else:
+        out = _matrix_free(params, embed, images, k, 64 if block is None else block, progress)
+    with np.errstate(over="ignore"):  # an overflow is reported below, naming the Gram
+        out *= np.float64(scale) ** 2  # inf, not a Python OverflowError, past the range
+    if not np.isfinite(out).all():
+        raise ValueError(not_finite("entk_gram: the eNTK Gram K", dtype,
+                                    "rescale scale, the images or the parameters"))
+    return out
+
+
+def _matrix_free(params, embed: Embed, images, k: int, block: int, progress: str | None
+                 ) -> np.ndarray:
+    """The reference Gram (unscaled), ``block`` rows at a time, exactly symmetric."""
+    n = images.shape[0]
     rows = _gram_rows(params, embed, images, k)
-    out = np.empty((n * k, n * k), dtype)
+    out = np.empty((n * k, n * k), images.dtype)
     starts = range(0, n * k, block)
     for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
         index = jnp.minimum(jnp.arange(start, start + block), n * k - 1)
         values = np.asarray(rows(index))
         stop = min(start + block, n * k)
         out[start:stop] = values[:stop - start]
-    with np.errstate(over="ignore"):  # an overflow is reported below, naming the Gram
-        out *= np.float64(scale) ** 2  # inf, not a Python OverflowError, past the range
-    if not np.isfinite(out).all():
-        raise ValueError(not_finite("entk_gram: the eNTK Gram K", dtype,
-                                    "rescale scale, the images or the parameters"))
-    return 0.5 * (out + out.T)  # exact symmetry (each half is the same product)
+    out += out.T  # exact symmetry (each half is the same product)
+    out *= 0.5
+    return out
 
 
 def _gram_rows(params, embed: Embed, images, k: int):
@@ -298,7 +338,7 @@ class TangentProblem(eqx.Module):
     @classmethod
     def build(cls, tower: PyTree, images: Float[Array, "n C H W"],
               target: Float[Array, "n k"], *, include: Callable | None = None,
-              block: int = 64, memory_gb: float = 8.0, progress: str | None = None,
+              block: int | None = None, memory_gb: float = 8.0, progress: str | None = None,
               cache: str | Path | None = None, overwrite: bool = False) -> TangentProblem:
         """The problem of ``tower`` (``(image, image_proj)``, at θ⁰) on ``images`` with the
         contrastive ``target`` ``Y`` (n, k) in the scaled units of ``linear_problem`` (the
@@ -332,8 +372,8 @@ class TangentProblem(eqx.Module):
         else:
             gram = entk_gram(params, embed, images, scale=scale, block=block,
                              memory_gb=memory_gb, progress=progress)
-            sigma_sq, u = np.linalg.eigh(gram)
-            sigma_sq, u = sigma_sq[::-1], np.ascontiguousarray(u[:, ::-1])
+            sigma_sq, u = eigh_descending(gram)
+            del gram  # overwritten: the eigenvectors and their device copy are the peak
             if cache is not None:
                 write_keyed(cache, key, lambda f: np.savez(f, sigma_sq=sigma_sq, u=u))
         mask = sigma_sq > len(sigma_sq) * np.finfo(sigma_sq.dtype).eps * sigma_sq[0]

@@ -121,7 +121,7 @@ class BudgetConfig:
     strategies: tuple[str, ...] = ("direct", "l2sp", "static_sd", "ema_sd", "wma_sd")
     lambda_grid: bool = True
     n: int = 128
-    block: int = 64
+    block: int | None = None
     memory_gb: float = 8.0
     mnist: str | None = None
     quick: bool = False
@@ -139,7 +139,7 @@ class BudgetConfig:
             raise ValueError("--seeds must name at least one seed")
         if self.n < 2:
             raise ValueError(f"--n must be >= 2 images, got {self.n}")
-        if self.block < 1:
+        if self.block is not None and self.block < 1:
             raise ValueError(f"--block must be >= 1, got {self.block}")
         if not self.memory_gb > 0:
             raise ValueError(f"--memory-gb must be > 0, got {self.memory_gb}")
@@ -188,7 +188,7 @@ class BudgetConfig:
 def quick_budget_config(**overrides: Any) -> BudgetConfig:
     """A budget that runs end to end in well under a minute (toy, quick data)."""
     base = dict(seeds=(0,), strategies=("direct", "static_sd", "wma_sd"), lambda_grid=False,
-                n=8, block=64, quick=True)
+                n=8, quick=True)
     return BudgetConfig(**(base | overrides))
 
 

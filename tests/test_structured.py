@@ -1,0 +1,177 @@
+"""The eNTK Gram by structured derivatives (``deep/structured.py``), float64.
+
+Reference: the matrix-free Gram (per-image gradients pushed through ``J`` by ``jax.jvp``) and,
+for the small towers, the explicit ``jax.jacrev`` Jacobian's ``J Jᵀ``."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tracer_theory.deep import structured
+from tracer_theory.deep.models import make_model
+from tracer_theory.deep.models.tangent import Linearized
+from tracer_theory.deep.ntk import entk_gram, tower_embed
+
+
+def _f64(tree):
+    return jax.tree.map(lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, tree)
+
+
+class Shared(eqx.Module):
+    """Weight sharing, LayerNorm and the fallbacks: a strided convolution without bias, a
+    LayerNorm over positions, one dense layer applied at every position (``vmap``), a weight
+    used twice (``mix``, explicit rows) and one used transposed (``back``, explicit rows)."""
+
+    conv: eqx.nn.Conv2d
+    norm: eqx.nn.LayerNorm
+    dense: eqx.nn.Linear
+    mix: jax.Array
+    back: jax.Array
+
+    def __init__(self, key):
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        self.conv = eqx.nn.Conv2d(2, 4, 3, stride=2, padding=1, use_bias=False, key=k1,
+                                  dtype=jnp.float64)
+        self.norm = eqx.nn.LayerNorm(4, dtype=jnp.float64)
+        self.dense = eqx.nn.Linear(4, 5, key=k2, dtype=jnp.float64)
+        self.mix = jax.random.normal(k3, (5, 5), jnp.float64) / 3
+        self.back = jax.random.normal(k4, (3, 5), jnp.float64) / 3
+
+    def __call__(self, x):
+        h = self.conv(x).reshape(4, -1).T  # (positions, 4)
+        h = jax.vmap(lambda v: jnp.tanh(self.dense(self.norm(v))))(h)
+        h = jnp.tanh(h @ self.mix) @ self.mix  # one weight, two uses
+        return jnp.mean(h, axis=0) @ self.back.T
+
+
+class Identity(eqx.Module):
+    def __call__(self, x):
+        return x
+
+
+def _towers():
+    key = jax.random.key(3)
+    toy = _f64(make_model("toy", key=key, width=16, dim=8))
+    tiny = _f64(make_model("tiny", key=key))
+    return {"toy": ((toy.image, toy.image_proj), (3, 28, 28)),
+            "tiny": ((tiny.image, tiny.image_proj), (3, 28, 28)),
+            "shared": ((Shared(key), Identity()), (2, 6, 6))}
+
+
+TOWERS = _towers()
+
+
+@pytest.mark.parametrize("name, measured", [("toy", None), ("shared", None), ("tiny", True),
+                                            ("tiny", False)])
+def test_structured_gram_equals_matrix_free_reference_at_every_block_size(name, measured,
+                                                                         monkeypatch):
+    """``measured``: the timing that picks a shared weight's contraction, fixed so that both
+    are checked on the transformer (``None``: measured)."""
+    if measured is not None:
+        monkeypatch.setattr(structured, "measured_faster", lambda *a: measured)
+    tower, shape = TOWERS[name]
+    params, embed = tower_embed(tower)
+    n = 2 if name == "tiny" else 3
+    images = jax.random.uniform(jax.random.key(4), (n, *shape), jnp.float64)
+    reference = _reference(name, params, embed, images)
+    k = reference.shape[0] // n
+    plan, _ = structured.plan(embed, params, shape, jnp.dtype("float64"), k, n, 8.0)
+    if measured is not None:
+        shared = [t for t in plan.taps if t.P > 1]  # the counts decide some without timing
+        assert shared and all(t.structured == measured or t.costs(k)[0] * structured.CLEAR
+                              < t.costs(k)[1] for t in shared)
+    for block in (k, 2 * k, None)[:2 if name == "tiny" else 3]:  # 1 image, 2 (ragged), budget
+        gram = entk_gram(params, embed, images, scale=0.7, block=block)
+        assert gram.dtype == np.float64
+        np.testing.assert_array_equal(gram, gram.T)
+        np.testing.assert_allclose(gram, reference, rtol=0, atol=1e-12 * np.abs(reference).max())
+
+
+_REFERENCES = {}
+
+
+def _reference(name, params, embed, images):
+    """The matrix-free Gram, computed once per tower."""
+    if name not in _REFERENCES:
+        _REFERENCES[name] = entk_gram(params, embed, images, scale=0.7, method="matrix-free")
+        assert np.abs(_REFERENCES[name]).max() > 0
+    return _REFERENCES[name]
+
+
+def test_structured_gram_equals_explicit_jacobian_and_uses_both_contractions():
+    """The toy-shaped tower exercises a convolution taken explicitly, one taken through its
+    factors, dense layers with and without bias, and explicit bias rows."""
+    tower, _ = TOWERS["shared"]
+    params, embed = tower_embed(tower)
+    images = jax.random.uniform(jax.random.key(5), (2, 2, 6, 6), jnp.float64)
+    jac = jax.jacrev(lambda p: embed(p, images))(params)
+    flat = np.concatenate([np.asarray(j).reshape(2 * 3, -1) for j in jax.tree.leaves(jac)], 1)
+    np.testing.assert_allclose(entk_gram(params, embed, images, block=3), flat @ flat.T,
+                               rtol=0, atol=1e-12 * np.abs(flat @ flat.T).max())
+    plan, _ = structured.plan(embed, params, images.shape[1:], jnp.dtype("float64"), 3, 2, 8.0)
+    leaves = jax.tree.leaves(params)
+    tapped = {leaves[t.leaf].shape for t in plan.taps}
+    assert tapped == {(4, 2, 3, 3), (5, 4)}  # conv and dense; mix (two uses), back (.T): not
+    assert {(t.O, t.P, t.C) for t in plan.taps} == {(4, 9, 18), (5, 9, 4)}
+
+
+def test_toy_tower_takes_each_contraction_where_the_counts_say():
+    tower, shape = TOWERS["toy"]
+    params, embed = tower_embed(tower)
+    plan, _ = structured.plan(embed, params, shape, jnp.dtype("float64"), 8, 64, 8.0)
+    by_shape = {jax.tree.leaves(params)[t.leaf].shape: t for t in plan.taps}
+    # conv1 at 196 positions: P²·k·O ≫ k²·O·C, rows win; the dense layers (P = 1): factors win
+    assert not by_shape[(16, 3, 5, 5)].structured
+    assert by_shape[(16, 1568)].structured and by_shape[(8, 16)].structured
+    assert by_shape[(16, 3, 5, 5)].costs(8) == (196**2 * 75 + 196**2 * 8 * 16 + 64 * 196 * 16,
+                                                64 * 16 * 75)
+
+
+def test_linearized_tower_gram_equals_reference():
+    """A tangent model's tower (``Linearized``: every weight enters through ``jax.jvp``)."""
+    tower, shape = TOWERS["toy"]
+    lin = (Linearized(tower[0]), tower[1])
+    params, embed = tower_embed(lin, include=lambda t: (t[0].params, t[1]))
+    images = jax.random.uniform(jax.random.key(6), (2, *shape), jnp.float64)
+    reference = entk_gram(params, embed, images, method="matrix-free")
+    np.testing.assert_allclose(entk_gram(params, embed, images), reference, rtol=0,
+                               atol=1e-12 * np.abs(reference).max())
+
+
+def test_second_call_with_same_shapes_does_not_recompile(monkeypatch):
+    built = []
+    original = structured._build
+    monkeypatch.setattr(structured, "_build", lambda p: built.append(p) or original(p))
+    structured._PROGRAMS.clear()
+    tower, shape = TOWERS["toy"]
+    images = jax.random.uniform(jax.random.key(7), (3, *shape), jnp.float64)
+    other = _f64(make_model("toy", key=jax.random.key(8), width=16, dim=8))  # new values
+    for t in (tower, (other.image, other.image_proj)):
+        params, embed = tower_embed(t)  # a new embed closure each time
+        entk_gram(params, embed, images + len(built), block=8)
+    assert len(built) == 1
+    factors, pair = structured._PROGRAMS[next(iter(structured._PROGRAMS))]
+    assert factors._cache_size() == 1 and pair._cache_size() == 1
+
+
+def test_structured_refuses_what_does_not_fit_naming_the_budget():
+    tower, shape = TOWERS["toy"]
+    params, embed = tower_embed(tower)
+    plan, _ = structured.plan(embed, params, shape, jnp.dtype("float64"), 8, 64, 8.0)
+    with pytest.raises(structured.MemoryBudgetExceeded, match="--memory-gb"):
+        structured.choose_block(plan, 64, 1e-4, "--memory-gb")
+    assert plan.block == structured.choose_block(plan, 64, 8.0) == structured.MAX_BLOCK
+    # a budget that leaves exactly four times an 8-image block's intermediates: 32 and 16 are
+    # halved away, 8 fits
+    fixed = (64 * 8) ** 2 * 8 + plan.feature_bytes(64)
+    assert structured.choose_block(plan, 64, (fixed + 4 * plan.block_bytes(8)) / 2**30) == 8
+    assert plan.block_bytes(16) > plan.block_bytes(8)
+
+
+def test_entk_gram_refuses_an_unknown_method():
+    tower, shape = TOWERS["toy"]
+    params, embed = tower_embed(tower)
+    with pytest.raises(ValueError, match="method must be one of"):
+        entk_gram(params, embed, jnp.zeros((1, *shape)), method="fast")
