@@ -14,7 +14,7 @@ targets, learning rates and penalties are finite real scalars.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -43,7 +43,10 @@ Params = dict[str, Float[Array, "..."]]
 
 class Family(eqx.Module):
     """A designable family: ``init(r)`` the starting parameters (λ last, as ``log_lam``, except
-    for per-direction weights) and ``strategy(params, sigma_max_sq)`` the strategy they give."""
+    for per-direction weights) and ``strategy(params, sigma_max_sq)`` the strategy they give;
+    ``label`` names it in tables, sentences and figures."""
+
+    label: ClassVar[str] = "designed teacher"
 
     def init(self, r: int) -> Params:
         raise NotImplementedError
@@ -80,6 +83,8 @@ class _Teacher(Family):
 class StaticFamily(Family):
     """Static SD (teacher frozen at ``W⁰``), its λ alone."""
 
+    label: ClassVar[str] = "λ alone"
+
     def init(self, r):
         return {"log_lam": jnp.zeros(())}
 
@@ -89,6 +94,8 @@ class StaticFamily(Family):
 
 class BetaFamily(_Teacher):
     """The WMA teacher with a Beta(a, b) kernel; starts at TRACER's Beta(0.5, 0.5)."""
+
+    label: ClassVar[str] = "Beta(a, b) kernel"
 
     def init(self, r):
         half = jnp.log(jnp.asarray(0.5))
@@ -102,6 +109,8 @@ class BetaFamily(_Teacher):
 class GridFamily(_Teacher):
     """The WMA teacher with a free-form positive kernel (``GridKernel`` on ``knots ≥ 2``
     knots); starts at the arcsine kernel clipped near the ends."""
+
+    label: ClassVar[str] = "free-form kernel"
 
     knots: int = eqx.field(static=True, default=16, converter=_count("knots", 2))
 
@@ -121,6 +130,8 @@ class GridFamily(_Teacher):
 class EMAFamily(_Teacher):
     """The EMA teacher, a constant momentum ``m = sigmoid(logit_m)``; starts at 0.99."""
 
+    label: ClassVar[str] = "EMA momentum"
+
     def init(self, r):
         return {"logit_m": jnp.log(jnp.asarray(99.0)), "log_lam": jnp.zeros(())}
 
@@ -136,6 +147,8 @@ class ScheduledEMAFamily(_Teacher):
     """The EMA teacher with its momentum warmed up linearly from ``m₀`` to ``m`` over
     ``warmup_steps ≥ 1`` updates (the official code's schedule); starts at 0.9 → 0.99. (Without
     a warm-up ``m₀`` would do nothing: that is ``EMAFamily``.)"""
+
+    label: ClassVar[str] = "warmed-up EMA"
 
     warmup_steps: int = eqx.field(static=True, default=100, converter=_count("warmup_steps", 1))
 
@@ -157,6 +170,8 @@ class ScheduledEMAFamily(_Teacher):
 class DirectionalFamily(Family):
     """Static SD with one λ per task direction (``DirectionalSD``); starts at λ = 1 everywhere.
     Its λ is the whole parameter vector: ``design`` calibrates a common offset."""
+
+    label: ClassVar[str] = "per-direction λ"
 
     def init(self, r):
         return {"log_lams": jnp.zeros((r,))}

@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..deep.studies.horizon import STRATEGIES
 from .result import Result
-from .style import subplots
+from .style import color, label, subplots
 
 TEACHERS = ("static_sd", "ema_sd", "ema999_sd", "wma_sd")
 CLAIM = ("an EMA teacher collapses onto the student, so over long horizons EMA SD's forgetting "
@@ -37,8 +36,9 @@ def _findings(payload: dict[str, Any]) -> tuple[str, bool]:
         rises = ema[-1] > ema[0]
         below = wma < ema[-1]
         agrees &= rises and below
-        parts.append(f"{_title(setting)}: EMA SD {ema[0]:.1f} → {ema[-1]:.1f} points from "
-                     f"T={horizons[0]} to T={horizons[-1]}, WMA SD {wma:.1f} at T={horizons[-1]}")
+        parts.append(f"{_title(setting)}: {label('ema_sd')} {ema[0]:.1f} → {ema[-1]:.1f} points "
+                     f"from T={horizons[0]} to T={horizons[-1]}, {label('wma_sd')} {wma:.1f} at "
+                     f"T={horizons[-1]}")
     return "; ".join(parts), agrees
 
 
@@ -54,11 +54,11 @@ def forgetting_figure(payload: dict[str, Any]) -> Result:
             ts = [int(t) for t in per_t]
             mean = [per_t[str(t)]["forgetting"]["mean"] for t in ts]
             std = [per_t[str(t)]["forgetting"]["std"] for t in ts]
-            entry = STRATEGIES[name]
-            ax.errorbar(ts, mean, yerr=std, color=entry.color, marker="o", ms=4, capsize=2,
-                        label=entry.label)
+            hue, name_label = color(name), label(name, full=True)
+            ax.errorbar(ts, mean, yerr=std, color=hue, marker="o", ms=4, capsize=2,
+                        label=name_label)
             pred = [theory[setting][name][str(t)]["predicted_forgetting"] for t in ts]
-            ax.plot(ts, pred, color=entry.color, ls="--", lw=1, alpha=0.8)
+            ax.plot(ts, pred, color=hue, ls="--", lw=1, alpha=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("finetuning horizon T (steps)")
         ax.set_title(_title(setting), fontsize=10)
@@ -89,17 +89,17 @@ def curves_figure(payload: dict[str, Any]) -> Result:
         for name, runs in curves[setting].items():
             if longest not in runs:
                 continue
-            entry = STRATEGIES[name]
+            hue, name_label = color(name), label(name, full=True)
             steps, forgetting = _mean_curve(runs[longest], "forgetting")
-            axes[1][j].plot(steps, forgetting, color=entry.color, label=entry.label)
+            axes[1][j].plot(steps, forgetting, color=hue, label=name_label)
             if name in TEACHERS:
                 _, kl = _mean_curve(runs[longest], "logit_kl")
-                axes[0][j].plot(steps, np.maximum(kl, 1e-12), color=entry.color,
-                                label=entry.label)
+                axes[0][j].plot(steps, np.maximum(kl, 1e-12), color=hue,
+                                label=name_label)
                 pred = theory[setting][name][longest]
                 if "gap_curve" in pred:  # from the first recorded step (step 0 has no gap)
                     axes[2][j].plot(pred["curve_steps"][1:], pred["gap_curve"][1:],
-                                    color=entry.color, label=entry.label)
+                                    color=hue, label=name_label)
         axes[0][j].set_title(_title(setting), fontsize=10)
         axes[0][j].set_yscale("log")
         axes[2][j].set_yscale("log")

@@ -8,15 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from ..deep.studies.pareto import DESIGNED, NAMES
+from ..deep.studies.pareto import DESIGNED, label_of
 from .result import Result
-from .style import color, subplots
+from .style import HIGHLIGHT, REFERENCE_LINE, color, subplots
 
 CLAIM = ("the WMA teacher with a U-shaped Beta(0.5, 0.5) kernel regularizes better than an EMA "
          "teacher; no claim is made on how far any teacher is from the best achievable "
          "trade-off")
-CURVE_COLORS = {"l2sp": color("l2sp"), "static_sd": color("static_sd"),
-                "ema_sd": color("ema_sd"), "wma_sd": color("wma_sd"), "replay_sd": "#ff7f0e"}
 MARKERS = {"beta": "^", "grid": "*", "ema": "v", "scheduled_ema": "<", "directional": "D"}
 
 
@@ -29,8 +27,8 @@ def _finding(payload: dict[str, Any]) -> tuple[str, bool]:
         best = min((k for k in DESIGNED if k in designed), key=lambda k: designed[k]["ratio"])
         agrees &= at["wma_sd"]["ratio"] <= at["ema_sd"]["ratio"]
         parts.append(f"{name}: WMA {at['wma_sd']['ratio']:.2f}×, EMA {at['ema_sd']['ratio']:.2f}×"
-                     f" the oracle; best designed {NAMES[best]} {designed[best]['ratio']:.2f}×; "
-                     f"replay-SD {at['replay_sd']['ratio']:.2g}×")
+                     f" the oracle; best designed {label_of(best)} {designed[best]['ratio']:.2f}×; "
+                     f"{label_of('replay_sd')} {at['replay_sd']['ratio']:.2g}×")
     return "; ".join(parts), agrees
 
 
@@ -54,22 +52,22 @@ def pareto_figure(payload: dict[str, Any]) -> Result:
         top.plot(fraction(oracle["task_loss"]), oracle["forgetting"], color="black", lw=2.4,
                  label="oracle (per-direction filters)", zorder=3)
         for key, curve in r["curves"].items():
-            style = {"color": CURVE_COLORS[key], "lw": 1.4,
-                     "ls": "--" if key == "replay_sd" else "-", "label": NAMES[key]}
+            style = {"color": color(key), "lw": 1.4,
+                     "ls": "--" if key == "replay_sd" else "-", "label": label_of(key)}
             top.plot(fraction(curve["task_loss"]), curve["forgetting"], **style)
             bottom.plot(fraction(curve["task_loss"]), curve["ratio"], **style)
         for ax in (top, bottom):
-            ax.axvline(fraction(r["target"]), color="#999999", ls=":", lw=1)
+            ax.axvline(fraction(r["target"]), color=REFERENCE_LINE, ls=":", lw=1)
             ax.set_xlim(0, 1)
             ax.set_yscale("log")
         for key, point in r["at_target"].items():
             top.plot(fraction([point["task_loss"]]), [point["forgetting"]], "o",
-                     color=CURVE_COLORS[key], ms=6, mec="black", mew=0.6, zorder=4)
+                     color=color(key), ms=6, mec="black", mew=0.6, zorder=4)
         for key, point in r["designed"].items():
             for ax, value in ((top, point["forgetting"]), (bottom, point["ratio"])):
-                ax.plot(fraction([point["task_loss"]]), [value], MARKERS[key], color="#e41a1c",
+                ax.plot(fraction([point["task_loss"]]), [value], MARKERS[key], color=HIGHLIGHT,
                         ms=8 if key == "grid" else 6, mec="black", mew=0.6, zorder=5,
-                        label=f"designed: {NAMES[key]}")
+                        label=f"designed: {label_of(key)}")
         bottom.axhline(1.0, color="black", lw=1.2)
         positive = [v for c in r["curves"].values() for v in c["forgetting"] if v > 0]
         top.set_ylim(max(min(positive), 1e-4 * max(positive)), 2 * max(positive))

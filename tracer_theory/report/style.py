@@ -1,4 +1,6 @@
-"""One look for every figure: a color and a label per strategy, and deterministic saving."""
+"""One look for every figure: a color and a label per strategy, the colors that mark no
+strategy, and deterministic saving. The only place, with the strategy registry, that holds a
+color or a label."""
 
 from __future__ import annotations
 
@@ -8,29 +10,44 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from .._io import writer
-from ..deep.finetune.strategies import REGISTRY
+from ..deep.finetune.strategies import REGISTRY, VARIANTS
 
+_ENTRIES = REGISTRY | VARIANTS
 #: One color and one label per strategy, shared by the linear-theory, toy and CLIP figures: the
-#: deep strategies' from their registry, plus the rows that are no registered strategy.
-COLORS: dict[str, str] = {name: entry.color for name, entry in REGISTRY.items()} | {
+#: deep strategies' and their variants' from the registry, plus the rows that are no registered
+#: strategy.
+COLORS: dict[str, str] = {name: entry.color for name, entry in _ENTRIES.items()} | {
     "stopped_gd": "#ff7f0e", "wise_ft": "#ff9896", "pretrained": "#000000"}
-LABELS: dict[str, str] = {name: entry.label for name, entry in REGISTRY.items()} | {
+LABELS: dict[str, str] = {name: entry.label for name, entry in _ENTRIES.items()} | {
     "stopped_gd": "stopped GD", "wise_ft": "WiSE-FT", "pretrained": "pretrained"}
+#: The labels with the hyperparameters the registry spells out (``EMA SD (0.99)``), for figures
+#: that show variants of one strategy side by side.
+FULL_LABELS: dict[str, str] = LABELS | {name: entry.full_label
+                                        for name, entry in _ENTRIES.items()}
 #: Colors of the teacher kernels (THEORY §4) in the kernel comparisons.
 KERNEL_COLORS: dict[str, str] = {"Beta(0.5,0.5)": COLORS["wma_sd"], "uniform": "#17becf",
                                  "linear ramp": "#bcbd22", "Beta(2,2)": "#e377c2"}
+#: Colors that mark no strategy: a name the vocabulary does not know, a reference line, a
+#: highlighted point (the designed teachers), and spare colors, in order, for the strategies of
+#: a study that the vocabulary does not know.
+FALLBACK = "#333333"
+REFERENCE_LINE = "#999999"
+HIGHLIGHT = "#e41a1c"
+SPARE_COLORS = ("#7b4173", "#637939", "#843c39", "#3182bd", "#636363")
 DPI = 120
 
 
 def color(name: str) -> str:
     """The color of a strategy name; ``wise_ft(0.5)``-style names use their base's color."""
-    return COLORS.get(name.split("(")[0], "#333333")
+    return COLORS.get(name.split("(")[0], FALLBACK)
 
 
-def label(name: str) -> str:
-    """The display label of a strategy name (``wise_ft(0.5)`` → ``WiSE-FT (0.5)``)."""
+def label(name: str, *, full: bool = False) -> str:
+    """The display label of a strategy name (``wise_ft(0.5)`` → ``WiSE-FT (0.5)``); ``full``:
+    with the hyperparameters the registry spells out (``ema_sd`` → ``EMA SD (0.99)``)."""
     base, _, rest = name.partition("(")
-    return LABELS.get(base, base) + (f" ({rest.rstrip(')')})" if rest else "")
+    return ((FULL_LABELS if full else LABELS).get(base, base)
+            + (f" ({rest.rstrip(')')})" if rest else ""))
 
 
 def subplots(*shape: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:

@@ -44,7 +44,8 @@ def task_figure(payload: dict[str, Any]) -> Result:
     if wise and "direct" in points:
         curve = [*(p for _, p in wise), points["direct"]]
         ax.plot([p[0] for p in curve], [p[1] for p in curve], "--", marker="s", ms=3,
-                color=color("wise_ft"), label=f"WiSE-FT α = {', '.join(f'{a:g}' for a, _ in wise)}")
+                color=color("wise_ft"),
+                label=f"{label('wise_ft')} α = {', '.join(f'{a:g}' for a, _ in wise)}")
     ax.set_xlabel(f"forgetting: zero-shot accuracy drop on {payload['proxy']!r} (points)")
     ax.set_ylabel(metric.replace("_acc", "") + " accuracy (%)")
     ax.grid(alpha=0.3)

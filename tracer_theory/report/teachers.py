@@ -9,14 +9,18 @@ from typing import Any
 
 from matplotlib.lines import Line2D
 
-from ..deep.studies.teachers import COLORS, LABELS, comparisons
+from ..deep.studies.teachers import comparisons
 from .result import Result
-from .style import subplots
+from .style import COLORS, FALLBACK, SPARE_COLORS, label, subplots
 
 CLAIM = ("(the hypothesis this study tests, not a claim of the paper) a teacher designed on the "
          "linearization forgets less in the real network than WMA Beta(0.5, 0.5) and EMA SD at "
          "equal ID accuracy")
-_SPARE = ("#7b4173", "#637939", "#843c39", "#3182bd", "#636363")
+
+
+def _label(name: str) -> str:
+    """A strategy's label with its hyperparameters spelled out (``WMA SD Beta(0.5, 0.5)``)."""
+    return label(name, full=True)
 
 
 def _finding(summary: dict[str, Any]) -> tuple[str, bool]:
@@ -25,15 +29,15 @@ def _finding(summary: dict[str, Any]) -> tuple[str, bool]:
     parts, agrees = [], False
     for name, against in comparisons(summary).items():
         if against is None:
-            parts.append(f"{LABELS[name]}: not run" + (" (no designed kernel given, so the "
+            parts.append(f"{_label(name)}: not run" + (" (no designed kernel given, so the "
                                                         "claim is untested)"
                                                         if name == "designed_sd" else ""))
             continue
         phrases = {"less": "forgets less than", "more": "forgets more than",
                    "unclear": "is not clearly different from",
                    None: "is not comparable (ID range) with"}
-        words = ", ".join(f"{phrases[w]} {LABELS.get(o, o)}" for o, (_, w) in against.items())
-        parts.append(f"{LABELS[name]} {words}")
+        words = ", ".join(f"{phrases[w]} {_label(o)}" for o, (_, w) in against.items())
+        parts.append(f"{_label(name)} {words}")
         if name == "designed_sd":
             agrees = bool(against) and all(w == "less" for _, w in against.values())
     if "equal_id" in summary:
@@ -48,8 +52,8 @@ def teachers_figure(payload: dict[str, Any]) -> Result:
     chosen point) dotted."""
     summary = payload["summary"]
     fig, ax = subplots(1, 1, figsize=(7.0, 5.0))
-    spare = iter(_SPARE)
-    colors = {name: COLORS.get(name) or next(spare, "#333333") for name in summary["strategies"]}
+    spare = iter(SPARE_COLORS)
+    colors = {name: COLORS.get(name) or next(spare, FALLBACK) for name in summary["strategies"]}
     for name, row in summary["strategies"].items():
         color = colors[name]
         curve = row["curve"]
@@ -57,7 +61,7 @@ def teachers_figure(payload: dict[str, Any]) -> Result:
         y = [m["forgetting"]["mean"] for m in curve.values()]
         ax.errorbar(x, y, xerr=[m["id_acc"]["std"] for m in curve.values()],
                     yerr=[m["forgetting"]["std"] for m in curve.values()], color=color,
-                    marker="o", ms=4, capsize=2, lw=1.2, label=LABELS.get(name, name))
+                    marker="o", ms=4, capsize=2, lw=1.2, label=_label(name))
         for lam, xi, yi in zip(curve, x, y, strict=True):
             ax.annotate(f"λ={lam}", (xi, yi), xytext=(7, 5), textcoords="offset points",
                         fontsize=6, color=color)
@@ -68,7 +72,7 @@ def teachers_figure(payload: dict[str, Any]) -> Result:
         d = summary["direct"]
         ax.errorbar([d["id_acc"]["mean"]], [d["forgetting"]["mean"]], xerr=[d["id_acc"]["std"]],
                     yerr=[d["forgetting"]["std"]], color=COLORS["direct"], marker="X", ms=8,
-                    capsize=2, ls="none", label=LABELS["direct"])
+                    capsize=2, ls="none", label=_label("direct"))
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], ls="none", marker="o", ms=11, mfc="none", mec="0.2", mew=2))
     labels.append("validation-chosen λ")
@@ -76,7 +80,7 @@ def teachers_figure(payload: dict[str, Any]) -> Result:
         e = summary["equal_id"]
         ax.axvline(e["id_acc"], color="0.5", ls=":", lw=1)
         handles.append(Line2D([], [], color="0.5", ls=":", lw=1))
-        labels.append(f"equal ID accuracy ({LABELS.get(e['reference'], e['reference'])}, "
+        labels.append(f"equal ID accuracy ({_label(e['reference'])}, "
                       f"λ = {e['reference_lam']:g})")
         for name, row in e["strategies"].items():
             if row["forgetting"] is not None and not row.get("reference"):

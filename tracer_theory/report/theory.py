@@ -214,7 +214,7 @@ def filter_factors_figure(quick: bool = False) -> Result:
         lam_text = f" λ = {LAM:g}" if isinstance(strategies[name], L2SP | StaticSD) else ""
         ax.semilogx(sigma_sq, f, "o-", ms=3, color=color(name), label=label(name) + lam_text)
     for (lam, f), style in zip(l2.items(), (":", "-.", "--"), strict=True):
-        ax.semilogx(sigma_sq, f, style, color=color("l2sp"), label=f"L2-SP λ = {lam:g}")
+        ax.semilogx(sigma_sq, f, style, color=color("l2sp"), label=f"{label('l2sp')} λ = {lam:g}")
     ax.set(xlabel="σ_i² (squared singular value of X_I)", ylabel="filter factor f_i",
            title=f"filter factors (λ = {LAM:g}; stopped GD {steps // 20} steps; EMA(0.99) and "
                  f"WMA over {steps} steps)")
@@ -305,8 +305,7 @@ def teacher_gap_figure(quick: bool = False) -> Result:
         gaps[name] = gap
         shown = gap > 0  # the gap is exactly 0 at step 0 (T_0 = W_0): off a log axis
         ax.semilogy(steps_at[shown], gap[shown], color=color(name),
-                    ls=style, label=label(name).replace(
-                        "EMA SD (", "EMA SD (m = "))
+                    ls=style, label=label(name).replace(" (", " (m = "))
     ax.set(xlabel="steps", ylabel="‖(W_t − T_t) X_I‖_F",
            title=f"teacher–student gap (λ = {LAM:g}, lr = half the stability bound)")
     ax.grid(alpha=0.3, which="both")

@@ -176,8 +176,9 @@ def _paper_finding(payload: dict[str, Any], comparison: dict[str, Any]) -> str:
             f"{verdict(comparison['magnitudes'])}" + (f" ({off})" if off else ""))
     if comparison["wma_vs_ema"] is not None:
         (wm, ws), (em, es) = (_stat(payload, n, "forgetting") for n in ("wma_sd", "ema_sd"))
-        text += (f"; WMA vs EMA: {verdict(comparison['wma_vs_ema'] == 'less')} (WMA SD "
-                 f"{wm:.1f} ± {ws:.1f} vs EMA SD {em:.1f} ± {es:.1f}: "
+        text += (f"; WMA vs EMA: {verdict(comparison['wma_vs_ema'] == 'less')} "
+                 f"({label('wma_sd')} {wm:.1f} ± {ws:.1f} vs {label('ema_sd')} {em:.1f} ± "
+                 f"{es:.1f}: "
                  + {"less": "less", "more": "more",
                     "tie": f"a tie within {MATCH_STDS:g} std"}[comparison["wma_vs_ema"]] + ")")
     return text

@@ -10,6 +10,7 @@ from .strategies import (
     L2SP as L2SP,
     LPFT as LPFT,
     REGISTRY as REGISTRY,
+    VARIANTS as VARIANTS,
     WMA as WMA,
     DataHybrid as DataHybrid,
     Direct as Direct,
@@ -25,5 +26,6 @@ from .strategies import (
     Static as Static,
     Strategy as Strategy,
     WeightDecay as WeightDecay,
+    entry as entry,
     registered as registered,
 )

@@ -14,7 +14,9 @@ plain finetuning:
 The jitted step and the loop call these methods and never look at a strategy's name, so a new
 strategy is a new subclass written anywhere (see the README). ``REGISTRY`` names the strategies
 the experiments, tables and figures know, with their validation-chosen defaults
-(``experiments/toy_selection_head.json``), labels and colors.
+(``experiments/toy_selection_head.json``), labels and colors; ``VARIANTS`` the strategies a study
+runs beside them (``entry`` finds both). Together they are the one strategy vocabulary: no other
+module holds a strategy's label or color.
 """
 
 from __future__ import annotations
@@ -578,12 +580,21 @@ def describe(value: Any) -> Any:
 # --- the registry -----------------------------------------------------------------------------
 
 class Entry(NamedTuple):
-    """A registered strategy: its value (with the default hyperparameters), display label and
-    color (one color per strategy in every figure)."""
+    """A strategy of the vocabulary: its value (with the default hyperparameters; ``None`` for a
+    variant its study builds from its own settings), display label, color (one color per
+    strategy in every figure) and ``detail``: the hyperparameters that tell it from its
+    variants, spelled out by ``full_label``."""
 
-    strategy: Strategy
+    strategy: Strategy | None
     label: str
     color: str
+    detail: str = ""
+
+    @property
+    def full_label(self) -> str:
+        """The label with its ``detail`` (``"EMA SD (0.99)"``): for a table or figure that shows
+        variants of one strategy side by side."""
+        return f"{self.label} {self.detail}" if self.detail else self.label
 
 
 #: Every strategy the experiments, the CLI, the tables and the figures know, by name. The λs
@@ -593,13 +604,39 @@ REGISTRY: dict[str, Entry] = {
     "l2sp": Entry(L2SP(10.0), "L2-SP", "#8c564b"),
     "weight_decay": Entry(WeightDecay(1e-4), "weight decay", "#7f7f7f"),
     "static_sd": Entry(SelfDistill(1.0, Static()), "static SD", "#9467bd"),
-    "ema_sd": Entry(SelfDistill(1.0, EMA(0.99)), "EMA SD", "#1f77b4"),
-    "wma_sd": Entry(SelfDistill(1.0, WMA()), "WMA SD", "#2ca02c"),
+    "ema_sd": Entry(SelfDistill(1.0, EMA(0.99)), "EMA SD", "#1f77b4", "(0.99)"),
+    "wma_sd": Entry(SelfDistill(1.0, WMA()), "WMA SD", "#2ca02c", "Beta(0.5, 0.5)"),
     "lp_ft": Entry(LPFT(), "LP-FT", "#e377c2"),
     "low_lr": Entry(LowLR(), "low lr", "#bcbd22"),
     "proj_only": Entry(ProjectionOnly(), "projection only", "#17becf"),
     "data_hybrid": Entry(DataHybrid(), "data hybrid", "#aec7e8"),
 }
+
+#: The variants a study runs beside the registry's strategies, by name: a registered strategy at
+#: other hyperparameters, or a strategy the registry does not hold. Each has its own label and a
+#: color that no registry entry and no other variant uses. They stay out of ``REGISTRY`` (the
+#: CLI, the tables and the tests iterate over it); a study that needs a new one adds it here,
+#: never a label or color of its own, and looks it up with ``entry``.
+VARIANTS: dict[str, Entry] = {
+    # the long-horizon study's second EMA momentum
+    "ema999_sd": Entry(SelfDistill(1.0, EMA(0.999)), "EMA SD (0.999)", "#393b79"),
+    # SD toward a kernel designed on the linearization; the teachers study builds it from its
+    # kernel (``KernelTeacher(GridKernel(log_values))``)
+    "designed_sd": Entry(None, "designed-kernel SD", "#e6550d"),
+    # distillation toward the pretrained model on replayed gray pretraining images (the linear
+    # theory's ReplaySD in the forgetting–fit study)
+    "replay_sd": Entry(ReplayDistill(), "replay SD", "#8c6d31"),
+}
+
+
+def entry(name: str) -> Entry:
+    """The vocabulary's entry of ``name``: the registry's, else a variant's (``VARIANTS``); a
+    ``ValueError`` naming an unknown ``name``."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name in VARIANTS:
+        return VARIANTS[name]
+    raise ValueError(f"unknown strategy {name!r}; known: {[*REGISTRY, *VARIANTS]}")
 
 
 def registered(names: tuple[str, ...] | None = None) -> dict[str, Strategy]:

@@ -37,13 +37,11 @@ from ..finetune.checkpoints import check_run
 from ..finetune.config import FinetuneConfig, PretrainConfig
 from ..finetune.loop import SAMPLER, finetune_on, zero_shot_accuracy
 from ..finetune.strategies import (
-    EMA,
     REGISTRY,
     Direct,
-    Entry,
-    SelfDistill,
     Strategy,
     describe,
+    entry,
     has_teacher,
 )
 from .arrays import ExperimentData
@@ -51,16 +49,9 @@ from .evaluation import evaluate
 from .experiment import ExperimentConfig, check_pretrained, pretrained_model
 from .theory import ZeroShotProbe, linear_problem, predicted_forgetting
 
-#: The study's strategies: the registry's, with the EMA teacher at two momenta.
-STRATEGIES: dict[str, Entry] = {
-    "direct": REGISTRY["direct"],
-    "static_sd": REGISTRY["static_sd"],
-    "ema_sd": REGISTRY["ema_sd"]._replace(label="EMA SD (0.99)"),
-    "ema999_sd": Entry(SelfDistill(REGISTRY["ema_sd"].strategy.lam, EMA(0.999)),
-                       "EMA SD (0.999)", "#17becf"),
-    "wma_sd": REGISTRY["wma_sd"],
-    "l2sp": REGISTRY["l2sp"],
-}
+#: The study's strategies, names of the strategy vocabulary (``strategies.entry``): the
+#: registry's, with the EMA teacher at a second momentum (the ``ema999_sd`` variant).
+STRATEGIES = ("direct", "static_sd", "ema_sd", "ema999_sd", "wma_sd", "l2sp")
 #: The metrics recorded at every horizon (besides the gap and the half-forgetting step).
 METRICS = ("forgetting", "gray_acc", "id_acc", "ood_flipped_acc", "ood_neutral_acc")
 
@@ -144,7 +135,7 @@ class HorizonConfig:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for key in ("pretrain", "finetune"):
             fields[key] = dataclasses.asdict(fields[key])
-        fields["strategies"] = {n: describe(STRATEGIES[n].strategy) for n in self.strategies}
+        fields["strategies"] = {n: describe(entry(n).strategy) for n in self.strategies}
         return json.loads(json.dumps(fields, default=str))
 
 
@@ -175,7 +166,7 @@ def half_step(steps: np.ndarray, forgetting: np.ndarray, horizon: int) -> float 
 def _runs(config: HorizonConfig, name: str) -> list[tuple[int, tuple[int, ...]]]:
     """(run length, horizons it is evaluated at) of a strategy: one run per horizon for a
     teacher whose schedule depends on the horizon, else one run to the longest."""
-    strategy = STRATEGIES[name].strategy
+    strategy = entry(name).strategy
     longest = config.horizons[-1]
     if has_teacher(strategy) and not bool(eqx.tree_equal(strategy.schedule(config.horizons[0]),
                                                          strategy.schedule(longest))):
@@ -217,7 +208,7 @@ def run_horizon(config: HorizonConfig, out_dir: str | Path = "results/horizon", 
                                                     jnp.asarray(gray_probe[1]), class_emb))
             theory[setting][str(seed)] = predict(config, pretrained, data, labels, objective)
             for name in config.strategies:
-                strategy = STRATEGIES[name].strategy
+                strategy = entry(name).strategy
                 for steps, _ in _runs(config, name):
                     at = (objective, noise, seed, name, steps)
                     stops, path, key, ft = plan[at]
@@ -249,7 +240,7 @@ def _where(config: HorizonConfig, data, out_dir: Path, objective: str, noise: fl
     stops = dict(_runs(config, name))[steps]
     stem = f"seed{seed}_{name}" + ("" if len(stops) > 1 else f"_T{steps}")
     ft = dataclasses.replace(config.finetune, objective=objective, steps=steps)
-    key = _key(data, seed, config, STRATEGIES[name].strategy, ft, noise)
+    key = _key(data, seed, config, entry(name).strategy, ft, noise)
     return out_dir / config.name / setting / f"{stem}.json", key, ft
 
 
@@ -308,7 +299,7 @@ def predict(config: HorizonConfig, pretrained, data, labels, objective: str) -> 
         lr = float(default_lr(spec.sigma_sq[0], sd_lam))
         w0 = np.asarray(problem.w0)
         for name in config.strategies:
-            strategy = STRATEGIES[name].strategy
+            strategy = entry(name).strategy
             for t in config.horizons:
                 if has_teacher(strategy) or isinstance(strategy, Direct):
                     lam = strategy.lam if has_teacher(strategy) else 0.0
@@ -398,6 +389,12 @@ def _std(summary, setting, name, t, key="forgetting"):
     return summary[setting][name][str(t)][key]["std"]
 
 
+def _label(name: str) -> str:
+    """The vocabulary's label of a strategy, its hyperparameters spelled out (``EMA SD (0.99)``
+    beside ``EMA SD (0.999)``)."""
+    return entry(name).full_label
+
+
 def verdicts(payload: dict[str, Any], config: HorizonConfig) -> dict[str, list[str]]:
     """In words, per setting, measured and predicted: does EMA SD's forgetting rise toward
     Direct FT's as T grows (collapse harms), and does WMA SD stay below EMA SD, at which T."""
@@ -410,7 +407,7 @@ def verdicts(payload: dict[str, Any], config: HorizonConfig) -> dict[str, list[s
         for ema in ("ema_sd", "ema999_sd"):
             if ema not in names or "direct" not in names:
                 continue
-            label = STRATEGIES[ema].label
+            label = _label(ema)
             first, last = _mean(summary, setting, ema, hs[0]), _mean(summary, setting, ema, hs[-1])
             noise = np.hypot(_std(summary, setting, ema, hs[0]),
                              _std(summary, setting, ema, hs[-1]))
@@ -419,14 +416,14 @@ def verdicts(payload: dict[str, Any], config: HorizonConfig) -> dict[str, list[s
             word = ("rises" if rise > max(noise, 0.5) else
                     "falls" if rise < -max(noise, 0.5) else "stays flat")
             lines.append(f"measured: {label} forgetting {word} from {first:.1f} (T={hs[0]}) to "
-                         f"{last:.1f} (T={hs[-1]}) points (seed spread {noise:.1f}); Direct FT "
-                         f"{direct:.1f} at T={hs[-1]} — collapse "
+                         f"{last:.1f} (T={hs[-1]}) points (seed spread {noise:.1f}); "
+                         f"{_label('direct')} {direct:.1f} at T={hs[-1]} — collapse "
                          + ("harms" if word == "rises" else "does not harm") + " here")
             p_first = theory[setting][ema][str(hs[0])]["predicted_forgetting"]
             p_last = theory[setting][ema][str(hs[-1])]["predicted_forgetting"]
             p_direct = theory[setting]["direct"][str(hs[-1])]["predicted_forgetting"]
             lines.append(f"predicted: {label} forgetting {p_first:.1f} → {p_last:.1f} points "
-                         f"(Direct FT {p_direct:.1f} at T={hs[-1]}); final gap "
+                         f"({_label('direct')} {p_direct:.1f} at T={hs[-1]}); final gap "
                          f"{theory[setting][ema][str(hs[0])]['gap']:.3g} → "
                          f"{theory[setting][ema][str(hs[-1])]['gap']:.3g}")
         if "wma_sd" in names and "ema_sd" in names:
@@ -434,11 +431,12 @@ def verdicts(payload: dict[str, Any], config: HorizonConfig) -> dict[str, list[s
                      < _mean(summary, setting, "ema_sd", t)]
             diffs = ", ".join(f"T={t}: {_mean(summary, setting, 'wma_sd', t):.1f} vs "
                               f"{_mean(summary, setting, 'ema_sd', t):.1f}" for t in hs)
-            lines.append(f"measured: WMA SD below EMA SD (0.99) at T ∈ {below or 'none'} "
-                         f"({diffs})")
+            lines.append(f"measured: {_label('wma_sd')} below {_label('ema_sd')} at T ∈ "
+                         f"{below or 'none'} ({diffs})")
             p_below = [t for t in hs if theory[setting]["wma_sd"][str(t)]["predicted_forgetting"]
                        < theory[setting]["ema_sd"][str(t)]["predicted_forgetting"]]
-            lines.append(f"predicted: WMA SD below EMA SD (0.99) at T ∈ {p_below or 'none'}")
+            lines.append(f"predicted: {_label('wma_sd')} below {_label('ema_sd')} at T ∈ "
+                         f"{p_below or 'none'}")
         out[setting] = lines
     return out
 
@@ -453,7 +451,7 @@ def format_horizon(payload: dict[str, Any]) -> str:
     lines = []
     for setting, per_strategy in payload["summary"].items():
         lines.append(f"\n== {setting.replace('_noise', ', label noise ')}")
-        head = f"{'strategy':16s}{'T':>6s}" + "".join(f" {h:>16s}" for _, h in TABLE) + \
+        head = f"{'strategy':22s}{'T':>6s}" + "".join(f" {h:>16s}" for _, h in TABLE) + \
             f"{'predicted':>11s}"
         lines += [head, "-" * len(head)]
         for name, per_t in per_strategy.items():
@@ -465,7 +463,7 @@ def format_horizon(payload: dict[str, Any]) -> str:
                                  f"{v['mean']:.2g} ± {v['std']:.1g}" if key.startswith("gap")
                                  else f"{v['mean']:.1f} ± {v['std']:.1f}")
                 pred = payload["theory"][setting][name][t]["predicted_forgetting"]
-                lines.append(f"{STRATEGIES[name].label:16s}{t:>6s}"
+                lines.append(f"{_label(name):22s}{t:>6s}"
                              + "".join(f" {c:>16s}" for c in cells) + f"{pred:11.1f}")
         lines += [f"  {v}" for v in payload["verdicts"][setting]]
     return "\n".join(lines)

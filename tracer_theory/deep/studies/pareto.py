@@ -41,14 +41,19 @@ from ...linear.problem import LinearProblem
 from ...linear.random import random_problem
 from ...linear.spectrum import spectrum
 from ...linear.strategies import L2SP, ReplaySD, StaticSD
+from ..finetune.strategies import entry
 
 #: Random problems: (d_I, n, d_T, k, m_pre) and the spectrum of X_I.
 RANDOM = {"flat": {}, "power law": {"decay": 1.0}, "ill-conditioned": {"cond": 1e3}}
 SHAPE = (60, 20, 16, 8, 200)
-#: The curves' strategies, in plotting order.
+#: The curves' strategies (names of the strategy vocabulary, ``strategies.entry``), in plotting
+#: order.
 CURVES = ("l2sp", "static_sd", "ema_sd", "wma_sd", "replay_sd")
 #: The designed families, by name.
-DESIGNED = ("beta", "grid", "ema", "scheduled_ema", "directional")
+FAMILIES: dict[str, type[Family]] = {
+    "beta": BetaFamily, "grid": GridFamily, "ema": EMAFamily,
+    "scheduled_ema": ScheduledEMAFamily, "directional": DirectionalFamily}
+DESIGNED = tuple(FAMILIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,10 +241,10 @@ def run_pareto(config: ParetoConfig, out_dir: str | Path = "results/pareto", *,
     return payload
 
 
-NAMES = {"static_sd": "static SD", "ema_sd": "EMA SD (0.99)",
-         "wma_sd": "WMA SD Beta(½, ½)", "replay_sd": "replay-SD", "l2sp": "L2-SP",
-         "beta": "Beta(a, b) kernel", "grid": "free-form kernel", "ema": "EMA momentum",
-         "scheduled_ema": "warmed-up EMA", "directional": "per-direction λ"}
+def label_of(key: str) -> str:
+    """The name of a curve's strategy (the vocabulary's label, hyperparameters spelled out) or
+    of a designed family (``Family.label``)."""
+    return FAMILIES[key].label if key in FAMILIES else entry(key).full_label
 
 
 def _kernel(params: dict[str, Any]) -> str:
@@ -268,23 +273,26 @@ def verdicts(payload: dict[str, Any]) -> dict[str, list[str]]:
     for name, r in payload["problems"].items():
         at, designed = r["at_target"], r["designed"]
         lines = [
-            f"At static SD's (λ = 1) task loss {r['target']:.4g} (Direct FT {r['floor']:.3g}, "
+            f"At {label_of('static_sd')}'s (λ = 1) task loss {r['target']:.4g} "
+            f"({label_of('direct')} {r['floor']:.3g}, "
             f"W⁰ {r['w0_task_loss']:.4g}), the paper's strategies forget "
-            + ", ".join(f"{NAMES[k]} {at[k]['ratio']:.2f}×" for k in ("static_sd", "ema_sd",
+            + ", ".join(f"{label_of(k)} {at[k]['ratio']:.2f}×" for k in ("static_sd", "ema_sd",
                                                                        "wma_sd"))
             + " the oracle's least forgetting over per-direction filters.",
             "Designed by gradient through the exact dynamics: "
-            + "; ".join(f"{NAMES[k]} {designed[k]['ratio']:.2f}× ({_kernel(designed[k]['params'])}"
+            + "; ".join(f"{label_of(k)} {designed[k]['ratio']:.2f}× "
+                        f"({_kernel(designed[k]['params'])}"
                         + ("" if designed[k]["reached"] else
                            f"; cannot reach the target in {r['steps']} steps, task loss "
                            f"{designed[k]['task_loss']:.4g}") + ")"
                         for k in DESIGNED if k in designed) + ".",
-            f"Replay-SD (distillation on X_pre) forgets {at['replay_sd']['ratio']:.3g}× the "
+            f"{label_of('replay_sd')} (distillation on X_pre) forgets "
+            f"{at['replay_sd']['ratio']:.3g}× the "
             "filter oracle at that task loss: it is the frontier over all encoders, below the "
             "filters' wherever X_pre leaves the task eigenbasis.",
             "Along the λ curves, over the middle of the task-loss range (10–90% of the way "
-            "from Direct FT to W⁰): "
-            + ", ".join(f"{NAMES[k]} {c['middle_ratio'][0]:.2f}–{c['middle_ratio'][1]:.2f}×"
+            f"from {label_of('direct')} to W⁰): "
+            + ", ".join(f"{label_of(k)} {c['middle_ratio'][0]:.2f}–{c['middle_ratio'][1]:.2f}×"
                         for k, c in r["curves"].items()
                         if k != "replay_sd" and c["middle_ratio"] is not None) + ".",
         ]
@@ -295,7 +303,7 @@ def verdicts(payload: dict[str, Any]) -> dict[str, list[str]]:
 def format_pareto(payload: dict[str, Any]) -> str:
     """A text table: forgetting over the oracle's at the target, per problem and strategy."""
     keys = ["static_sd", "ema_sd", "wma_sd", *DESIGNED, "replay_sd"]
-    header = f"{'problem':<22}" + "".join(f"{NAMES[k][:14]:>16}" for k in keys)
+    header = f"{'problem':<22}" + "".join(f"{label_of(k)[:14]:>16}" for k in keys)
     rows = [header, "-" * len(header)]
     for name, r in payload["problems"].items():
         values = {**{k: r["at_target"][k]["ratio"] for k in r["at_target"]},

@@ -54,14 +54,12 @@ from ...linear.problem import forgetting
 from ..finetune.config import FinetuneConfig, PretrainConfig
 from ..finetune.loop import SAMPLER, finetune_on
 from ..finetune.strategies import (
-    EMA,
-    WMA,
     Direct,
     KernelTeacher,
-    ReplayDistill,
     SelfDistill,
     Strategy,
     describe,
+    entry,
 )
 from .arrays import ExperimentData
 from .evaluation import evaluate, validation_scores
@@ -77,14 +75,9 @@ from .theory import ZeroShotProbe, linear_problem, predicted_forgetting
 Compared = tuple[Callable[[float], Strategy], tuple[float, ...]]
 #: The default λ grid, shared by every compared strategy.
 LAMBDAS = (0.3, 1.0, 3.0, 10.0)
-#: The default compared strategies, in table order (``designed_sd`` needs a kernel).
+#: The default compared strategies, in table order (``designed_sd`` needs a kernel): names of
+#: the strategy vocabulary (``strategies.entry``), which gives their labels and colors.
 NAMES = ("wma_sd", "ema_sd", "designed_sd", "replay_sd")
-#: Display labels and colors (one color per strategy; none is shared with another figure's
-#: strategy but WMA, EMA and Direct FT, which keep the registry's).
-LABELS = {"direct": "Direct FT", "wma_sd": "WMA SD Beta(0.5, 0.5)", "ema_sd": "EMA SD (0.99)",
-          "designed_sd": "designed-kernel SD", "replay_sd": "replay SD"}
-COLORS = {"direct": "#d62728", "wma_sd": "#2ca02c", "ema_sd": "#1f77b4",
-          "designed_sd": "#e6550d", "replay_sd": "#8c6d31"}
 #: The test metrics summarized (besides the validation scores).
 METRICS = ("forgetting", "id_acc", "gray_acc", "ood_flipped_acc", "ood_neutral_acc")
 CRITERION = ("mean of ID validation accuracy and gray zero-shot validation accuracy, on the "
@@ -95,24 +88,17 @@ METHOD = ("the seed-mean (ID accuracy, forgetting) curve over the λ grid, in λ
           "weights; no extrapolation")
 
 
-def wma_sd(lam: float) -> Strategy:
-    """SD toward TRACER's WMA teacher, Beta(0.5, 0.5) over the whole run."""
-    return SelfDistill(lam, WMA(0.5, 0.5))
-
-
-def ema_sd(lam: float) -> Strategy:
-    """SD toward an EMA teacher of momentum 0.99."""
-    return SelfDistill(lam, EMA(0.99))
+def _at_lambda(name: str, lam: float, **fields: Any) -> Strategy:
+    """The vocabulary's strategy ``name`` (``strategies.entry``: ``wma_sd`` is SD toward
+    TRACER's WMA teacher, Beta(0.5, 0.5) over the whole run, ``ema_sd`` toward an EMA teacher of
+    momentum 0.99, ``replay_sd`` distillation toward the pretrained model on a ``fraction`` of
+    gray pretraining images) at ``lam``, its other ``fields`` replaced."""
+    return dataclasses.replace(entry(name).strategy, lam=lam, **fields)
 
 
 def designed_sd(lam: float, *, log_values: tuple[float, ...]) -> Strategy:
     """SD toward the kernel teacher of the free-form kernel ``GridKernel(log_values)``."""
     return SelfDistill(lam, KernelTeacher(GridKernel(np.asarray(log_values))))
-
-
-def replay_sd(lam: float, *, fraction: float = 0.25) -> Strategy:
-    """Distillation toward the pretrained model on a ``fraction`` of gray pretraining images."""
-    return ReplayDistill(lam, fraction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,13 +163,14 @@ class TeachersConfig:
     def _available(self) -> dict[str, Compared]:
         if self.strategies is not None:
             return dict(self.strategies)
-        out: dict[str, Compared] = {"wma_sd": (wma_sd, self.lambdas),
-                                    "ema_sd": (ema_sd, self.lambdas)}
+        out: dict[str, Compared] = {
+            name: (functools.partial(_at_lambda, name), self.lambdas)
+            for name in ("wma_sd", "ema_sd")}
         if self.kernel is not None:
             out["designed_sd"] = (functools.partial(designed_sd, log_values=self.kernel),
                                   self.lambdas)
-        out["replay_sd"] = (functools.partial(replay_sd, fraction=self.replay_fraction),
-                            self.lambdas)
+        out["replay_sd"] = (functools.partial(_at_lambda, "replay_sd",
+                                              fraction=self.replay_fraction), self.lambdas)
         return out
 
     def compared(self) -> dict[str, Compared]:
@@ -527,7 +514,12 @@ def summarize(runs: Mapping[str, Mapping[str, Mapping[str, Any]]],
 # --- in words ---------------------------------------------------------------------------------
 
 def _label(name: str) -> str:
-    return LABELS.get(name, name)
+    """The vocabulary's label of ``name`` with its hyperparameters spelled out
+    (``Entry.full_label``); a name the vocabulary does not know, itself."""
+    try:
+        return entry(name).full_label
+    except ValueError:
+        return name
 
 
 def _compare(summary: dict[str, Any], name: str, other: str) -> tuple[str, str | None]:
@@ -566,7 +558,7 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
              for name, row in summary["strategies"].items()]
     if "direct" in summary:
         d = summary["direct"]
-        lines.append(f"Direct FT: forgetting {_pm(d['forgetting'])}, ID accuracy "
+        lines.append(f"{_label('direct')}: forgetting {_pm(d['forgetting'])}, ID accuracy "
                      f"{_pm(d['id_acc'])}")
     if "equal_id" not in summary:
         return lines
@@ -615,7 +607,7 @@ def format_teachers(payload: dict[str, Any]) -> str:
                      f"{_pm(c['gray_acc']):>16s}{_pm(eq):>18s}")
     if "direct" in summary:
         d = summary["direct"]
-        lines.append(f"{'Direct FT':24s}{'—':>7s}{'—':>11s}{_pm(d['forgetting']):>16s}"
+        lines.append(f"{_label('direct'):24s}{'—':>7s}{'—':>11s}{_pm(d['forgetting']):>16s}"
                      f"{_pm(d['id_acc']):>16s}{_pm(d['gray_acc']):>16s}{'—':>18s}")
     if "equal_id" in summary:
         e = summary["equal_id"]
