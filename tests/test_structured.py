@@ -12,7 +12,7 @@ import pytest
 from tracer_theory.deep import structured
 from tracer_theory.deep.models import make_model
 from tracer_theory.deep.models.tangent import Linearized
-from tracer_theory.deep.ntk import entk_gram, tower_embed
+from tracer_theory.deep.ntk import eigh_descending, entk_gram, tower_embed
 
 
 def _f64(tree):
@@ -175,3 +175,18 @@ def test_entk_gram_refuses_an_unknown_method():
     params, embed = tower_embed(tower)
     with pytest.raises(ValueError, match="method must be one of"):
         entk_gram(params, embed, jnp.zeros((1, *shape)), method="fast")
+
+
+def test_eigh_descending_is_numpys_eigendecomposition_computed_in_place():
+    """In place: a 32,768² float64 Gram and its eigenvectors are 17 GiB of a 24 GB machine,
+    and a copy of the Gram (LAPACK's column-major order) did not fit."""
+    a = np.random.default_rng(0).standard_normal((40, 30))
+    gram = a @ a.T  # rank 30: ten zero eigenvalues
+    values = np.linalg.eigvalsh(gram)
+    work = gram.copy()
+    sigma_sq, u = eigh_descending(work)
+    assert not np.array_equal(work, gram)  # overwritten, not copied
+    np.testing.assert_allclose(sigma_sq, values[::-1], rtol=0, atol=1e-12 * values.max())
+    np.testing.assert_allclose((u * sigma_sq) @ u.T, gram, rtol=0, atol=1e-12 * values.max())
+    np.testing.assert_allclose(u.T @ u, np.eye(40), rtol=0, atol=1e-12)
+    assert np.all(np.diff(sigma_sq) <= 0)

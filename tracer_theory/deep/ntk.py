@@ -191,7 +191,9 @@ def eigh_descending(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     by LAPACK's relatively robust representations (``syevr``), which overwrite ``gram`` and
     need no workspace of its size (the divide-and-conquer ``numpy.linalg.eigh`` needs two
     more, which a 32,768² float64 Gram on a 24 GB machine does not have)."""
-    sigma_sq, u = scipy.linalg.eigh(gram, overwrite_a=True, driver="evr", check_finite=False)
+    # LAPACK works in column-major order: a row-major Gram would be copied first, while its
+    # transpose (the same symmetric matrix) is column-major and is overwritten in place
+    sigma_sq, u = scipy.linalg.eigh(gram.T, overwrite_a=True, driver="evr", check_finite=False)
     return sigma_sq[::-1], u[:, ::-1]
 
 
