@@ -10,7 +10,9 @@ the Gram ``K = J Jᵀ`` (the empirical NTK), and its solution is
 
     Δθ = Jᵀ Σ_i f_i (u_iᵀ R)/σ_i² u_i,        R = Y − E⁰,
 
-one vector–Jacobian product. ``J`` is never formed: ``K`` is built by blocks of rows, each a
+one vector–Jacobian product. ``J`` is never formed whole: ``K`` is built by structured
+derivatives (``structured.py``: each linear layer's share from its inputs and output cotangents,
+the rest from a few explicit Jacobian columns), or, as the reference, by blocks of rows, each a
 per-image gradient pushed through ``J`` by ``jax.jvp``; predictions on other images are one
 ``jax.jvp`` more.
 """
