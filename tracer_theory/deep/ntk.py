@@ -373,6 +373,7 @@ class TangentProblem(eqx.Module):
             cache, key, lambda f: _eigen(np.load(f), n * k), replace=overwrite)
         if saved is not None:
             sigma_sq, u = saved
+            del saved
         else:
             gram = entk_gram(params, embed, images, scale=scale, block=block,
                              memory_gb=memory_gb, progress=progress)
@@ -380,13 +381,25 @@ class TangentProblem(eqx.Module):
             del gram  # overwritten: the eigenvectors and their device copy are the peak
             if cache is not None:
                 write_keyed(cache, key, lambda f: np.savez(f, sigma_sq=sigma_sq, u=u))
+        # On the device with at most one more matrix of its size in memory at a time:
+        # syevr's column-major output (u reverses its columns) goes over as its row-major
+        # transpose, the host copy is dropped, and the device transposes and flips it.
+        ascending = u[:, ::-1]
+        if ascending.flags.f_contiguous and not ascending.flags.c_contiguous:
+            rows = jnp.asarray(ascending.T)
+            del u, ascending
+            u = jnp.flip(rows.T, axis=1)
+            del rows
+        else:
+            del ascending
+            u = jnp.asarray(u)
         mask = sigma_sq > len(sigma_sq) * np.finfo(sigma_sq.dtype).eps * sigma_sq[0]
         e0 = scale * embed(params, images)
         residual = (jnp.asarray(target, e0.dtype) - e0).reshape(-1)
         residual = ensure_each(residual, [(all_finite(residual), not_finite(
             "build: the residual Y − E⁰", e0.dtype, "rescale the target or the images"))])
-        return cls(jnp.asarray(np.where(mask, sigma_sq, 0.0)), jnp.asarray(mask), jnp.asarray(u),
-                   residual, params, images, float(scale), embed)
+        return cls(jnp.asarray(np.where(mask, sigma_sq, 0.0)), jnp.asarray(mask), u, residual,
+                   params, images, float(scale), embed)
 
     @property
     def sigma_max_sq(self) -> Array:
