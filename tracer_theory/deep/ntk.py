@@ -381,18 +381,19 @@ class TangentProblem(eqx.Module):
             del gram  # overwritten: the eigenvectors and their device copy are the peak
             if cache is not None:
                 write_keyed(cache, key, lambda f: np.savez(f, sigma_sq=sigma_sq, u=u))
-        # On the device with at most one more matrix of its size in memory at a time:
-        # syevr's column-major output (u reverses its columns) goes over as its row-major
-        # transpose, the host copy is dropped, and the device transposes and flips it.
+        # On the device with at most one more matrix of its size in memory at a time
+        # (``jax.device_put``: ``jnp.asarray`` stages a second host copy): syevr's column-major
+        # output (u reverses its columns) goes over as its row-major transpose, the host copy
+        # is dropped, and the device transposes and flips it.
         ascending = u[:, ::-1]
         if ascending.flags.f_contiguous and not ascending.flags.c_contiguous:
-            rows = jnp.asarray(ascending.T)
+            rows = jax.device_put(ascending.T)
             del u, ascending
             u = jnp.flip(rows.T, axis=1)
             del rows
         else:
             del ascending
-            u = jnp.asarray(u)
+            u = jax.device_put(np.ascontiguousarray(u))
         mask = sigma_sq > len(sigma_sq) * np.finfo(sigma_sq.dtype).eps * sigma_sq[0]
         e0 = scale * embed(params, images)
         residual = (jnp.asarray(target, e0.dtype) - e0).reshape(-1)
@@ -434,7 +435,8 @@ class TangentProblem(eqx.Module):
         sigma_sq = strategy.check(self.sigma_sq)  # e.g. StoppedGD's stability bound
         f = jnp.where(self.mask, strategy.filter(sigma_sq), 0.0)
         safe = jnp.where(self.mask, sigma_sq, 1.0)
-        alpha = self.u @ ((self.u.T @ self.residual) * f / safe)
+        # r @ u, not u.T @ r: XLA may materialize the transpose, a second (n·k)² matrix
+        alpha = self.u @ ((self.residual @ self.u) * f / safe)
         out = self._pull(alpha)
         name = type(strategy).__name__
         return ensure_each(out, [
@@ -476,7 +478,7 @@ class TangentProblem(eqx.Module):
         unit = jax.tree.map(lambda x: x / big, delta)
         jd = self.scale * self._jvp(unit, self.images).reshape(-1)
         safe = jnp.where(self.mask, self.sigma_sq, 1.0)
-        inside = jnp.sum(jnp.where(self.mask, (self.u.T @ jd) ** 2 / safe, 0.0))
+        inside = jnp.sum(jnp.where(self.mask, (jd @ self.u) ** 2 / safe, 0.0))
         total = sum(jnp.sum(x**2) for x in jax.tree.leaves(unit))
         fraction = inside / total
         return ensure_each(fraction, [(jnp.isfinite(fraction), not_finite(
