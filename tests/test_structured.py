@@ -164,8 +164,8 @@ def test_structured_refuses_what_does_not_fit_naming_the_budget():
     with pytest.raises(structured.MemoryBudgetExceeded, match="--memory-gb"):
         structured.choose_block(plan, 64, 1e-4, "--memory-gb")
     assert plan.block == structured.choose_block(plan, 64, 8.0) == structured.MAX_BLOCK
-    # a budget that leaves exactly four times an 8-image block's intermediates: 32 and 16 are
-    # halved away, 8 fits
+    # a budget that leaves exactly four times an 8-image block's intermediates: 16 is halved
+    # away, 8 fits
     fixed = (64 * 8) ** 2 * 8 + plan.feature_bytes(64)
     assert structured.choose_block(plan, 64, (fixed + 4 * plan.block_bytes(8)) / 2**30) == 8
     assert plan.block_bytes(16) > plan.block_bytes(8)
