@@ -50,6 +50,9 @@ DESIGN = "tracer_theory/dynamics/design.py"
 DESIGN_TESTS = ("tests/test_design_reference.py", "tests/test_reliability_dynamics.py",
                 "tests/test_pareto.py")
 
+GRAM = "tracer_theory/deep/structured.py"
+GRAM_TESTS = ("tests/test_structured.py",)
+
 MUTANTS = [
     # --- collapse diagnostics -------------------------------------------------------------
     Mutant(DIAG, "(gaps <= 0.5 * peak[None])", "(gaps <= 0.55 * peak[None])", DIAG_TESTS,
@@ -121,6 +124,23 @@ MUTANTS = [
     Mutant(DESIGN, "oracle_forgetting(front, max(loss, floor))",
            "oracle_forgetting(front, max(target, floor))", DESIGN_TESTS,
            "design: oracle taken at the target, not at the result's task loss"),
+    # --- the eNTK Gram by structured derivatives -----------------------------------------
+    Mutant(GRAM, "return x, jnp.swapaxes(g.reshape(k, tap.P, tap.O), 1, 2)",
+           "return x, g.reshape(k, tap.O, tap.P)", GRAM_TESTS,
+           "structured: cotangent layout of an x @ W layer taken as W @ x"),
+    Mutant(GRAM, 'inputs = jnp.einsum("ipc,jqc->ijpq", xi, x2, precision=_HI)',
+           'inputs = jnp.einsum("ipc,jqc->ijqp", xi, x2, precision=_HI)', GRAM_TESTS,
+           "structured: shared weight's input Gram transposed"),
+    Mutant(GRAM, "                out[cols, rows] = out[rows, cols].T", "                pass",
+           GRAM_TESTS, "structured: pairs below the diagonal not mirrored"),
+    Mutant(GRAM, "if len(sides) != 1 or uses[ops[sides[0]]] != 1:",
+           "if len(sides) != 1 or uses[ops[sides[0]]] > 2:", GRAM_TESTS,
+           "structured: a weight used twice taken as a layer"),
+    Mutant(GRAM, "* inputs[:, None, :, None]", "* inputs.T[:, None, :, None]", GRAM_TESTS,
+           "structured: a dense layer's input Gram transposed"),
+    Mutant(GRAM, "return patches.reshape(tap.C, tap.P).T, g.reshape(k, tap.O, tap.P)",
+           "return patches.reshape(tap.P, tap.C), g.reshape(k, tap.O, tap.P)", GRAM_TESTS,
+           "structured: convolution patches read position-major"),
 ]
 
 

@@ -22,27 +22,31 @@ def _f64(tree):
 class Shared(eqx.Module):
     """Weight sharing, LayerNorm and the fallbacks: a strided convolution without bias, a
     LayerNorm over positions, one dense layer applied at every position (``vmap``), a weight
-    used twice (``mix``, explicit rows) and one used transposed (``back``, explicit rows)."""
+    used twice (``mix``, explicit rows), a layer ``x @ W`` (``right``) and a weight used
+    transposed (``back``, explicit rows)."""
 
     conv: eqx.nn.Conv2d
     norm: eqx.nn.LayerNorm
     dense: eqx.nn.Linear
     mix: jax.Array
+    right: jax.Array
     back: jax.Array
 
     def __init__(self, key):
-        k1, k2, k3, k4 = jax.random.split(key, 4)
+        k1, k2, k3, k4, k5 = jax.random.split(key, 5)
         self.conv = eqx.nn.Conv2d(2, 4, 3, stride=2, padding=1, use_bias=False, key=k1,
                                   dtype=jnp.float64)
         self.norm = eqx.nn.LayerNorm(4, dtype=jnp.float64)
         self.dense = eqx.nn.Linear(4, 5, key=k2, dtype=jnp.float64)
         self.mix = jax.random.normal(k3, (5, 5), jnp.float64) / 3
-        self.back = jax.random.normal(k4, (3, 5), jnp.float64) / 3
+        self.right = jax.random.normal(k5, (5, 4), jnp.float64) / 3
+        self.back = jax.random.normal(k4, (3, 4), jnp.float64) / 3
 
     def __call__(self, x):
         h = self.conv(x).reshape(4, -1).T  # (positions, 4)
         h = jax.vmap(lambda v: jnp.tanh(self.dense(self.norm(v))))(h)
         h = jnp.tanh(h @ self.mix) @ self.mix  # one weight, two uses
+        h = jnp.tanh(h @ self.right)  # a layer x @ W at every position (W the right operand)
         return jnp.mean(h, axis=0) @ self.back.T
 
 
@@ -114,8 +118,8 @@ def test_structured_gram_equals_explicit_jacobian_and_uses_both_contractions():
     plan, _ = structured.plan(embed, params, images.shape[1:], jnp.dtype("float64"), 3, 2, 8.0)
     leaves = jax.tree.leaves(params)
     tapped = {leaves[t.leaf].shape for t in plan.taps}
-    assert tapped == {(4, 2, 3, 3), (5, 4)}  # conv and dense; mix (two uses), back (.T): not
-    assert {(t.O, t.P, t.C) for t in plan.taps} == {(4, 9, 18), (5, 9, 4)}
+    assert tapped == {(4, 2, 3, 3), (5, 4)}  # conv, dense, right; mix (two uses), back (.T): not
+    assert {(t.O, t.P, t.C) for t in plan.taps} == {(4, 9, 18), (5, 9, 4), (4, 9, 5)}
 
 
 def test_toy_tower_takes_each_contraction_where_the_counts_say():
