@@ -26,9 +26,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def load(path: Path, seeds: set[int] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(config, summary)`` of a budget payload, its rows restricted to ``seeds`` if given."""
-    payload = json.loads(path.read_text())
-    config = payload["config"]
-    rows = [r for r in payload["rows"] if seeds is None or r["seed"] in seeds]
+    try:
+        payload = json.loads(path.read_text())
+        config, rows = payload["config"], payload["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"{path}: not a budget result (tracer-theory budget writes one): "
+                         f"{type(err).__name__}: {err}") from None
+    rows = [r for r in rows if seeds is None or r["seed"] in seeds]
     if not rows:
         raise SystemExit(f"{path}: no rows for seeds {sorted(seeds or [])}")
     objectives = tuple(dict.fromkeys(r["objective"] for r in rows))

@@ -195,3 +195,11 @@ def test_eigh_descending_is_numpys_eigendecomposition_computed_in_place():
     np.testing.assert_allclose((u * sigma_sq) @ u.T, gram, rtol=0, atol=1e-12 * values.max())
     np.testing.assert_allclose(u.T @ u, np.eye(40), rtol=0, atol=1e-12)
     assert np.all(np.diff(sigma_sq) <= 0)
+
+
+@pytest.mark.parametrize("bad", [np.ones((3, 4)), np.ones(3), np.ones((3, 3), np.int64),
+                                 np.array([[1.0, np.nan], [np.nan, 1.0]]),
+                                 np.array([[np.inf, 0.0], [0.0, 1.0]]), [[1.0]]])
+def test_eigh_descending_refuses_what_is_no_finite_square_gram_by_name(bad):
+    with pytest.raises(ValueError, match=r"^gram "):
+        eigh_descending(bad)

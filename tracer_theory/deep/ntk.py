@@ -193,6 +193,13 @@ def eigh_descending(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     by LAPACK's relatively robust representations (``syevr``), which overwrite ``gram`` and
     need no workspace of its size (the divide-and-conquer ``numpy.linalg.eigh`` needs two
     more, which a 32,768² float64 Gram on a 24 GB machine does not have)."""
+    if not (isinstance(gram, np.ndarray) and gram.ndim == 2
+            and gram.shape[0] == gram.shape[1] and gram.dtype in (np.float32, np.float64)):
+        raise ValueError(f"gram must be a square float32 or float64 NumPy array (m, m), got "
+                         f"{type(gram).__name__} {getattr(gram, 'shape', '')} "
+                         f"{getattr(gram, 'dtype', '')}")
+    if not np.isfinite(gram).all():
+        raise ValueError("gram contains NaN or Inf: its eigendecomposition is undefined")
     # LAPACK works in column-major order: a row-major Gram would be copied first, while its
     # transpose (the same symmetric matrix) is column-major and is overwritten in place
     sigma_sq, u = scipy.linalg.eigh(gram.T, overwrite_a=True, driver="evr", check_finite=False)
