@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent("""
     from jax.sharding import NamedSharding
     from tracer_theory.deep.parallel import partition
     config = FinetuneConfig(steps=2, batch_size=32, log_every=2, lr=1e-3)
-    for name in ("direct", "l2sp", "wma_sd"):
+    for name in ("l2sp", "wma_sd"):  # an anchor to θ⁰, and a teacher that moves
         strategy = GradientDescent(registered()[name], 30.0)
         meshes = (None, device_mesh(4, fsdp=2), device_mesh(4, fsdp=4))
         runs = [finetune(model, data.color_train, data.train_labels, strategy, config,
@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_four_devices_fsdp_2_and_4_equal_the_replicated_run_for_three_strategies():
+def test_four_devices_fsdp_2_and_4_equal_the_replicated_run_for_two_strategies():
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=_env(4), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
