@@ -19,6 +19,10 @@ PACKAGE = Path(tracer_theory.__file__).parent
 #: The two modules allowed to hold colors and strategy labels.
 ALLOWED = {Path("deep/finetune/strategies.py"), Path("report/style.py")}
 HEX = re.compile(r"#[0-9a-fA-F]{6}\b")
+#: A color written by name or gray level (``color="black"``, ``mec="0.2"``); a hollow marker's
+#: ``"none"`` and ``"white"`` fill are no color of the vocabulary.
+NAMED = re.compile(r"""\b(color|c|mec|mfc|edgecolor|facecolor|ecolor)\s*=\s*"""
+                   r"""["'](?!none["']|white["'])""")
 VOCABULARY = REGISTRY | VARIANTS
 
 
@@ -31,8 +35,9 @@ def _sources() -> dict[Path, str]:
 
 def test_no_color_code_outside_the_registry_and_the_style_module():
     found = [f"{path}:{n}: {line.strip()}" for path, text in _sources().items()
-             for n, line in enumerate(text.splitlines(), 1) if HEX.search(line)]
-    assert not found, "hex colors outside the registry and report/style.py:\n" + "\n".join(found)
+             for n, line in enumerate(text.splitlines(), 1)
+             if HEX.search(line) or NAMED.search(line)]
+    assert not found, "colors outside the registry and report/style.py:\n" + "\n".join(found)
 
 
 def test_no_strategy_label_is_written_as_a_display_label_outside_them():

@@ -11,7 +11,7 @@ import numpy as np
 from ..deep.finetune.strategies import REGISTRY
 from ..deep.studies.budget import GD, RUNG_LABELS, largest_step
 from .result import Result
-from .style import subplots
+from .style import INK, REFERENCE_LINE, subplots
 
 CLAIM = ("the linear theory's closed form (last layer linear, features fixed) predicts how much "
          "each strategy forgets: at least its ranking of the points (Spearman ρ ≥ 0.5 with the "
@@ -68,7 +68,7 @@ def budget_figure(payload: dict[str, Any]) -> Result:
                 ax.plot(x, mean, color=entry.color, ls=":", lw=1, marker=".", alpha=0.7)
         ax.set_xticks(x, [f"{r}\n{RUNG_LABELS[r]}".replace(", ", ",\n") for r in rungs],
                       fontsize=7)
-        ax.axhline(0, color="gray", lw=0.8)
+        ax.axhline(0, color=REFERENCE_LINE, lw=0.8)
         grid = any(label != point["strategy"] for label, point in s["points"].items())
         ax.set_title(f"{objective} objective" + (" (dotted: λ grid)" if grid else ""),
                      fontsize=10)
@@ -81,12 +81,12 @@ def budget_figure(payload: dict[str, Any]) -> Result:
                 frac = point.get(rung, {}).get("task_fraction")
                 if frac is not None:
                     bars.bar(i + (k - 1) * width, frac[0], width, yerr=frac[1],
-                             color=entry.color, alpha=alpha, hatch=hatch, edgecolor="black",
+                             color=entry.color, alpha=alpha, hatch=hatch, edgecolor=INK,
                              lw=0.5)
         bars.set_xticks(np.arange(len(registered)),
                         [e.label for _, e in registered], fontsize=7, rotation=20)
         bars.set_ylim(0, 1.05)
-        bars.axhline(1, color="gray", ls="--", lw=0.8)
+        bars.axhline(1, color=REFERENCE_LINE, ls="--", lw=0.8)
         bars.set_title("task-subspace share: tangent by GD (hatched), by AdamW (R2), "
                        "network (R3, light)", fontsize=8)
         bars.grid(alpha=0.3, axis="y")

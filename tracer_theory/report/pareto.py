@@ -10,7 +10,7 @@ import numpy as np
 
 from ..deep.studies.pareto import DESIGNED, label_of
 from .result import Result
-from .style import HIGHLIGHT, REFERENCE_LINE, color, subplots
+from .style import HIGHLIGHT, INK, REFERENCE_LINE, color, subplots
 
 CLAIM = ("the WMA teacher with a U-shaped Beta(0.5, 0.5) kernel regularizes better than an EMA "
          "teacher; no claim is made on how far any teacher is from the best achievable "
@@ -49,7 +49,7 @@ def pareto_figure(payload: dict[str, Any]) -> Result:
 
         top, bottom = axes[0][j], axes[1][j]
         oracle = r["oracle"]
-        top.plot(fraction(oracle["task_loss"]), oracle["forgetting"], color="black", lw=2.4,
+        top.plot(fraction(oracle["task_loss"]), oracle["forgetting"], color=INK, lw=2.4,
                  label="oracle (per-direction filters)", zorder=3)
         for key, curve in r["curves"].items():
             style = {"color": color(key), "lw": 1.4,
@@ -62,13 +62,13 @@ def pareto_figure(payload: dict[str, Any]) -> Result:
             ax.set_yscale("log")
         for key, point in r["at_target"].items():
             top.plot(fraction([point["task_loss"]]), [point["forgetting"]], "o",
-                     color=color(key), ms=6, mec="black", mew=0.6, zorder=4)
+                     color=color(key), ms=6, mec=INK, mew=0.6, zorder=4)
         for key, point in r["designed"].items():
             for ax, value in ((top, point["forgetting"]), (bottom, point["ratio"])):
                 ax.plot(fraction([point["task_loss"]]), [value], MARKERS[key], color=HIGHLIGHT,
-                        ms=8 if key == "grid" else 6, mec="black", mew=0.6, zorder=5,
+                        ms=8 if key == "grid" else 6, mec=INK, mew=0.6, zorder=5,
                         label=f"designed: {label_of(key)}")
-        bottom.axhline(1.0, color="black", lw=1.2)
+        bottom.axhline(1.0, color=INK, lw=1.2)
         positive = [v for c in r["curves"].values() for v in c["forgetting"] if v > 0]
         top.set_ylim(max(min(positive), 1e-4 * max(positive)), 2 * max(positive))
         bottom.set_ylim(0.03, 100)

@@ -32,6 +32,8 @@ KERNEL_COLORS: dict[str, str] = {"Beta(0.5,0.5)": COLORS["wma_sd"], "uniform": "
 #: a study that the vocabulary does not know.
 FALLBACK = "#333333"
 REFERENCE_LINE = "#999999"
+#: Outlines, and a bound every strategy is measured against (the oracle frontier, a ratio of 1).
+INK = "#000000"
 HIGHLIGHT = "#e41a1c"
 SPARE_COLORS = ("#7b4173", "#637939", "#843c39", "#3182bd", "#636363")
 DPI = 120

@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 
 from ..deep.studies.teachers import comparisons
 from .result import Result
-from .style import COLORS, FALLBACK, SPARE_COLORS, label, subplots
+from .style import COLORS, FALLBACK, REFERENCE_LINE, SPARE_COLORS, label, subplots
 
 CLAIM = ("(the hypothesis this study tests, not a claim of the paper) a teacher designed on the "
          "linearization forgets less in the real network than WMA Beta(0.5, 0.5) and EMA SD at "
@@ -74,19 +74,19 @@ def teachers_figure(payload: dict[str, Any]) -> Result:
                     yerr=[d["forgetting"]["std"]], color=COLORS["direct"], marker="X", ms=8,
                     capsize=2, ls="none", label=_label("direct"))
     handles, labels = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], ls="none", marker="o", ms=11, mfc="none", mec="0.2", mew=2))
+    handles.append(Line2D([], [], ls="none", marker="o", ms=11, mfc="none", mec=FALLBACK, mew=2))
     labels.append("validation-chosen λ")
     if "equal_id" in summary:
         e = summary["equal_id"]
-        ax.axvline(e["id_acc"], color="0.5", ls=":", lw=1)
-        handles.append(Line2D([], [], color="0.5", ls=":", lw=1))
+        ax.axvline(e["id_acc"], color=REFERENCE_LINE, ls=":", lw=1)
+        handles.append(Line2D([], [], color=REFERENCE_LINE, ls=":", lw=1))
         labels.append(f"equal ID accuracy ({_label(e['reference'])}, "
                       f"λ = {e['reference_lam']:g})")
         for name, row in e["strategies"].items():
             if row["forgetting"] is not None and not row.get("reference"):
                 ax.plot([e["id_acc"]], [row["forgetting"]["mean"]], ls="none", marker="D",
                         ms=6, mfc="white", mec=colors[name], mew=1.5, zorder=6)
-        handles.append(Line2D([], [], ls="none", marker="D", ms=6, mfc="white", mec="0.2",
+        handles.append(Line2D([], [], ls="none", marker="D", ms=6, mfc="white", mec=FALLBACK,
                               mew=1.5))
         labels.append("interpolated at equal ID accuracy")
     ax.legend(handles, labels, fontsize=7, loc="best")

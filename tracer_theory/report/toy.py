@@ -12,7 +12,7 @@ import numpy as np
 from ..deep.finetune.strategies import REGISTRY, WeightDecay
 from ..errors import InputError
 from .result import Result
-from .style import color, label, subplots
+from .style import REFERENCE_LINE, color, label, subplots
 
 PANELS = (("forgetting", "gray-MNIST forgetting (points)"),
           ("id_acc", "ColoredMNIST ID accuracy (%)"),
@@ -293,7 +293,8 @@ def decomposition_figure(payload: dict[str, Any]) -> Result:
                  label="linear theory (0; weight decay > 0)")
     for i in np.flatnonzero(~moved):
         axes[1].annotate("unchanged", (i, 0), xytext=(0, 4), textcoords="offset points",
-                         rotation=90, ha="center", va="bottom", fontsize=8, color="0.4")
+                         rotation=90, ha="center", va="bottom", fontsize=8,
+                         color=REFERENCE_LINE)
     axes[1].set(ylabel="orthogonal share of the change",
                 title="orthogonal share: deep model vs linear prediction")
     top = max((m + sd for m, sd in share.values()), default=1.0)
