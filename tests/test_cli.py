@@ -29,9 +29,34 @@ def test_verify_exits_1_on_a_failing_claim(monkeypatch, capsys):
     table = dict(registry.claims())
     table["CX"] = registry.Claim("CX", "a claim that fails", ("only",), check)
     monkeypatch.setattr(registry, "claims", lambda: table)
-    monkeypatch.setattr(cli, "claims", lambda: table)
     assert cli.main(["verify", "--claims", "CX", "--quiet"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_help_of_every_command_loads_neither_jax_nor_matplotlib():
+    """`tracer-theory --help` and each subcommand's `--help`, in a fresh interpreter: the
+    commands' heavy imports wait for the command to run (and `import tracer_theory` is lazy)."""
+    code = "\n".join([
+        "import sys",
+        "import tracer_theory, tracer_theory.cli as cli",
+        "parser = cli.build_parser()",
+        "commands = list(parser._subparsers._group_actions[0].choices)",
+        "assert len(commands) >= 10, commands",
+        "for argv in [[], *([c] for c in commands)]:",
+        "    try:",
+        "        parser.parse_args([*argv, '--help'])",
+        "    except SystemExit as e:",
+        "        assert e.code == 0, argv",
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in",
+        "               ('jax', 'jaxlib', 'matplotlib', 'equinox', 'numpy', 'scipy'))",
+        "assert not heavy, heavy",
+        "assert 'solve' in tracer_theory.__all__ and callable(tracer_theory.solve)",
+        "assert 'jax' in sys.modules  # a public name, once used, loads its module",
+    ])
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "finetune" in run.stdout and "--strategies" in run.stdout
 
 
 def test_unknown_claim_is_a_clear_error(capsys):

@@ -13,13 +13,19 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from ._io import check_writable, write_json_atomic
 from ._paths import TOY_RESULTS_IN_REPO
-from .claims.registry import Row, claim_cases, claims, run_claims
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .claims.registry import Row
+
+# JAX, the studies and matplotlib are imported by the command that needs them, so that
+# `tracer-theory --help` (and each subcommand's) answers without loading them.
 
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -41,6 +47,8 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .claims.registry import claim_cases, claims, run_claims
+
     ids = args.claims or None
     cases = claim_cases(ids)
     if args.json:
@@ -547,6 +555,7 @@ def _setting(text: str) -> tuple[str, float]:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from .claims.registry import claim_cases, run_claims
     from .deep.studies.experiment import TOY_PLAN, format_table, run_experiment, toy_configs
     from .report.registry import FIGURES, generate, summary_lines
 
