@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tracer_theory import cli
 from tracer_theory.claims import registry
 
@@ -79,3 +81,13 @@ def test_verify_imports_neither_matplotlib_nor_the_figures():
                          check=False)
     assert run.returncode == 0, run.stderr
     assert "C6" in run.stdout and "FAIL" not in run.stdout
+
+
+@pytest.mark.parametrize("command", ["toy", "horizon", "budget", "pareto", "reproduce"])
+def test_a_quick_run_is_labelled_a_smoke_run_before_and_after(command, monkeypatch, capsys):
+    """The banner frames the command's own output; without ``--quick`` there is none."""
+    monkeypatch.setattr(cli, f"_{command}", lambda args: print("TABLE") or 0)
+    assert cli.main([command, "--quick"]) == 0
+    assert capsys.readouterr().out.split("\n")[:3] == [cli.SMOKE, "TABLE", cli.SMOKE]
+    assert cli.main([command]) == 0
+    assert cli.SMOKE not in capsys.readouterr().out

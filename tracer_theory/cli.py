@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 # `tracer-theory --help` (and each subcommand's) answers without loading them.
 
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Printed before and after a ``--quick`` run.
+SMOKE = ("[--quick: a smoke run with test-sized data, steps and seeds; it checks that the "
+         "command works end to end, and its numbers mean nothing]")
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -772,7 +775,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
     try:
-        return args.run(args)
+        if getattr(args, "quick", False):
+            print(SMOKE)
+        code = args.run(args)
+        if getattr(args, "quick", False):
+            print(SMOKE)
+        return code
     except KeyboardInterrupt:
         return fail(EXIT_INTERRUPTED, "interrupted; finished runs are saved, rerun the same "
                                       "command to resume")
