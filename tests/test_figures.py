@@ -332,15 +332,16 @@ def test_reproduce_runs_every_stage_and_summarizes(tmp_path, monkeypatch, capsys
     assert f"{tmp_path / 'figs'}/" in text.splitlines()[-1]
 
 
-def test_reproduce_writes_nothing_git_tracks_by_default():
-    """Its default folders are ignored by git (the committed figures change only when asked)."""
+def test_reproduce_and_toy_write_nothing_git_tracks_by_default():
+    """Their default folders are ignored by git (the committed figures change only when asked)."""
     import shutil
     import subprocess
 
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     args = cli.build_parser().parse_args(["reproduce"])
-    for folder in (args.figures, args.toy_out):
+    toy_args = cli.build_parser().parse_args(["toy"])  # its figures: OUT/figures
+    for folder in (args.figures, args.toy_out, toy_args.out):
         probe = f"{folder}/any_file.png"
         ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=ROOT, check=False)
         assert ignored.returncode == 0, f"{probe} would be tracked"

@@ -151,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--overwrite", action="store_true",
                      help="rerun and replace results in OUT written for other settings")
     toy.add_argument("--figures", default=None,
-                     help="folder for the summary figures (default: figures, or "
-                          "OUT/figures with --quick)")
+                     help="folder for the summary figures (default: OUT/figures)")
     toy.add_argument("--quick", action="store_true",
                      help="tiny budgets, one seed, one table: under a minute (for tests)")
     toy.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -379,7 +378,7 @@ def _toy(args: argparse.Namespace) -> int:
                          f"got {args.protocol!r}")
     _check_input("--mnist", args.mnist)
     check_writable(args.out, folder=True, what="--out")
-    figures = args.figures or (f"{args.out}/figures" if args.quick else "figures")
+    figures = args.figures or f"{args.out}/figures"
     check_writable(figures, folder=True, what="--figures")
     if args.select:
         config, = toy_configs([("fair", args.objective or "head")], quick=args.quick,
