@@ -270,7 +270,10 @@ def test_a_run_with_the_right_ordering_but_wrong_sizes_disagrees_on_magnitudes_o
 
 
 def test_gap_curves_verdict_needs_wma_beyond_the_seed_spread(toy_results):
-    result, payload = toy_results["toy_gap_curves"]
+    """The figure's own verdict (``registry.make`` then applies the rerun envelope: see
+    tests/test_envelope.py)."""
+    payload = toy_results["toy_gap_curves"][1]
+    result = toy.gap_curves_figure(payload)
     kept = {n: [r["gap"]["logit_kl"]["final_over_peak"] for r in payload["runs"][n].values()]
             for n in ("ema_sd", "wma_sd")}
     (ema, ema_std), (wma, wma_std) = ((np.mean(v), np.std(v)) for v in kept.values())

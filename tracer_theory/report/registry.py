@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .._paths import TOY_RESULTS_IN_REPO, reference_toy_results
-from . import theory, toy
+from . import envelope, theory, toy
 from .result import Result
 from .style import save
 
@@ -78,7 +78,11 @@ def make(name: str, *, quick: bool = False, toy_results: str | Path | None = Non
     if figure.toy_results is None:
         return figure.make(quick)
     folder = reference_toy_results() if toy_results is None else toy_results
-    return figure.make(toy.load_payload(folder, figure.toy_results))
+    result = figure.make(toy.load_payload(folder, figure.toy_results))
+    reason = envelope.flipped(folder).get(name)
+    if reason is not None:  # either verdict is within rounding: neither is one
+        result = result._replace(agrees=None, finding=f"{result.finding}; inconclusive: {reason}")
+    return result
 
 
 def show(name: str, *, quick: bool = False, out: str | Path = "figures",
@@ -140,8 +144,8 @@ def readme() -> str:
 def summary_lines(results: list[tuple[FigureSpec, Result, Any]]) -> list[str]:
     """One line per figure: name, whether the measured numbers agree with the paper's claim,
     the finding; then, when some disagree, what that means."""
-    lines = [f"{f.name:20s} {'agrees   ' if r.agrees else 'disagrees'}  {r.finding}"
-             for f, r, _ in results]
+    words = {True: "agrees", False: "disagrees", None: "inconclusive"}
+    lines = [f"{f.name:20s} {words[r.agrees]:12s}  {r.finding}" for f, r, _ in results]
     if not all(r.agrees for _, r, _ in results):
         lines.append(DISAGREES)
     return lines
@@ -149,4 +153,5 @@ def summary_lines(results: list[tuple[FigureSpec, Result, Any]]) -> list[str]:
 
 #: What a figure that disagrees means.
 DISAGREES = ("('disagrees' is a finding about the paper's claim, measured and reported with its "
-             "numbers: not a failure of the run)")
+             "numbers, not a failure of the run; 'inconclusive': the verdict flips on a rerun "
+             "that differs only in rounding, see its finding)")

@@ -14,10 +14,12 @@ class Result(NamedTuple):
     figure: Figure
     claim: str
     finding: str
-    agrees: bool
+    agrees: bool | None  # None: inconclusive (the verdict flips within the rerun envelope)
     data: dict[str, Any]
 
     def report(self) -> str:
         """Three plain sentences for a notebook: the paper, the measurement, the verdict."""
-        verdict = "They agree." if self.agrees else "They disagree."
+        verdict = {True: "They agree.", False: "They disagree.",
+                   None: "Inconclusive: a rerun that differs only in rounding flips the "
+                         "verdict."}[self.agrees]
         return f"Paper: {self.claim}.\nMeasured: {self.finding}.\n{verdict}"
