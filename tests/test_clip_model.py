@@ -353,7 +353,7 @@ def test_invalid_preset_fields(change, match):
 # bfloat16 and scale
 
 
-def test_bfloat16_forward(model, batch, outputs):
+def test_bfloat16_forward_equals_the_float32_forward_to_bf16_precision(model, batch, outputs):
     def run(model, images, tokens):
         half = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if eqx.is_inexact_array(x) else x,
                             model)

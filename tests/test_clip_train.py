@@ -120,7 +120,7 @@ def test_gradient_accumulation_equals_the_full_batch():
     np.testing.assert_allclose(g1["w"], jax.grad(lambda p: loss(p, data)[0])(w)["w"], rtol=1e-6)
 
 
-def test_bfloat16_compute_keeps_float32_parameters(tiny):
+def test_bfloat16_steps_equal_float32_steps_and_keep_float32_parameters(tiny):
     loss_32, _ = _steps(tiny, WMA)
     loss_16, state = _steps(tiny, dataclasses.replace(WMA, compute_dtype="bfloat16"))
     assert np.isfinite(loss_16).all()
@@ -190,16 +190,21 @@ def test_linear_counterparts_share_the_deep_hyperparameters():
         steps = clip_config("tiny").finetune.steps
         registry = {name: entry.strategy for name, entry in S.REGISTRY.items()}
         assert registry["direct"].linear(problem, steps) == linear.DirectFT()
-        assert registry["l2sp"].linear(problem, steps) == linear.L2SP(10.0)
-        assert registry["weight_decay"].linear(problem, steps) == linear.WeightDecay(1e-4)
+        for name, twin in (("l2sp", linear.L2SP), ("weight_decay", linear.WeightDecay)):
+            deep = dataclasses.replace(registry[name], lam=0.3)
+            assert deep.linear(problem, steps) == twin(0.3), name
         static = dataclasses.replace(registry["static_sd"], lam=0.3)
         assert static.linear(problem, steps) == linear.StaticSD(0.3)
         sigma_max_sq = float(np.linalg.svd(np.asarray(problem.x_img), compute_uv=False)[0]) ** 2
-        for name, expected in (("wma_sd", tt.wma_teacher(steps)), ("ema_sd", tt.ema_teacher(0.99))):
-            got = registry[name].linear(problem, steps)
-            assert isinstance(got, TeacherSD) and got.steps == steps and got.lam == 1.0
+        teachers = (("wma_sd", S.WMA(2.0, 3.0), tt.wma_teacher(steps, 2.0, 3.0)),
+                    ("ema_sd", S.EMA(0.9), tt.ema_teacher(0.9)))
+        for name, teacher, expected in teachers:
+            deep = dataclasses.replace(registry[name], lam=0.7, teacher=teacher)
+            got = deep.linear(problem, steps)
+            assert isinstance(got, TeacherSD) and got.steps == steps and got.lam == 0.7
             np.testing.assert_array_equal(got.schedule.weights(steps), expected.weights(steps))
-            assert got.lr == pytest.approx(0.5 * 2 / (sigma_max_sq * 2.0), rel=1e-12)
+            # half the stability bound 2/(σ_max²(1 + λ))
+            assert got.lr == pytest.approx(0.5 * 2 / (sigma_max_sq * 1.7), rel=1e-12)
         for name in ("lp_ft", "low_lr", "proj_only", "data_hybrid"):
             with pytest.raises(ValueError, match="no counterpart in the linear theory"):
                 registry[name].linear(problem, steps)

@@ -398,7 +398,7 @@ def test_hf_configs_this_clip_cannot_run_are_named(tmp_path, state, change, mess
         load_clip(folder)
 
 
-def test_sharded_hf_checkpoints_load(tmp_path, state):
+def test_a_sharded_hf_checkpoint_loads_the_single_file_model(tmp_path, state):
     hf = _hf_from_open_clip(state)
     folder = tmp_path / "sharded"
     folder.mkdir()

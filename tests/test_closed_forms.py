@@ -132,14 +132,14 @@ def test_vmap_over_lambda_equals_one_by_one():
                                    rtol=1e-13, atol=1e-13)
 
 
-def test_jit_of_the_public_solver():
+def test_jitted_solver_equals_the_eager_solver():
     problem = tt.random_problem(10, 6, 4, 3, seed=3)
     f = jax.jit(lambda p, lam: tt.solve(p, tt.L2SP(lam)))
     np.testing.assert_allclose(f(problem, 0.5), tt.solve(problem, tt.L2SP(0.5)), rtol=1e-13)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_dtypes_are_kept_and_numpy_inputs_work(dtype):
+def test_numpy_inputs_keep_their_dtype_and_equal_the_float64_solution(dtype):
     p64 = tt.random_problem(10, 6, 4, 3, seed=4)
     arrays = [np.asarray(a).astype(dtype) for a in (p64.x_img, p64.x_txt, p64.w0, p64.w_txt)]
     problem = tt.LinearProblem(*arrays)

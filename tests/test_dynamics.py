@@ -76,7 +76,7 @@ def test_fixed_point_matches_its_matrix_form(problem):
     np.testing.assert_allclose(run.teacher, t, rtol=1e-12, atol=1e-12)
 
 
-def test_teacher_sd_strategy_solves_the_dynamics(problem):
+def test_teacher_sd_solve_equals_the_simulated_run_and_its_limits(problem):
     lam, steps = 1.0, 80
     lr = lr_for(problem, lam)
     schedule = tt.ema_teacher(0.95)
@@ -123,7 +123,7 @@ def test_sweep_equals_one_by_one(problem):
                                    run.summary.gap[horizons[i] // 2] / diag.peak, rtol=1e-12)
 
 
-def test_sweep_fixed_point_rule_and_ema(problem):
+def test_sweep_fixed_point_rule_equals_fixed_point_one_by_one(problem):
     momenta = np.array([0.0, 0.5, 0.9, 0.99])
     configs = {"lam": np.full(4, 2.0), "momentum": momenta}
     out = tt.sweep(problem, configs, lambda c: tt.ema_teacher(c["momentum"]).weights(50),
@@ -147,7 +147,7 @@ def test_collapse_diagnostics_hand_example():
     assert float(stopped.normalized_auc) == pytest.approx((2 + 3) / (4 * 2))
 
 
-def test_vmap_over_lambda_of_the_spectral_solver(problem):
+def test_spectral_solver_vmapped_over_lambda_equals_one_by_one(problem):
     lams = jnp.array([0.1, 1.0, 3.0])
     lr = lr_for(problem, 3.0)
     schedule = tt.wma_teacher(40)
@@ -158,7 +158,7 @@ def test_vmap_over_lambda_of_the_spectral_solver(problem):
         np.testing.assert_allclose(batched[i], single.summary.bias[-1], rtol=1e-12)
 
 
-def test_float32_problem_stays_float32():
+def test_float32_problem_stays_float32_and_equals_the_float64_run():
     p64 = tt.random_problem(12, 7, 5, 3, seed=22)
     p32 = tt.LinearProblem(*(np.asarray(a, np.float32) for a in (p64.x_img, p64.x_txt, p64.w0,
                                                                   p64.w_txt)))

@@ -142,14 +142,24 @@ def test_records_every_k_steps_are_the_every_step_run_subsampled(problem, solver
 
 
 def test_coefficient_scan_freezes_where_inactive():
-    s, steps = jnp.linspace(0.05, 0.5, 5), 40
+    """Against the recursion of THEORY §4 in NumPy: ``e ← e − s(e + λ(e − f))``, then
+    ``f ← (1 − ω) f + ω e``, from ``e = f = 1``, for the 25 active steps; the recorded gaps
+    every 5 steps, then frozen."""
+    s, steps, lam = jnp.linspace(0.05, 0.5, 5), 40, 0.7
     omegas = jnp.linspace(0.5, 0.01, steps)
-    e, f, gaps = spectral.coefficient_scan(s, 0.7, omegas, lambda e, f: jnp.sum((e - f) ** 2),
+    e, f, gaps = spectral.coefficient_scan(s, lam, omegas, lambda e, f: jnp.sum((e - f) ** 2),
                                            active=jnp.arange(1, steps + 1) <= 25, record_every=5)
-    e_ref, f_ref = plain_run(s, 0.7, omegas[:25])
+    e_ref, f_ref, s_np = np.ones(5), np.ones(5), np.asarray(s)
+    gaps_ref = [0.0]
+    for t, omega in enumerate(np.asarray(omegas[:25]), start=1):
+        e_ref = e_ref - s_np * (e_ref + lam * (e_ref - f_ref))
+        f_ref = (1 - omega) * f_ref + omega * e_ref
+        if t % 5 == 0:
+            gaps_ref.append(np.sum((e_ref - f_ref) ** 2))
     np.testing.assert_allclose(e, e_ref, rtol=1e-14)
     np.testing.assert_allclose(f, f_ref, rtol=1e-14)
     assert gaps.shape == (steps // 5 + 1,)
+    np.testing.assert_allclose(gaps[:6], gaps_ref, rtol=1e-13, atol=1e-300)
     np.testing.assert_array_equal(gaps[5:], gaps[5])  # frozen after step 25
     with pytest.raises(ValueError, match="record_every must be a positive int dividing 40"):
         spectral.coefficient_scan(s, 0.7, omegas, lambda e, f: (), record_every=3)

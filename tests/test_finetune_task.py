@@ -248,13 +248,27 @@ def test_a_corrupt_image_is_reported_or_skipped(task_dirs, tmp_path, capsys):
     assert "1 unreadable file(s) left out" in capsys.readouterr().out
 
 
-def test_fresh_model_head_is_seeded_like_the_toy_experiment():
-    clip = make_model("toy", key=jax.random.key(0), width=16, dim=8)
-    a, b = fresh_model(clip, 10, 5), fresh_model(clip, 10, 5)
-    assert eqx.tree_equal(a, b)
-    expected = eqx.nn.Linear(clip.image_proj.in_features, 10, dtype=jnp.float32,
-                             key=jax.random.fold_in(jax.random.key(5), 1))
-    assert np.array_equal(a.head.weight, expected.weight)
+def test_fresh_model_head_equals_the_toy_experiments_head(tmp_path, monkeypatch):
+    """The head ``fresh_model`` puts on a CLIP is the one the toy experiment puts on its
+    pretrained model of the same seed (read here from ``pretrained_model``, its checkpoint
+    loader short-cut to return the untrained model it would fill; the data only name the
+    checkpoint)."""
+    from types import SimpleNamespace
+
+    from tracer_theory.deep.finetune import PretrainConfig
+    from tracer_theory.deep.studies import experiment
+
+    monkeypatch.setattr(experiment, "load_model", lambda path, skeleton, *a, **k: skeleton)
+    config = experiment.quick_config(pretrain=PretrainConfig(width=16, dim=8))
+    data = SimpleNamespace(fingerprint="0123456789abcdef")
+    toy = {seed: experiment.pretrained_model(config, data, tmp_path, seed, progress=False)
+           for seed in (5, 6)}
+    for seed, model in toy.items():
+        ours = fresh_model(model.clip, 10, seed)
+        assert eqx.tree_equal(ours, fresh_model(model.clip, 10, seed))  # deterministic
+        np.testing.assert_array_equal(ours.head.weight, model.head.weight)
+        np.testing.assert_array_equal(ours.head.bias, model.head.bias)
+    assert not np.array_equal(toy[5].head.weight, toy[6].head.weight)  # the seed matters
 
 
 # --- FLYP ----------------------------------------------------------------------------------

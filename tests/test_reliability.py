@@ -42,8 +42,8 @@ def test_resumed_results_are_byte_identical_to_a_fresh_run(small_run, tmp_path):
     run_experiment(config, fresh, progress=False, data=data)
     assert (fresh / f"{config.name}.json").read_bytes() == summary
     payload = json.loads(summary)
-    assert list(payload["runs"]) == ["direct", "static_sd", "wise_ft(0.25)", "wise_ft(0.5)",
-                                     "wise_ft(0.75)"]
+    assert list(payload["runs"]) == [*(name for name, _ in SMALL.strategies),
+                                     *(f"wise_ft({a:g})" for a in config.wise_alphas)]
 
 
 def test_resume_refuses_other_settings_and_other_data(small_run):
@@ -78,9 +78,11 @@ def test_result_files_are_group_readable(small_run):
 
 
 def test_quick_honours_the_seeds_it_is_given():
-    assert toy_configs([("fair", "head")], quick=True, seeds=[5, 6])[0].seeds == (5, 6)
-    assert toy_configs([("fair", "head")], quick=True)[0].seeds == (0,)
-    assert toy_configs([("fair", "head")], quick=False)[0].seeds == (0, 1, 2)
+    for quick in (True, False):
+        assert toy_configs([("fair", "head")], quick=quick, seeds=[5, 6])[0].seeds == (5, 6)
+    # without seeds: a quick run is a prefix of the full run's seeds, which has a spread
+    short, full = (toy_configs([("fair", "head")], quick=q)[0].seeds for q in (True, False))
+    assert 1 <= len(short) < len(full) and full[:len(short)] == short
     with pytest.raises(ValueError, match=r"seeds must be integers in \[0, 2\*\*32\)"):
         quick_config(seeds=(2**70,))
 

@@ -1,7 +1,8 @@
-"""The scanned finetuning loop (``deep/finetune/loop.py``) against independent references: the
-step-by-step ``reference_finetune`` for every strategy, other chunk sizes, one run per seed, an
-uninterrupted run (checkpoint/resume), a shorter run (snapshots); its input checks; chunked
-pretraining; and the on-device batch sampler."""
+"""The scanned finetuning loop (``deep/finetune/loop.py``): a WMA SD run and pretraining against
+loops written here from their definitions (the independent references); then, relationally,
+against the library's step-by-step ``reference_finetune`` for every strategy, other chunk sizes,
+one run per seed, an uninterrupted run (checkpoint/resume) and a shorter run (snapshots); its
+input checks; and the on-device batch sampler."""
 
 import dataclasses
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from runs import assert_identical_runs, leaves, relative_difference
 
@@ -25,7 +27,7 @@ from tracer_theory.deep.finetune.loop import (
     reference_finetune,
     step_key,
 )
-from tracer_theory.deep.finetune.pretraining import pretrain
+from tracer_theory.deep.finetune.pretraining import _pretrain_batch, pretrain
 from tracer_theory.deep.finetune.strategies import SelfDistill, Static
 from tracer_theory.deep.models import ToyCLIP
 from tracer_theory.deep.studies.experiment import quick_config
@@ -93,6 +95,107 @@ def test_scanned_loop_equals_the_reference_loop(toy, name, objective):
     _assert_close_curves(got.curves, want.curves)
     np.testing.assert_array_equal(got.curves["steps"], [2, 4, 6, 8])
     assert not got.snapshots
+
+
+# --- against a loop written here --------------------------------------------------------------
+
+def _wma_weights(horizon: int) -> np.ndarray:
+    """The Beta(½, ½) kernel on the grid τ_k = (k + ½)/(horizon + 1), k = 0..horizon."""
+    tau = (np.arange(horizon + 1) + 0.5) / (horizon + 1)
+    return 1 / np.sqrt(tau * (1 - tau))
+
+
+def _arrays(module) -> list[np.ndarray]:
+    return [np.asarray(x, np.float64) for x in jax.tree.leaves(eqx.filter(module, eqx.is_array))]
+
+
+def _with_arrays(module, arrays):
+    """``module`` with its array leaves replaced by ``arrays`` (float32)."""
+    arrays_of, static = eqx.partition(module, eqx.is_array)
+    leaves32 = [jnp.asarray(np.asarray(a, np.float32)) for a in arrays]
+    return eqx.combine(jax.tree.unflatten(jax.tree.structure(arrays_of), leaves32), static)
+
+
+def _log_softmax_kl(p_logits, q_logits):
+    """``mean_rows KL(σ(p) ‖ σ(q))``."""
+    log_p, log_q = jax.nn.log_softmax(p_logits), jax.nn.log_softmax(q_logits)
+    return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=1))
+
+
+def _unit(x):
+    return x / jnp.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_wma_sd_run_matches_a_loop_written_here(toy):
+    """WMA SD, the registered strategy, against its definition written here: AdamW (optax's)
+    on the image side, cross-entropy through the prompts plus λ times TRACER's distillation
+    (FD + CRD + ICL + CKD) toward the teacher, the Beta(½, ½)-weighted mean of the student's
+    image towers so far; the text tower stays. The batches are the loop's sampler's (its
+    properties are tested below); the model, the logged loss and teacher distance are the hand
+    loop's. (The run is the one ``test_scanned_loop_equals_the_reference_loop`` makes: its
+    programs are compiled once.)"""
+    data, model, class_emb = toy.data, toy.models[0], toy.class_emb[0]
+    lam, steps = REGISTRY["wma_sd"].strategy.lam, BASE.steps
+    run = _run(toy, "wma_sd", BASE, chunk=5)
+
+    held, seed_key = TrainingData.of(data.color_train, data.train_labels), jax.random.key(0)
+    scale = model.clip.scale
+
+    def embed(tower, x):
+        image, proj = tower
+        return _unit(jax.vmap(lambda v: proj(image(v)))(x))
+
+    def loss(trained, teacher, x, y):
+        _, image, proj = trained  # the head is not on the prompts' path
+        s_img, t_img = embed((image, proj), x), embed(teacher, x)
+        txt = class_emb[y]  # the frozen text embeddings: the student's and the teacher's
+        same = (y[:, None] == y[None, :]).astype(s_img.dtype)
+        positives = same / same.sum(1, keepdims=True)
+        task = -jnp.mean(jax.nn.log_softmax(scale * s_img @ class_emb.T)[jnp.arange(len(y)), y])
+        fd = jnp.mean(jnp.sum((s_img - t_img) ** 2, axis=1))  # + 0 for the equal texts
+        image_to_text = _log_softmax_kl(scale * t_img @ txt.T, scale * s_img @ txt.T)
+        crd = 0.5 * (image_to_text + _log_softmax_kl(scale * txt @ t_img.T, scale * txt @ s_img.T))
+        icl = -0.5 * jnp.mean(jnp.sum(positives * (jax.nn.log_softmax(scale * s_img @ txt.T)
+                                                   + jax.nn.log_softmax(scale * txt @ t_img.T)),
+                                      axis=1))
+        ckd = 0.5 * image_to_text  # its text-to-image half compares the teacher with itself
+        return task + lam * (fd + crd + icl + ckd)
+
+    adamw = optax.adamw(BASE.lr, weight_decay=BASE.weight_decay)
+
+    @eqx.filter_jit
+    def step(trained, opt, teacher, t, held):
+        batch = draw_batch(held, step_key(seed_key, t), BASE.batch_size, 0)
+        value, grad = eqx.filter_value_and_grad(loss)(trained, teacher, batch.images,
+                                                      batch.labels)
+        updates, opt = adamw.update(grad, opt, eqx.filter(trained, eqx.is_array))
+        return value, eqx.apply_updates(trained, updates), opt
+
+    trained = (model.head, model.clip.image, model.clip.image_proj)
+    opt = adamw.init(eqx.filter(trained, eqx.is_array))
+    kappa, logged = _wma_weights(steps), {}
+    # the teacher: Σ_{j≤t} κ_j W_j / Σ_{j≤t} κ_j over the student's image towers W_0..W_t
+    total = [kappa[0] * a for a in _arrays(trained[1:])]
+    for t in range(1, steps + 1):
+        teacher = _with_arrays(trained[1:], [a / kappa[:t].sum() for a in total])
+        value, trained, opt = step(trained, opt, teacher, jnp.int32(t), held)
+        student = _arrays(trained[1:])
+        total = [a + kappa[t] * w for a, w in zip(total, student, strict=True)]
+        if t % BASE.log_every == 0:
+            distance = np.sqrt(sum(np.sum((w - a / kappa[:t + 1].sum()) ** 2)
+                                   for a, w in zip(total, student, strict=True)))
+            logged[t] = (float(value), distance)
+    want = eqx.tree_at(lambda m: (m.head, m.clip.image, m.clip.image_proj), model, trained)
+    assert relative_difference(run.model, want, model) < 1e-4
+    for a, b in zip(leaves((model.head, model.clip.text, model.clip.text_proj)),
+                    leaves((run.model.head, run.model.clip.text, run.model.clip.text_proj)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)  # frozen; the head gets no gradient (prompts)
+    np.testing.assert_array_equal(run.curves["steps"], list(logged))
+    loss_want, distance_want = np.array(list(logged.values())).T
+    np.testing.assert_allclose(run.curves["loss"], loss_want, rtol=1e-5)
+    assert np.all(distance_want > 0)  # the teacher lags the student
+    np.testing.assert_allclose(run.curves["param_distance"], distance_want, rtol=1e-3)
 
 
 # --- the chunk size does not change the result ------------------------------------------------
@@ -356,6 +459,49 @@ def test_pretraining_chunk_size_does_not_change_the_model(toy):
     # and the pretraining did train: the fresh model of the same key is another
     assert any(not np.array_equal(x, s) for x, s in zip(leaves(models[0]), leaves(start),
                                                         strict=True))
+
+
+def test_pretraining_matches_an_adamw_loop_written_here(toy):
+    """Pretraining against its definition written here: AdamW (optax's) on the symmetric
+    InfoNCE of the image and caption embeddings, every pair of one digit a positive. The batches
+    are the pretraining sampler's, checked here to be distinct images of the set each with a
+    caption of its digit. (The run is ``test_pretraining_chunk_size_does_not_change_the_model``'s
+    first: its programs are compiled once.)"""
+    data = toy.data
+    config, key = PretrainConfig(steps=4, batch_size=16), jax.random.key(0)
+    images, labels, captions = data.gray_train, data.train_labels, data.captions
+    got = pretrain(images, labels, captions, config, key=key, seed=0, chunk=2)
+
+    def loss(m, x, tokens, y):
+        z = m.scale * m.embed_images(x) @ m.embed_texts(tokens).T
+        same = (y[:, None] == y[None, :]).astype(z.dtype)
+        positives = same / same.sum(1, keepdims=True)
+        return -0.5 * (jnp.sum(positives * jax.nn.log_softmax(z, axis=1))
+                       + jnp.sum(positives.T * jax.nn.log_softmax(z.T, axis=1))) / len(y)
+
+    adamw = optax.adamw(config.lr, weight_decay=config.weight_decay)
+
+    @eqx.filter_jit
+    def step(m, opt, t, arrays):
+        x, tokens, y = _pretrain_batch(*arrays, jax.random.fold_in(seed_key, t),
+                                       config.batch_size)
+        grad = eqx.filter_grad(loss)(m, x, tokens, y)
+        updates, opt = adamw.update(grad, opt, eqx.filter(m, eqx.is_array))
+        return eqx.apply_updates(m, updates), opt, (x, tokens, y)
+
+    start = ToyCLIP(width=config.width, dim=config.dim, key=key)  # what pretraining starts from
+    model, opt = start, adamw.init(eqx.filter(start, eqx.is_array))
+    arrays = (jnp.asarray(images), jnp.asarray(labels, jnp.int32), jnp.asarray(captions))
+    seed_key = jax.random.key(0)
+    label_of = {image.tobytes(): label for image, label in zip(images, labels, strict=True)}
+    for t in range(1, config.steps + 1):
+        model, opt, (x, tokens, y) = step(model, opt, jnp.int32(t), arrays)
+        rows = [row.tobytes() for row in np.asarray(x)]  # distinct images of the set ...
+        assert len(set(rows)) == config.batch_size and set(rows) <= set(label_of)
+        np.testing.assert_array_equal(y, [label_of[r] for r in rows])  # ... with their labels
+        assert all(any(np.array_equal(row, c) for c in captions[label])  # and digit's captions
+                   for row, label in zip(np.asarray(tokens), np.asarray(y), strict=True))
+    assert relative_difference(got, model, start) < 1e-4
 
 
 def test_pretraining_checkpoints_are_keyed_and_divergence_stops_it(toy, tmp_path):

@@ -93,7 +93,8 @@ def test_an_adamw_fsdp_run_keeps_every_leafs_layout_and_agrees_with_one_device(s
     assert relative_difference(ref.model, run.model, setup[1]) < 0.05
 
 
-def test_a_sharded_checkpoint_resumes_on_another_mesh(setup, tmp_path, monkeypatch):
+def test_a_sharded_checkpoint_resumed_on_one_device_equals_the_whole_run(setup, tmp_path,
+                                                                          monkeypatch):
     from tracer_theory.deep.finetune import loop
 
     strategy = GradientDescent(registered()["wma_sd"], 30.0)

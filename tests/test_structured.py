@@ -102,7 +102,7 @@ _REFERENCES = {}
 
 def _images(name):
     """The images of ``name``'s reference Gram (two for the ViT, three for the others)."""
-    tower, shape = TOWERS[name]
+    _, shape = TOWERS[name]
     return jax.random.uniform(jax.random.key(4), (2 if name == "tiny" else 3, *shape),
                               jnp.float64)
 

@@ -206,9 +206,10 @@ def test_strategies_train_the_parts_they_name():
         np.testing.assert_array_equal(getattr(start.clip.image, layer).weight,
                                       getattr(tuned.clip.image, layer).weight)
     assert not np.array_equal(start.clip.image.dense.weight, tuned.clip.image.dense.weight)
-    lpft = REGISTRY["lp_ft"].strategy
+    lpft = S.LPFT(probe_fraction=0.3, lr_divisor=4.0)
     probe, main = lpft.phases(10)
-    assert (probe.steps, main.steps, main.lr_divisor) == (5, 5, 10.0)
+    assert (probe.steps, main.steps) == (3, 7)  # 30% of the run, then the rest
+    assert (probe.lr_divisor, main.lr_divisor) == (1.0, 4.0)
     mask = step.trainable_mask(start, probe)
     trained = [path for path, on in jax.tree_util.tree_leaves_with_path(mask) if on]
     assert trained and all(jax.tree_util.keystr(p).startswith(".head") for p in trained)
@@ -216,7 +217,8 @@ def test_strategies_train_the_parts_they_name():
 
 def test_data_hybrid_mixes_pretraining_images_into_each_batch():
     hybrid = REGISTRY["data_hybrid"].strategy
-    assert hybrid.hybrid_size(128) == 32 and REGISTRY["direct"].strategy.hybrid_size(128) == 0
+    assert S.DataHybrid(0.3).hybrid_size(128) == 38  # round(0.3 · 128 = 38.4)
+    assert hybrid.hybrid_size(128) > 0 and REGISTRY["direct"].strategy.hybrid_size(128) == 0
     with pytest.raises(ValueError, match="pass hybrid="):
         config = quick_config()
         data = config.data()

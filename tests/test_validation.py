@@ -389,7 +389,7 @@ def test_foreign_spectrum_under_jit_fails_at_run_time():
     assert "spectrum is not the SVD of this problem's x_img" in _runtime_error_text(info)
 
 
-def test_shared_spectrum_still_vmaps_over_lambda():
+def test_vmap_over_lambda_with_a_shared_spectrum_equals_one_by_one():
     p = tt.random_problem(8, 6, 5, 3, seed=0)
     spec = tt.spectrum(p)
     lams = jnp.array([0.1, 1.0, 5.0])

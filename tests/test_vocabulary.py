@@ -72,7 +72,12 @@ def test_the_vocabulary_has_one_color_and_one_label_per_strategy():
 def test_entry_finds_registered_strategies_and_variants_and_names_an_unknown_one():
     assert entry("wma_sd") is REGISTRY["wma_sd"]
     assert entry("ema999_sd") is VARIANTS["ema999_sd"]
-    assert entry("ema_sd").full_label == "EMA SD (0.99)"
-    assert entry("direct").full_label == entry("direct").label == "Direct FT"
+    # a full label spells out what tells a strategy from its variants (the EMA momentum);
+    # without a detail it is the label
+    for name in ("ema_sd", "ema999_sd"):
+        momentum = entry(name).strategy.teacher.momentum
+        assert f"({momentum:g})" in entry(name).full_label, name
+    assert entry("ema_sd").full_label != entry("ema_sd").label
+    assert entry("direct").full_label == entry("direct").label
     with pytest.raises(ValueError, match="nope"):
         entry("nope")
