@@ -1,7 +1,6 @@
-"""The long-horizon study (``tracer-theory horizon``): label noise, the half-forgetting step,
-the quick study end to end through the CLI, and its bad input."""
-
-import json
+"""The long-horizon study (``tracer-theory horizon``): label noise, the half-forgetting step, the
+seed statistics, and bad input. The quick study end to end, with every number it reports
+against an independent computation: tests/test_horizon_reference.py."""
 
 import numpy as np
 import pytest
@@ -10,11 +9,13 @@ from tracer_theory import cli
 from tracer_theory.deep.data.mnist import flip_labels
 from tracer_theory.deep.studies.arrays import ExperimentData
 from tracer_theory.deep.studies.horizon import (
-    METRICS,
     STRATEGIES,
     HorizonConfig,
     half_step,
     noisy_labels,
+    quick_horizon_config,
+    summarize,
+    summarize_theory,
 )
 
 
@@ -60,6 +61,87 @@ def test_half_forgetting_step_by_hand():
     assert half_step(steps, np.array([1.0, 0.5, 0.0, -1.0]), 40) is None
 
 
+def _half_step_by_scan(steps, forgetting, horizon):
+    """The first step ≤ horizon whose forgetting is at least half the forgetting at the last
+    step ≤ horizon (None when that is not positive), by a plain loop."""
+    kept = [(int(s), float(f)) for s, f in zip(steps, forgetting, strict=True) if s <= horizon]
+    if not kept or kept[-1][1] <= 0:
+        return None
+    for s, f in kept:
+        if 2 * f >= kept[-1][1]:
+            return float(s)
+    raise AssertionError("unreachable")
+
+
+def test_half_forgetting_step_matches_a_plain_scan_on_random_curves():
+    """``half_step`` against a plain loop, on curves of small integers (ties with the half-way
+    value are common), at horizons on and between the logged steps."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 7))
+        steps = np.arange(1, n + 1) * 10
+        forgetting = rng.integers(-2, 9, size=n).astype(float)
+        horizon = int(rng.integers(5, 10 * n + 6))
+        assert half_step(steps, forgetting, horizon) == _half_step_by_scan(
+            steps, forgetting, horizon), (steps, forgetting, horizon)
+
+
+def test_summary_is_the_numpy_mean_and_std_over_three_seeds():
+    """``summarize`` against ``np.mean``/``np.std`` over the seeds (``None`` values left out),
+    on made-up records of three seeds; the curves are not summarized."""
+    rng = np.random.default_rng(1)
+    records = {"s": {name: {t: {str(seed): {"forgetting": float(rng.normal()),
+                                            "half_forgetting_step": [None, 2.0, 6.0][seed],
+                                            "final_loss": float(rng.normal()),
+                                            "curves": {"loss": [1.0, 2.0]}}
+                                for seed in range(3)}
+                            for t in ("4", "8")}
+                     for name in ("direct", "ema_sd")}}
+    summary = summarize(records, quick_horizon_config())
+    for name, per_t in records["s"].items():
+        for t, per_seed in per_t.items():
+            cell = summary["s"][name][t]
+            assert "curves" not in cell
+            for key in ("forgetting", "half_forgetting_step", "final_loss"):
+                values = [r[key] for r in per_seed.values()]
+                finite = [v for v in values if v is not None]
+                assert cell[key]["seeds"] == values
+                np.testing.assert_allclose([cell[key]["mean"], cell[key]["std"]],
+                                           [np.mean(finite), np.std(finite)], rtol=1e-12)
+
+
+def test_theory_summary_is_the_seed_mean_of_every_prediction():
+    """``summarize_theory`` against ``np.mean`` over two seeds of each prediction and of the
+    gap curves, step by step."""
+    config = quick_horizon_config(strategies=("ema_sd", "l2sp"))
+    rng = np.random.default_rng(2)
+
+    def prediction(teacher, t):
+        row = {"predicted_forgetting": float(rng.normal()),
+               "predicted_logit_change": float(rng.normal())}
+        if teacher:
+            steps = list(range(0, t + 1, 2))
+            row |= {"gap": float(rng.normal()), "bias": float(rng.normal()),
+                    "curve_steps": steps, "gap_curve": rng.normal(size=len(steps)).tolist()}
+        return row
+
+    theory = {"s": {seed: {name: {str(t): prediction(name == "ema_sd", t)
+                                  for t in config.horizons}
+                           for name in config.strategies}
+                    for seed in ("0", "1")}}
+    summary = summarize_theory(theory, config)["s"]
+    for name in config.strategies:
+        for t in map(str, config.horizons):
+            rows = [theory["s"][seed][name][t] for seed in ("0", "1")]
+            for key in rows[0]:
+                if key == "curve_steps":
+                    assert summary[name][t][key] == rows[0][key]
+                    continue
+                want = np.mean([r[key] for r in rows], axis=0)
+                np.testing.assert_allclose(summary[name][t][key], want, rtol=1e-12)
+            assert set(summary[name][t]) == set(rows[0])
+
+
 @pytest.mark.parametrize(("field", "value", "flag"), [
     ("horizons", (0, 10), "--horizons"), ("horizons", (-5,), "--horizons"),
     ("horizons", (100, 10), "--horizons"), ("horizons", (10, 10), "--horizons"),
@@ -81,49 +163,6 @@ def test_cli_bad_input_is_a_usage_error(argv, tmp_path, capsys):
     code = cli.main(["horizon", "--quick", "--out", str(tmp_path), "--quiet", *argv])
     assert code == cli.EXIT_USAGE
     assert argv[0] in capsys.readouterr().err
-
-
-def test_quick_study_writes_every_field(tmp_path, capsys):
-    out = tmp_path / "h"
-    argv = ["horizon", "--quick", "--strategies", "direct", "ema_sd", "wma_sd",
-            "--label-noise", "0.25", "--out", str(out), "--quiet"]
-    assert cli.main(argv) == 0
-    text = capsys.readouterr().out
-    payload = json.loads((out / "horizon_quick.json").read_text())
-    horizons = payload["config"]["horizons"]
-    assert horizons == [4, 8]
-    setting = "head_noise0.25"
-    assert set(payload["summary"]) == {setting}
-    for name in ("direct", "ema_sd", "wma_sd"):
-        for t in map(str, horizons):
-            row = payload["summary"][setting][name][t]
-            for key in (*METRICS, "half_forgetting_step", "final_loss"):
-                assert key in row, (name, t, key)
-            if name != "direct":
-                for key in ("gap_param_distance", "gap_logit_kl", "gap_agreement"):
-                    assert key in row, (name, t, key)
-            assert np.isfinite(payload["theory"][setting][name][t]["predicted_forgetting"])
-        # whole curves: one run to T = 8 for Direct and EMA, one run per T for WMA
-        runs = payload["curves"][setting][name]
-        assert set(runs) == ({"4", "8"} if name == "wma_sd" else {"8"})
-        curves = runs["8"]["0"]
-        for key in ("steps", "loss", "param_distance", "logit_kl", "agreement", "gray_acc",
-                    "forgetting"):
-            assert len(curves[key]) == len(curves["steps"]) == 4, key
-    # Direct FT at T = 4 is the snapshot of the T = 8 run: its logged curve up to step 4
-    # is the T = 4 run's, and its half-forgetting step lies within it
-    assert payload["summary"][setting]["direct"]["4"]["half_forgetting_step"]["mean"] in (
-        None, 2.0, 4.0)
-    assert payload["verdicts"][setting] and "WMA SD" in text
-    assert (out / "figures" / "horizon_quick_forgetting.png").exists()
-    assert (out / "figures" / "horizon_quick_curves.png").exists()
-    # resuming reads the finished runs and writes the same summary
-    stamps = sorted(p.stat().st_mtime_ns for p in (out / "horizon_quick").rglob("*.json"))
-    assert cli.main(argv) == 0
-    again = json.loads((out / "horizon_quick.json").read_text())
-    assert again["summary"] == payload["summary"]
-    assert sorted(p.stat().st_mtime_ns for p in (out / "horizon_quick").rglob("*.json")) == stamps
-    assert not list(out.rglob("*.ckpt"))
 
 
 def test_only_the_wma_teacher_runs_once_per_horizon():
