@@ -15,10 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
-
 from ._io import check_writable, write_json_atomic
 from ._paths import TOY_RESULTS_IN_REPO
+from ._progress import bar as progress_bar
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ def _verify(args: argparse.Namespace) -> int:
     cases = claim_cases(ids)
     if args.json:
         check_writable(args.json, what="--json")
-    with tqdm(total=len(cases), desc="claims", unit="case", file=sys.stderr,
+    with progress_bar(total=len(cases), desc="claims", unit="case", file=sys.stderr,
               disable=args.quiet) as bar:
         def progress(claim_id: str, case: str) -> None:
             bar.set_postfix_str(f"{claim_id} {case}")
@@ -566,23 +565,28 @@ def _reproduce(args: argparse.Namespace) -> int:
     _check_input("--mnist", args.mnist)
     check_writable(args.toy_out, folder=True, what="--toy-out")
     check_writable(args.figures, folder=True, what="--figures")
-    stages = tqdm(total=len(claim_cases()) + len(TOY_PLAN) + len(FIGURES), desc="reproduce",
-                  file=sys.stderr, disable=args.quiet)
-    rows = run_claims(progress=lambda claim_id, case: (stages.set_postfix_str(
-        f"verify {claim_id} {case}"), stages.update(1)))
+    # one bar per stage, so that each estimate extrapolates runs of one kind
+    with progress_bar(total=len(claim_cases()), desc="reproduce: claims", unit="case",
+                      disable=args.quiet) as bar:
+        rows = run_claims(progress=lambda claim_id, case: (bar.set_postfix_str(
+            f"{claim_id} {case}"), bar.update(1)))
     payloads = []
-    for config in toy_configs(TOY_PLAN, quick=args.quick, seeds=args.seeds, mnist=args.mnist):
-        stages.set_postfix_str(f"toy {config.name}")
-        payloads.append((config, run_experiment(config, args.toy_out,
-                                                progress=not args.quiet)))
-        stages.update(1)
+    configs = toy_configs(TOY_PLAN, quick=args.quick, seeds=args.seeds, mnist=args.mnist)
+    with progress_bar(total=len(configs), desc="reproduce: toy tables", unit="table",
+                      disable=args.quiet) as bar:
+        for config in configs:
+            payloads.append((config, run_experiment(config, args.toy_out,
+                                                    progress=not args.quiet)))
+            bar.set_postfix_str(config.name)
+            bar.update(1)
     figures = []
-    for figure, result, paths in generate(args.figures, quick=args.quick,
-                                          toy_results=args.toy_out):
-        figures.append((figure, result, paths))
-        stages.set_postfix_str(f"figure {figure.name}")
-        stages.update(1)
-    stages.close()
+    with progress_bar(total=len(FIGURES), desc="reproduce: figures", unit="figure",
+                      disable=args.quiet) as bar:
+        for figure, result, paths in generate(args.figures, quick=args.quick,
+                                              toy_results=args.toy_out):
+            figures.append((figure, result, paths))
+            bar.set_postfix_str(figure.name)
+            bar.update(1)
     failed = [r for r in rows if not r.passed]
     print(f"== claims: {len(rows) - len(failed)}/{len(rows)} rows PASS over "
           f"{', '.join(sorted({r.claim for r in rows}))}")
@@ -605,7 +609,7 @@ def _figures(args: argparse.Namespace) -> int:
     _check_input("--toy-results", args.toy_results)
     check_writable(args.out, folder=True, what="--out")
     done = []
-    with tqdm(total=len(FIGURES), desc="figures", unit="figure", file=sys.stderr,
+    with progress_bar(total=len(FIGURES), desc="figures", unit="figure", file=sys.stderr,
               disable=args.quiet) as bar:
         for figure, result, paths in generate(args.out, quick=args.quick,
                                               toy_results=args.toy_results):

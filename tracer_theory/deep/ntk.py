@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 from jaxtyping import Array, ArrayLike, Float, PyTree
-from tqdm.auto import tqdm
 
 from .._cache import array_digest, cache_key, load_keyed, write_keyed
+from .._progress import bar as progress_bar
 from .._validation import (
     SUPPORTED_FLOATS,
     all_finite,
@@ -273,7 +273,7 @@ def _matrix_free(params, embed: Embed, images, k: int, block: int, progress: str
     rows = _gram_rows(params, embed, images, k)
     out = np.empty((n * k, n * k), images.dtype)
     starts = range(0, n * k, block)
-    for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
+    for start in progress_bar(starts, desc=progress, disable=progress is None, leave=False):
         index = jnp.minimum(jnp.arange(start, start + block), n * k - 1)
         values = np.asarray(rows(index))
         stop = min(start + block, n * k)

@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 from jaxtyping import Array, Float, PyTree
-from tqdm.auto import tqdm
 
+from .._progress import bar as progress_bar
 from ..errors import MemoryBudgetExceeded
 
 _HI = jax.lax.Precision.HIGHEST
@@ -427,7 +427,7 @@ def structured_gram(params: PyTree, embed: Embed, images: Float[Array, "n ..."],
     leaves = jax.tree.leaves(params)
     starts = list(range(0, n, block))
     padded = jnp.concatenate([images, jnp.repeat(images[-1:], len(starts) * block - n, 0)])
-    bar = tqdm(total=len(starts) * (len(starts) + 3) // 2, desc=progress,
+    bar = progress_bar(total=len(starts) * (len(starts) + 3) // 2, desc=progress,
                disable=progress is None, leave=False)
     blocks = []
     for s in starts:

@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jaxtyping import Array, Float, Int, PRNGKeyArray
-from tqdm.auto import tqdm
 
 from ..._cache import array_digest, cache_key
 from ..._io import writer
+from ..._progress import bar as progress_bar
 from ...errors import Diverged
 from ..data.folders import FolderImages
 from ..data.task import Task
@@ -441,7 +441,7 @@ class _Runner:
             pretrained = place(pretrained, self.mesh)  # the anchor, sharded like the model
             sharding = NamedSharding(self.mesh, batch_spec(self.mesh))
         seeds = self.n_seeds is not None
-        bar = tqdm(total=config.steps, initial=done, desc=progress, leave=False,
+        bar = progress_bar(total=config.steps, initial=done, desc=progress, leave=False,
                    disable=progress is None or not writer())
         for i, phase in enumerate(self.phases):
             if done >= self.ends[i]:

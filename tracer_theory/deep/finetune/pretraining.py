@@ -14,10 +14,10 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jaxtyping import PRNGKeyArray
-from tqdm.auto import tqdm
 
 from ..._cache import array_digest, cache_key
 from ..._io import writer
+from ..._progress import bar as progress_bar
 from ..losses import clip_loss
 from ..models import DualEncoder, make_model
 from ..parallel import Mesh, batch_spec, constrain, place, replicate
@@ -127,7 +127,7 @@ def pretrain(images: np.ndarray, labels: np.ndarray, captions: np.ndarray,
     every = config.checkpoint_every if checkpoint is not None else 0
     stops = range(every, config.steps, every) if every else ()
     seed_key = jax.random.key(seed)
-    with tqdm(total=config.steps, initial=start, desc=progress, leave=False,
+    with progress_bar(total=config.steps, initial=start, desc=progress, leave=False,
               disable=progress is None or not writer()) as bar:
         pending: list = []  # losses not yet checked (one transfer per chunk or checkpoint)
         for lo, hi in chunk_ranges(start, config.steps, 1 if stepwise() else chunk, stops):

@@ -27,10 +27,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..._cache import array_digest, cache_key, read_record
 from ..._io import write_json_atomic
+from ..._progress import bar as progress_bar
 from ...errors import InputError, MemoryBudgetExceeded
 from ...linear.closed_forms import solve
 from ..data.images import Preprocessing
@@ -304,7 +304,7 @@ def _theory(clip, task: Task, config: TaskRunConfig, prompts, payload, index, ou
         problem = linearize(pretrained, images, prompts[labels, 0])
     probe = ZeroShotProbe.on(pretrained, proxy.images, _local(proxy, cols), prompts[cols])
     rows, r1 = [], {}
-    for strategy_name, strategy in tqdm(config.strategies, desc="theory", leave=False,
+    for strategy_name, strategy in progress_bar(config.strategies, desc="theory", leave=False,
                                         disable=not progress):
         with jax.enable_x64(True):
             try:

@@ -20,9 +20,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..._io import write_json_atomic
+from ..._progress import bar as progress_bar
 from ...dynamics.design import (
     BetaFamily,
     DirectionalFamily,
@@ -224,7 +224,7 @@ def run_pareto(config: ParetoConfig, out_dir: str | Path = "results/pareto", *,
                 for name, p in random_problems(config).items()]
         jobs += [(f"{model} CLIP", lambda m=model: deep_problem(m, config, cache, progress))
                  for model in config.models]
-        for name, build in tqdm(jobs, desc="pareto", disable=not progress):
+        for name, build in progress_bar(jobs, desc="pareto", disable=not progress):
             problem, steps = build()
             results[name] = analyse(problem, steps, config)
     payload = {"config": dataclasses.asdict(config), "problems": results,

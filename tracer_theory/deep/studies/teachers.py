@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
-from tqdm.auto import tqdm
 
 from ..._cache import cache_key, read_record, write_record
 from ..._io import write_json_atomic
+from ..._progress import bar as progress_bar
 from ...dynamics.schedules import GridKernel
 from ...linear.closed_forms import solve
 from ...linear.problem import forgetting
@@ -271,7 +271,7 @@ def run_teachers(config: TeachersConfig, out_dir: str | Path = "results/teachers
     check_pretrained(experiment, data, out_dir, overwrite)
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     direct: dict[str, Any] = {}
-    bar = tqdm(total=len(keys), initial=sum(r is not None for r in finished.values()),
+    bar = progress_bar(total=len(keys), initial=sum(r is not None for r in finished.values()),
                desc="teachers", unit="run", disable=not progress)
     for seed in config.seeds:
         todo = [(n, lam) for n, lam, _ in plan if finished[seed, n, lam] is None]

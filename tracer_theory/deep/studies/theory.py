@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
-from tqdm.auto import tqdm
 
 from ..._cache import read_record
 from ..._io import write_json_atomic
+from ..._progress import bar as progress_bar
 from ...linear.closed_forms import solve
 from ...linear.problem import LinearProblem
 from ..finetune.config import FinetuneConfig, PretrainConfig
@@ -194,7 +194,7 @@ def run_with_theory(config: ExperimentConfig, out_dir: str | Path = "results/cli
             problem = linear_problem(pretrained, data)
         probe = ZeroShotProbe.of(pretrained, data)
         class_emb = pretrained.clip.class_embeddings(jnp.asarray(data.captions))
-        for name, strategy, ft, main in tqdm(_grid(config, len(data.train_labels)),
+        for name, strategy, ft, main in progress_bar(_grid(config, len(data.train_labels)),
                                              desc=f"theory seed {seed}", leave=False,
                                              disable=not progress):
             try:
