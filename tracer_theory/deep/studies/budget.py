@@ -44,10 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 from jaxtyping import Array
-from tqdm.auto import tqdm
 
 from ..._cache import cache_key, check_whole, key_digest, read_record
 from ..._io import write_json_atomic
+from ..._progress import bar as progress_bar
 from ...linear.closed_forms import solve
 from ...linear.problem import LinearProblem, contrastive_target
 from ...linear.spectrum import spectrum
@@ -230,7 +230,8 @@ class _Seed:
             emb = chunked(lambda x: tangent.embed(tangent.params, x) + tangent.jvp(delta, x),
                           np.asarray(self.data.gray_test, np.float64))
             out["R0'"] = self._rung(self.probe.cosine(emb))
-            out["R0'"]["task_fraction"] = 1.0  # the closed form lies in the row space
+            # measured, not assumed: Jᵀα lies in the row space up to rounding
+            out["R0'"]["task_fraction"] = float(tangent.task_fraction(delta))
         return out
 
     def _rung(self, logits: np.ndarray) -> dict[str, float]:
@@ -379,7 +380,7 @@ def _closed_forms(side: _Seed, key: dict[str, Any], path: Path, progress: bool
     points = side.config.points()
     theory = {"config": key, "points": {
         label: side.closed_forms(strategy, key["steps"])
-        for label, strategy in tqdm(points, desc=f"closed forms seed {key['seed']}",
+        for label, strategy in progress_bar(points, desc=f"closed forms seed {key['seed']}",
                                     leave=False, disable=not progress)}}
     theory["spectrum"] = _spectrum_summary(side.tangent, side.linear)
     write_json_atomic(path, theory)
