@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mutants_") as tmp:
         copy = Path(tmp).resolve()
         copy_repository(copy)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        env = {**os.environ, "TRACER_SLOW_TESTS": "1", "PYTHONPATH": os.pathsep.join(
             filter(None, [str(copy), os.environ.get("PYTHONPATH")]))}
         where = subprocess.run([sys.executable, "-c", "import tracer_theory; "
                                 "print(tracer_theory.__file__)"], cwd=copy, env=env,

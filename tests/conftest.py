@@ -40,6 +40,17 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 jax.config.update("jax_compilation_cache_max_size",
                   int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (the multi-device and multi-process subprocesses, ~30 s: they
+    would take the suite past its 5 minutes on 2 cores) run with ``TRACER_SLOW_TESTS=1``."""
+    if os.environ.get("TRACER_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: TRACER_SLOW_TESTS=1 pytest runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 #: Relative tolerance of closed-form comparisons by dtype.
 TOL = {jnp.float32: 2e-4, jnp.float64: 1e-10}
 

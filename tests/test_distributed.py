@@ -9,6 +9,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # TRACER_SLOW_TESTS=1 runs them (tests/conftest.py)
+
 
 def _env(devices: int) -> dict[str, str]:
     """This environment with ``devices`` forced host devices, float32 by default."""
