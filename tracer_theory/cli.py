@@ -560,7 +560,7 @@ def _setting(text: str) -> tuple[str, float]:
 def _reproduce(args: argparse.Namespace) -> int:
     from .claims.registry import claim_cases, run_claims
     from .deep.studies.experiment import TOY_PLAN, format_table, run_experiment, toy_configs
-    from .report.registry import FIGURES, generate, summary_lines
+    from .report.registry import summary_lines
 
     _check_input("--mnist", args.mnist)
     check_writable(args.toy_out, folder=True, what="--toy-out")
@@ -579,14 +579,8 @@ def _reproduce(args: argparse.Namespace) -> int:
                                                     progress=not args.quiet)))
             bar.set_postfix_str(config.name)
             bar.update(1)
-    figures = []
-    with progress_bar(total=len(FIGURES), desc="reproduce: figures", unit="figure",
-                      disable=args.quiet) as bar:
-        for figure, result, paths in generate(args.figures, quick=args.quick,
-                                              toy_results=args.toy_out):
-            figures.append((figure, result, paths))
-            bar.set_postfix_str(figure.name)
-            bar.update(1)
+    figures = _make_figures(args.figures, args.quick, args.toy_out, "reproduce: figures",
+                            args.quiet)
     failed = [r for r in rows if not r.passed]
     print(f"== claims: {len(rows) - len(failed)}/{len(rows)} rows PASS over "
           f"{', '.join(sorted({r.claim for r in rows}))}")
@@ -603,19 +597,27 @@ def _reproduce(args: argparse.Namespace) -> int:
     return EXIT_CLAIM_FAILED if failed else EXIT_OK
 
 
-def _figures(args: argparse.Namespace) -> int:
-    from .report.registry import FIGURES, generate, summary_lines
+def _make_figures(out: str, quick: bool, toy_results: str | None, desc: str, quiet: bool
+                  ) -> list:
+    """Every figure written to ``out`` (``registry.generate``) with a bar: ``[(figure, result,
+    paths)]``."""
+    from .report.registry import FIGURES, generate
 
-    _check_input("--toy-results", args.toy_results)
-    check_writable(args.out, folder=True, what="--out")
     done = []
-    with progress_bar(total=len(FIGURES), desc="figures", unit="figure", file=sys.stderr,
-              disable=args.quiet) as bar:
-        for figure, result, paths in generate(args.out, quick=args.quick,
-                                              toy_results=args.toy_results):
+    with progress_bar(total=len(FIGURES), desc=desc, unit="figure", disable=quiet) as bar:
+        for figure, result, paths in generate(out, quick=quick, toy_results=toy_results):
             done.append((figure, result, paths))
             bar.set_postfix_str(figure.name)
             bar.update(1)
+    return done
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from .report.registry import summary_lines
+
+    _check_input("--toy-results", args.toy_results)
+    check_writable(args.out, folder=True, what="--out")
+    done = _make_figures(args.out, args.quick, args.toy_results, "figures", args.quiet)
     print("\n".join(summary_lines(done)))
     print(f"\nwrote {2 * len(done)} files and README.md to {args.out}/")
     return 0
