@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from tracer_theory._io import write_json_atomic
+from tracer_theory.errors import InputError
 from tracer_theory.report import envelope
 
 
@@ -29,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", required=True, help="what differs between the two runs")
     parser.add_argument("--write", action="store_true", help=f"write BASE/{envelope.FILE}")
     args = parser.parse_args(argv)
-    record = envelope.measure(args.base, args.other, args.label)
+    try:
+        record = envelope.measure(args.base, args.other, args.label)
+    except (InputError, FileNotFoundError) as err:  # a missing or foreign results folder
+        parser.error(str(err))
     print(f"toy results {args.base} vs {args.other} ({args.label})\nlargest |difference| in "
           f"points: of a seed mean / of one seed")
     print(f"{'table':14s}" + "".join(f"{m:>20s}" for m in envelope.METRICS))
@@ -42,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:20s} {words[v['base']]:>9s} → {words[v['other']]:9s}"
               + ("  FLIPS" if v["flips"] else ""))
     if args.write:
-        path = write_json_atomic(args.base / envelope.FILE, record)
-        print(f"\nwrote {path or args.base / envelope.FILE}")
+        print(f"\nwrote {write_json_atomic(args.base / envelope.FILE, record)}")
     return 0
 
 

@@ -35,6 +35,14 @@ def test_verify_exits_1_on_a_failing_claim(monkeypatch, capsys):
     assert "FAIL" in capsys.readouterr().out
 
 
+def _fresh_python(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a new interpreter; asserts it exited 0 (its stderr's tail otherwise)."""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run
+
+
 def test_help_of_every_command_loads_neither_jax_nor_matplotlib():
     """`tracer-theory --help` and each subcommand's `--help`, in a fresh interpreter: the
     commands' heavy imports wait for the command to run (and `import tracer_theory` is lazy)."""
@@ -55,9 +63,7 @@ def test_help_of_every_command_loads_neither_jax_nor_matplotlib():
         "assert 'solve' in tracer_theory.__all__ and callable(tracer_theory.solve)",
         "assert 'jax' in sys.modules  # a public name, once used, loads its module",
     ])
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=False)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = _fresh_python(code)
     assert "finetune" in run.stdout and "--strategies" in run.stdout
 
 
@@ -77,9 +83,7 @@ def test_verify_imports_neither_matplotlib_nor_the_figures():
         "                or m.startswith('tracer_theory.report'))",
         "assert 'matplotlib' not in sys.modules and not loaded, loaded",
     ])
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=False)
-    assert run.returncode == 0, run.stderr
+    run = _fresh_python(code)
     assert "C6" in run.stdout and "FAIL" not in run.stdout
 
 

@@ -84,3 +84,17 @@ def test_bad_tables_and_a_bad_record_name_the_file(tables, tmp_path):
         envelope.flipped(tables)
     with pytest.raises(InputError, match=r"fair_head\.json"):
         envelope.differences(tmp_path / "nowhere", tables)
+
+
+def test_the_script_names_a_folder_that_holds_no_toy_results(tables, tmp_path, capsys):
+    """experiments/envelope.py: a usage error naming the file, not a traceback."""
+    import importlib.util
+
+    path = _paths.REPO_ROOT / "experiments" / "envelope.py"
+    spec = importlib.util.spec_from_file_location("envelope_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_:
+        script.main([str(tmp_path / "nowhere"), str(tables), "--label", "x"])
+    assert exit_.value.code == 2
+    assert "nowhere/fair_head.json" in capsys.readouterr().err
