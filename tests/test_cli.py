@@ -95,3 +95,11 @@ def test_a_quick_run_is_labelled_a_smoke_run_before_and_after(command, monkeypat
     assert capsys.readouterr().out.split("\n")[:3] == [cli.SMOKE, "TABLE", cli.SMOKE]
     assert cli.main([command]) == 0
     assert cli.SMOKE not in capsys.readouterr().out
+
+
+def test_an_unknown_public_name_is_an_attribute_error_naming_it():
+    import tracer_theory
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        tracer_theory.nope  # noqa: B018
+    assert "nope" not in dir(tracer_theory) and "spectral_dynamics" in dir(tracer_theory)
