@@ -21,24 +21,55 @@ import pytest  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# One persistent XLA compilation cache for the test workers and the notebook kernels they start
-# (the notebooks and `tracer-theory figures` compile the same functions): a speed-up only. Every
-# program is cached, however quickly it compiled: the suite compiles thousands of small programs
-# (tens of milliseconds each, most of its run time), and reading one back takes a millisecond or
-# two. (Programs with host callbacks, such as equinox's runtime checks, JAX never caches.)
-# A size limit makes JAX read and write entries under a file lock (without one it writes in
-# place, and a worker reading an entry another is still writing crashed once: SIGSEGV while
-# deserializing the half-written executable).
-_CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "tracer_theory_xla"),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 * 2**30)}
-for _name, _value in _CACHE.items():
-    os.environ.setdefault(_name, _value)
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
-jax.config.update("jax_compilation_cache_max_size",
-                  int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+# A persistent XLA compilation cache: a speed-up only. Every program is cached, however quickly
+# it compiled: the suite compiles thousands of small programs (tens of milliseconds each, most of
+# its run time), and reading one back takes a millisecond or two. (Programs with host callbacks,
+# such as equinox's runtime checks, JAX never caches.)
+# One folder per test worker, held under a lock for the worker's life (a second pytest run at the
+# same time takes the next free folder), and shared only with the notebook kernels and
+# subprocesses that worker starts and waits for: one process writes at a time, so no entry is
+# read half-written (that crashed a worker once, SIGSEGV while deserializing). Hence no size
+# limit: with one, JAX scans the whole folder under a file lock on every write, and a cold run
+# of the suite's ~3,000 programs took over 18 minutes instead of ~9. A folder past 2 GB starts
+# again empty. TRACER_XLA_CACHE moves the folders (default: <tmp>/tracer_theory_xla).
+_CACHE_LIMIT = 2 * 2**30
+_HELD_LOCKS = []  # the lock on this process's folder, kept for the life of the process
+
+
+def _claim_cache_folder() -> str | None:
+    """This process's cache folder (created, locked), or None when every candidate is taken."""
+    from filelock import FileLock, Timeout
+
+    base = os.environ.setdefault("TRACER_XLA_CACHE",
+                                 os.path.join(tempfile.gettempdir(), "tracer_theory_xla"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    for attempt in range(8):
+        path = os.path.join(base, worker if attempt == 0 else f"{worker}-{attempt}")
+        os.makedirs(path, exist_ok=True)
+        lock = FileLock(f"{path}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        _HELD_LOCKS.append(lock)
+        files = [os.path.join(path, name) for name in os.listdir(path)]
+        if sum(os.path.getsize(f) for f in files if os.path.isfile(f)) > _CACHE_LIMIT:
+            for f in files:
+                os.remove(f)
+        return path
+    return None
+
+
+_FOLDER = _claim_cache_folder()
+if _FOLDER is not None:
+    # the environment, so the kernels and subprocesses this worker starts use the same folder
+    os.environ.update({"JAX_COMPILATION_CACHE_DIR": _FOLDER,
+                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                       "JAX_COMPILATION_CACHE_MAX_SIZE": "-1"})
+    jax.config.update("jax_compilation_cache_dir", _FOLDER)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_compilation_cache_max_size", -1)
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (the multi-device and multi-process subprocesses, ~30 s: they

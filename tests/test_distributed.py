@@ -81,6 +81,9 @@ def test_two_processes_resume_a_sharded_run_and_equal_one_process(tmp_path):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     env = _env(1)
+    # two processes compiling the same programs at once: no shared compilation cache
+    # (tests/conftest.py gives each worker's folder one writer at a time)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     worker = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
     procs = [subprocess.Popen([sys.executable, worker, str(port), str(i), "2", str(tmp_path)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
