@@ -20,9 +20,10 @@
 # and splits into a change inside the task subspace (the span of `X_I`) and a change orthogonal
 # to it, where the pretrained knowledge lives.
 #
-# Each figure below is computed from seeded problems in float64, saved to `figures/`, and
-# followed by three sentences: what the paper claims, what the numbers show, whether they agree.
-# The same figures come from `tracer-theory figures`.
+# Each figure below is computed from seeded problems in float64, saved to `results/figures/`
+# (ignored by git; `TRACER_FIGURES` names another folder), and followed by three sentences: what
+# the paper claims, what the numbers show, whether they agree. The committed `figures/` are the
+# same figures, made by `tracer-theory figures`.
 
 # %%
 from tracer_theory.report.notebook import figure, settings

@@ -37,6 +37,7 @@ import tracer_theory as tt
 from tracer_theory._paths import REPO_ROOT
 from tracer_theory.deep.studies.horizon import format_horizon
 from tracer_theory.report.horizon import horizon_figures
+from tracer_theory.report.notebook import settings
 from tracer_theory.report.style import save
 
 
@@ -80,9 +81,8 @@ print(format_horizon(payload))
 # axis, so you can see whether forgetting follows the teacher's collapse.
 
 # %%
-# figures go beside the results (TRACER_FIGURES overrides)
-folder = Path(os.environ["TRACER_FIGURES"]) if "TRACER_FIGURES" in os.environ else (
-    path.parent / "figures")
+# to results/figures, as every notebook's (TRACER_FIGURES overrides)
+folder = settings().figures
 for name, result in horizon_figures(payload).items():
     paths = save(result.figure, folder / f"horizon_{name}")
     display(Image(filename=str(paths[0])))

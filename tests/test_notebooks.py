@@ -1,27 +1,70 @@
-"""Every notebook runs headless (nbclient) in quick mode and writes its figures."""
+"""The notebooks run the way notebooks/README.md says (``jupytext --to ipynb --execute``, then
+``jupyter nbconvert --to html``), headless and in quick mode, in a copy of the checkout whose
+package they import: each writes its figures and findings, and nothing git would track is left."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-import jupytext
-import nbclient
+import nbformat
 import pytest
 
-from tracer_theory._paths import reference_toy_results
 from tracer_theory.report import registry, toy
+from tracer_theory.report.notebook import FIGURES_OUT
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+#: The notebooks README's two commands, run in the copy's root.
+COMMANDS = ("jupytext --to ipynb --execute notebooks/0*.py",
+            "jupyter nbconvert --to html notebooks/0*.ipynb")
 
 
-def _execute(path: Path, env: dict[str, str], monkeypatch) -> str:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    notebook = jupytext.read(path)
-    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}}).execute()
-    return "\n".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                     for out in cell.get("outputs", []))
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """The copy (a new git repository of this checkout's tracked files) after both commands,
+    and each notebook's printed text by its number (``"01"``, …)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    copy = tmp_path_factory.mktemp("checkout")
+    for name in _git("ls-files", "-z", cwd=ROOT).split("\0"):
+        if name and (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    _git("init", "-q", cwd=copy)
+    _git("add", "-A", cwd=copy)
+    _git("commit", "-qm", "copy", cwd=copy)
+    env = {**os.environ, "TRACER_QUICK": "1", "PYTHONPATH": str(copy),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           # notebook 03 in quick mode would otherwise run the quick toy (tested in test_toy)
+           "TRACER_TOY_RESULTS": str(copy / "experiments/results/toy")}
+    env.pop("TRACER_FIGURES", None)
+    for command in COMMANDS:
+        done = subprocess.run(command, shell=True, cwd=copy, env=env, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, f"{command}:\n{done.stderr[-3000:]}"
+    texts = {}
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(copy / "notebooks" / f"{path.stem}.ipynb", as_version=4)
+        texts[path.name[:2]] = "\n".join(
+            out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+            for out in cell.get("outputs", []))
+    return copy, texts
+
+
+def _figures(copy: Path) -> set[str]:
+    return {p.name for p in (copy / FIGURES_OUT).iterdir()}
+
+
+def _files(names) -> set[str]:
+    return {f"{n}{ext}" for n in names for ext in (".png", ".pdf")}
 
 
 def test_there_is_a_notebook_for_every_figure_group():
@@ -29,41 +72,51 @@ def test_there_is_a_notebook_for_every_figure_group():
     assert {f.notebook for f in registry.FIGURES} == {"01", "02", "03"}
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS[:2], ids=lambda p: p.stem)
-def test_theory_notebook_runs_headless_and_writes_its_figures(path, tmp_path, monkeypatch):
-    text = _execute(path, {"TRACER_QUICK": "1", "TRACER_FIGURES": str(tmp_path)}, monkeypatch)
-    expected = [f.name for f in registry.FIGURES if f.notebook == path.name[:2]]
-    written = {p.name for p in tmp_path.iterdir()}
-    assert written == {f"{n}{ext}" for n in expected for ext in (".png", ".pdf")}
+def test_the_readme_names_these_commands_and_every_notebook():
+    readme = (ROOT / "notebooks" / "README.md").read_text()
+    assert all(command in readme for command in COMMANDS)
+    assert all(f"`{path.name}`" in readme for path in NOTEBOOKS)
+
+
+def test_nothing_git_would_track_is_left_behind(executed):
+    copy, _ = executed
+    assert _git("status", "--porcelain", "--untracked-files=all", cwd=copy) == ""
+    # and the notebooks did write, where the README says: executed copies, pages, figures
+    for path in NOTEBOOKS:
+        assert (copy / "notebooks" / f"{path.stem}.ipynb").is_file()
+        assert (copy / "notebooks" / f"{path.stem}.html").stat().st_size > 10_000
+    assert _figures(copy)
+
+
+@pytest.mark.parametrize("number", ["01", "02", "03"])
+def test_each_figure_is_saved_with_its_computed_finding(executed, number):
+    copy, texts = executed
+    expected = [f.name for f in registry.FIGURES if f.notebook == number]
+    assert _files(expected) <= _figures(copy)
     # every figure is followed by its computed finding
-    assert text.count("Paper: ") == text.count("Measured: ") == len(expected)
+    assert texts[number].count("Paper: ") == texts[number].count("Measured: ") == len(expected)
 
 
-def test_toy_notebook_reads_the_toy_results(tmp_path, monkeypatch):
-    results = reference_toy_results()
-    text = _execute(NOTEBOOKS[2], {"TRACER_QUICK": "1", "TRACER_FIGURES": str(tmp_path),
-                                   "TRACER_TOY_RESULTS": str(results)}, monkeypatch)
-    assert "results in" in text
-    # the tables printed are the stored run's, and every toy figure was written
-    payload = toy.load_payload(results, "fair_head")
-    assert f"{payload['summary']['direct']['forgetting'][0]:.2f}" in text
-    expected = [f.name for f in registry.FIGURES if f.notebook == "03"]
-    assert {p.name for p in tmp_path.iterdir()} == {f"{n}{e}" for n in expected
-                                                   for e in (".png", ".pdf")}
-    assert text.count("Paper: ") == len(expected)
+def test_toy_notebook_prints_the_toy_results_it_reads(executed):
+    copy, texts = executed
+    assert "results in" in texts["03"]
+    payload = toy.load_payload(copy / "experiments/results/toy", "fair_head")
+    assert f"{payload['summary']['direct']['forgetting'][0]:.2f}" in texts["03"]
 
 
-def test_horizon_notebook_shows_the_committed_study(tmp_path, monkeypatch):
-    results = ROOT / "experiments" / "results" / "horizon" / "horizon.json"
-    text = _execute(NOTEBOOKS[3], {"TRACER_QUICK": "1", "TRACER_FIGURES": str(tmp_path),
-                                   "TRACER_HORIZON_RESULTS": str(results)}, monkeypatch)
-    payload = json.loads(results.read_text())
+def test_horizon_notebook_shows_the_committed_study(executed):
+    copy, texts = executed
+    payload = json.loads((copy / "experiments/results/horizon/horizon.json").read_text())
     # the linear mechanism computed in the open, the stored table and verdicts, both figures
-    assert "final gap / peak gap" in text
+    assert "final gap / peak gap" in texts["04"]
     row = payload["summary"]["head_noise0"]["ema_sd"]["3000"]["forgetting"]
-    assert f"{row['mean']:.1f} ± {row['std']:.1f}" in text
-    assert payload["verdicts"]["head_noise0"][0] in text
-    assert {p.name for p in tmp_path.iterdir()} == {f"horizon_{n}{e}" for n in
-                                                   ("forgetting", "curves")
-                                                   for e in (".png", ".pdf")}
-    assert text.count("Paper: ") == 2
+    assert f"{row['mean']:.1f} ± {row['std']:.1f}" in texts["04"]
+    assert payload["verdicts"]["head_noise0"][0] in texts["04"]
+    assert _files(f"horizon_{n}" for n in ("forgetting", "curves")) <= _figures(copy)
+    assert texts["04"].count("Paper: ") == 2
+
+
+def test_every_figure_written_is_one_a_notebook_makes(executed):
+    copy, _ = executed
+    made = [f.name for f in registry.FIGURES] + ["horizon_forgetting", "horizon_curves"]
+    assert _figures(copy) == _files(made)

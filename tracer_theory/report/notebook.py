@@ -2,7 +2,8 @@
 them headless in quick mode) and one call that makes, saves and shows a figure with its finding.
 
 ``TRACER_QUICK=1`` shortens horizons; ``TRACER_FIGURES`` is the output folder (default
-``<repo>/figures``); ``TRACER_TOY_RESULTS`` the toy results folder (default: the committed
+``<repo>/results/figures``, ignored by git; `tracer-theory figures` regenerates the committed
+``figures/``); ``TRACER_TOY_RESULTS`` the toy results folder (default: the committed
 reference run, or ``<repo>/results/toy`` in quick mode). ``<repo>`` is the folder holding the
 package (``tracer_theory/..``), wherever the notebook runs.
 """
@@ -17,6 +18,10 @@ from .._paths import REPO_ROOT, TOY_RESULTS_IN_REPO
 from .registry import show
 from .result import Result
 
+#: Where the notebooks save their figures unless ``TRACER_FIGURES`` says otherwise, relative to
+#: ``<repo>``: beside `tracer-theory reproduce`'s (ignored by git).
+FIGURES_OUT = "results/figures"
+
 
 class Settings(NamedTuple):
     quick: bool
@@ -28,7 +33,7 @@ def settings() -> Settings:
     """The notebook's settings from ``TRACER_QUICK``, ``TRACER_FIGURES``, ``TRACER_TOY_RESULTS``."""
     quick = os.environ.get("TRACER_QUICK", "0") == "1"
     default_toy = REPO_ROOT / ("results/toy" if quick else TOY_RESULTS_IN_REPO)
-    return Settings(quick, Path(os.environ.get("TRACER_FIGURES", REPO_ROOT / "figures")),
+    return Settings(quick, Path(os.environ.get("TRACER_FIGURES", REPO_ROOT / FIGURES_OUT)),
                     Path(os.environ.get("TRACER_TOY_RESULTS", default_toy)))
 
 
