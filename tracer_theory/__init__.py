@@ -8,6 +8,7 @@ load neither JAX nor matplotlib.
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Any
 
 __version__ = "0.1.0"
@@ -66,5 +67,10 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    """The public names (``__all__``, loaded or not), the public submodules imported so far and
+    the dunders; not this module's own imports (``annotations``, ``importlib``, ``Any``)."""
+    loaded = {name for name, value in globals().items()
+              if name.startswith("__") or (isinstance(value, ModuleType) and name[0] != "_"
+                                           and value.__name__.startswith(f"{__name__}."))}
+    return sorted({*loaded, *__all__})
 

@@ -44,7 +44,7 @@ Params = dict[str, Float[Array, "..."]]
 class Family(eqx.Module):
     """A designable family: ``init(r)`` the starting parameters (λ last, as ``log_lam``, except
     for per-direction weights) and ``strategy(params, sigma_max_sq)`` the strategy they give;
-    ``label`` names it in tables, sentences and figures."""
+    ``label`` names it in tables, sentences and figures. The families of THEORY §7.4."""
 
     label: ClassVar[str] = "designed teacher"
 
@@ -81,7 +81,7 @@ class _Teacher(Family):
 
 
 class StaticFamily(Family):
-    """Static SD (teacher frozen at ``W⁰``), its λ alone."""
+    """Static SD (teacher frozen at ``W⁰``), its λ alone (a scalar ``log_lam``; THEORY §7.4)."""
 
     label: ClassVar[str] = "λ alone"
 
@@ -93,7 +93,8 @@ class StaticFamily(Family):
 
 
 class BetaFamily(_Teacher):
-    """The WMA teacher with a Beta(a, b) kernel; starts at TRACER's Beta(0.5, 0.5)."""
+    """The WMA teacher with a Beta(a, b) kernel; starts at TRACER's Beta(0.5, 0.5). Parameters
+    ``log_a``, ``log_b``, ``log_lam``, scalars (THEORY §7.4)."""
 
     label: ClassVar[str] = "Beta(a, b) kernel"
 
@@ -108,7 +109,8 @@ class BetaFamily(_Teacher):
 
 class GridFamily(_Teacher):
     """The WMA teacher with a free-form positive kernel (``GridKernel`` on ``knots ≥ 2``
-    knots); starts at the arcsine kernel clipped near the ends."""
+    knots); starts at the arcsine kernel clipped near the ends. Parameters ``log_values``
+    (knots,) and a scalar ``log_lam`` (THEORY §7.4)."""
 
     label: ClassVar[str] = "free-form kernel"
 
@@ -128,7 +130,8 @@ class GridFamily(_Teacher):
 
 
 class EMAFamily(_Teacher):
-    """The EMA teacher, a constant momentum ``m = sigmoid(logit_m)``; starts at 0.99."""
+    """The EMA teacher, a constant momentum ``m = sigmoid(logit_m)``; starts at 0.99. Parameters
+    ``logit_m``, ``log_lam``, scalars (THEORY §7.4)."""
 
     label: ClassVar[str] = "EMA momentum"
 
@@ -146,7 +149,8 @@ class EMAFamily(_Teacher):
 class ScheduledEMAFamily(_Teacher):
     """The EMA teacher with its momentum warmed up linearly from ``m₀`` to ``m`` over
     ``warmup_steps ≥ 1`` updates (the official code's schedule); starts at 0.9 → 0.99. (Without
-    a warm-up ``m₀`` would do nothing: that is ``EMAFamily``.)"""
+    a warm-up ``m₀`` would do nothing: that is ``EMAFamily``.) Parameters ``logit_m0``,
+    ``logit_m``, ``log_lam``, scalars (THEORY §7.4)."""
 
     label: ClassVar[str] = "warmed-up EMA"
 
@@ -169,7 +173,8 @@ class ScheduledEMAFamily(_Teacher):
 
 class DirectionalFamily(Family):
     """Static SD with one λ per task direction (``DirectionalSD``); starts at λ = 1 everywhere.
-    Its λ is the whole parameter vector: ``design`` calibrates a common offset."""
+    Its λ is the whole parameter vector ``log_lams`` (r,): ``design`` calibrates a common offset
+    (THEORY §7.4)."""
 
     label: ClassVar[str] = "per-direction λ"
 
@@ -191,7 +196,7 @@ class Design(NamedTuple):
     """A designed teacher: its ``params``, ``task_loss``, ``forgetting``, the oracle's
     forgetting at that task loss (``oracle``), their ratio, the optimizer's ``history`` (task
     loss and forgetting per step, shape (steps, 2)), and whether the task loss ``reached`` the
-    target (within 0.1% of its excess over the floor)."""
+    target (within 0.1% of its excess over the floor). The result of THEORY §7.4."""
 
     params: PyTree
     task_loss: float
@@ -256,12 +261,12 @@ def _check_params(family: Family, params: object, r: int) -> None:
 def design(problem: LinearProblem, family: Family, target_task_loss: float, *,
            steps: int = 300, learning_rate: float = 0.05, penalty: float = 1e3,
            spectrum: Spectrum | None = None, frontier: Frontier | None = None) -> Design:
-    """Minimize forgetting at ``target_task_loss`` over the family's parameters.
+    """Minimize forgetting at ``target_task_loss`` over the family's parameters (THEORY §7.4).
 
     Starts from ``family.init`` with λ calibrated to the target, then ``steps`` Adam steps on
-    ``log forgetting + penalty·max(0, (task loss − target)/(target − floor))²``; returns the
-    best point whose task loss is within 0.1% of the target's excess over the floor (else the
-    last), with the oracle's forgetting at its task loss.
+    ``log forgetting + penalty·max(0, (task loss − target)/(target − floor))²``; returns a
+    ``Design``: the best point whose task loss is within 0.1% of the target's excess over the
+    floor (else the last), with the oracle's forgetting at its task loss.
 
     Arguments are checked on the host: ``target_task_loss`` finite and strictly between the
     unregularized optimum and the task loss of ``W⁰`` (else refused); ``steps`` an int ≥ 0

@@ -12,7 +12,8 @@ from .._validation import ensure, is_traced
 
 
 class CollapseDiagnostics(eqx.Module):
-    """How fast and how far a teacher–student gap collapses.
+    """How fast and how far a teacher–student gap collapses (the collapse of THEORY §4.4, as
+    measured in THEORY §6.3).
 
     ``peak`` the largest gap and ``peak_step`` where it occurs; ``half_life`` the number of steps
     from the peak until the gap first falls to half the peak (``inf`` if it never does);
@@ -34,6 +35,8 @@ class CollapseDiagnostics(eqx.Module):
 def collapse_diagnostics(gap: Float[ArrayLike, "*b R"], steps: Float[ArrayLike, " R"],
                          stop: Float[ArrayLike, "*b"] | None = None) -> CollapseDiagnostics:
     """Diagnostics of ``gap`` (..., R) recorded at increasing ``steps`` (R,); see the class.
+    Returns a ``CollapseDiagnostics`` whose fields have the leading shape ``...`` of ``gap``
+    (THEORY §4.4, §6.3).
 
     ``stop`` (optional, one per curve) ignores the records after that step, for runs of
     different lengths stacked into one array; it must be finite and at least ``steps[0]``.

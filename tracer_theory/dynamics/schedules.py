@@ -34,7 +34,8 @@ _GRID = "the grid τ_k = (k + 0.5)/(horizon + 1), k = 0..horizon"
 
 
 class Schedule(eqx.Module):
-    """Base class: the teacher's mixing weight ``ω_t`` as a function of the step ``t ≥ 1``.
+    """Base class: the teacher's mixing weight ``ω_t`` as a function of the step ``t ≥ 1``
+    (THEORY §4.2); ``weights(T)`` gives ``ω_1..ω_T``, shape (T,).
 
     A subclass implements ``at`` (the formula, for integer steps ``≥ 1``, values validated when
     the schedule is built) or overrides ``__call__``; the solvers check the weights they use
@@ -60,7 +61,7 @@ class Schedule(eqx.Module):
 
 
 class StaticSchedule(Schedule):
-    """``ω_t = 0``: the teacher is frozen at ``W_0``."""
+    """``ω_t = 0``: the teacher is frozen at ``W_0`` (static SD, THEORY §4.2, §4.6)."""
 
     def at(self, step):
         return jnp.zeros(jnp.shape(step), _float_dtype())
@@ -70,7 +71,7 @@ class StaticSchedule(Schedule):
 
 
 class EMASchedule(Schedule):
-    """Exponential moving average: ``ω_t = 1 − m_t``.
+    """Exponential moving average: ``ω_t = 1 − m_t`` (THEORY §4.2; its collapse: THEORY §4.4).
 
     ``m_t = (1 − r_t)·warmup_from + r_t·momentum`` with ``r_t = min((t − 1)/warmup_steps, 1)``:
     update 1 uses ``warmup_from``, the momentum grows linearly over the first ``warmup_steps``
@@ -129,7 +130,8 @@ def _ema_momentum(schedule: EMASchedule, step: Array) -> Array:
 
 
 class Kernel(eqx.Module):
-    """An unnormalised positive weight ``κ(τ)`` on ``(0, 1)``, evaluated through ``log κ``.
+    """An unnormalised positive weight ``κ(τ)`` on ``(0, 1)``, evaluated through ``log κ``
+    (THEORY §4.2); ``τ`` an array of any shape, ``κ(τ)`` of the same shape.
 
     The teacher weights ``ω_t = κ_t / Σ_{j≤t} κ_j`` are formed from ``log`` alone, in log space
     (``_log_normalize``), so sharply peaked kernels neither overflow nor underflow: ``ω`` is exact
@@ -149,7 +151,7 @@ class BetaKernel(Kernel):
     """Beta(a, b) density up to its normaliser: ``κ(τ) = τ^(a−1) (1 − τ)^(b−1)``, ``a, b > 0``.
 
     ``a = b = 1`` is uniform, ``a = 2, b = 1`` the linear ramp ``κ ∝ τ``, ``a = b = 1/2`` the
-    U-shaped arcsine kernel of TRACER.
+    U-shaped arcsine kernel of TRACER (THEORY §4.2). ``a`` and ``b`` are scalars.
     """
 
     a: Float[Array, ""]
@@ -169,7 +171,7 @@ class GridKernel(Kernel):
     differences between neighbouring knots; integers become the default float dtype).
 
     Positive for every finite ``log_values`` and differentiable in them, so a kernel's shape can
-    be optimized by gradient (the designed teachers of THEORY §7). Only differences of
+    be optimized by gradient (the designed teachers of THEORY §7.4). Only differences of
     ``log_values`` matter: the teacher weights are exact for any magnitude (``Kernel``).
     """
 
@@ -200,27 +202,32 @@ def _finite_knots(values: Float[Array, " G"]) -> tuple[Array, Array]:
 
 
 def beta_kernel(a: ArrayLike, b: ArrayLike) -> BetaKernel:
-    """``κ(τ) ∝ τ^(a−1) (1 − τ)^(b−1)``, the Beta(a, b) density; ``a, b > 0`` (arrays allowed)."""
+    """``κ(τ) ∝ τ^(a−1) (1 − τ)^(b−1)``, the Beta(a, b) density; ``a, b > 0`` (arrays allowed).
+    Returns a ``BetaKernel`` (THEORY §4.2)."""
     return BetaKernel(a, b)
 
 
 def arcsine_kernel() -> BetaKernel:
-    """``κ(τ) ∝ 1/√(τ(1 − τ))`` = Beta(1/2, 1/2): weight on both ends of the trajectory."""
+    """``κ(τ) ∝ 1/√(τ(1 − τ))`` = Beta(1/2, 1/2): weight on both ends of the trajectory, TRACER's
+    default. Returns a ``BetaKernel`` (THEORY §4.2)."""
     return BetaKernel(0.5, 0.5)
 
 
 def uniform_kernel() -> BetaKernel:
-    """``κ(τ) = 1`` = Beta(1, 1): the teacher is the running arithmetic mean."""
+    """``κ(τ) = 1`` = Beta(1, 1): the teacher is the running arithmetic mean. Returns a
+    ``BetaKernel`` (THEORY §4.2)."""
     return BetaKernel(1.0, 1.0)
 
 
 def linear_ramp_kernel() -> BetaKernel:
-    """``κ(τ) ∝ τ`` = Beta(2, 1): later students weigh more."""
+    """``κ(τ) ∝ τ`` = Beta(2, 1): later students weigh more. Returns a ``BetaKernel``
+    (THEORY §4.2)."""
     return BetaKernel(2.0, 1.0)
 
 
 class KernelSchedule(Schedule):
-    """Kernel-weighted trajectory average over ``horizon`` steps (TRACER's WMA teacher).
+    """Kernel-weighted trajectory average over ``horizon`` steps (TRACER's WMA teacher,
+    THEORY §4.2; its bias law: THEORY §4.7).
 
     ``ω_t = κ(τ_t) / Σ_{j=0..t} κ(τ_j)`` with ``τ_k = (k + 0.5)/(horizon + 1)`` for
     ``1 ≤ t ≤ horizon``, so that ``T_t = Σ_{j≤t} κ(τ_j) W_j / Σ_{j≤t} κ(τ_j)`` exactly.
@@ -279,7 +286,8 @@ def _pad(table: Float[Array, " n+1"], num_steps: int) -> Array:
 
 
 def static_teacher() -> StaticSchedule:
-    """``ω_t = 0``: the teacher stays at the pretrained weights ``W_0``."""
+    """``ω_t = 0``: the teacher stays at the pretrained weights ``W_0``. Returns a
+    ``StaticSchedule`` (THEORY §4.2)."""
     return StaticSchedule()
 
 
@@ -288,7 +296,8 @@ def ema_teacher(momentum: ArrayLike, *, warmup_from: ArrayLike | None = None,
     """EMA teacher, ``ω_t = 1 − m_t``; ``momentum``, ``warmup_from`` in [0, 1).
 
     ``m_t`` warms up linearly from ``warmup_from`` to ``momentum`` over the first
-    ``warmup_steps`` updates (integer ≥ 0); give both or neither. See ``EMASchedule``.
+    ``warmup_steps`` updates (integer ≥ 0); give both or neither. Returns an ``EMASchedule``
+    (THEORY §4.2).
     """
     return EMASchedule(momentum, warmup_from=warmup_from, warmup_steps=warmup_steps)
 
@@ -297,13 +306,15 @@ def kernel_teacher(horizon: int, kernel: Callable[[Array], Array]) -> KernelSche
     """Teacher = κ-weighted average of the student trajectory over ``horizon`` steps.
 
     ``kernel`` maps an array of ``τ ∈ (0, 1)`` to non-negative weights elementwise (a ``Kernel``
-    or any callable); it is checked on the τ grid now. ``ω_t = 0`` past ``horizon``.
+    or any callable); it is checked on the τ grid now. ``ω_t = 0`` past ``horizon``. Returns a
+    ``KernelSchedule`` (THEORY §4.2).
     """
     return KernelSchedule(horizon, kernel)
 
 
 def wma_teacher(horizon: int, a: ArrayLike = 0.5, b: ArrayLike = 0.5) -> KernelSchedule:
-    """TRACER's WMA teacher: ``kernel_teacher(horizon, beta_kernel(a, b))`` (THEORY §4).
+    """TRACER's WMA teacher: returns ``kernel_teacher(horizon, beta_kernel(a, b))``, a
+    ``KernelSchedule`` (THEORY §4.2).
 
     ``a``, ``b`` may be traced, e.g. ``jax.vmap(lambda a: wma_teacher(100, a, a).weights(100))``.
     """
@@ -316,7 +327,8 @@ def kernel_weights(kernel: Callable[[Array], Array], horizon: Int[ArrayLike, ""]
 
     ``ω_t = κ(τ_t)/Σ_{j=0..t} κ(τ_j)``, ``τ_k = (k + 0.5)/(horizon + 1)``, for ``t ≤ horizon``
     and ``ω_t = 0`` past it. ``num_steps`` is a static int (any value ≥ 0; take it ≥ the largest
-    horizon of a sweep). O(num_steps) via a prefix scan in log space. Returns shape (num_steps,).
+    horizon of a sweep). O(num_steps) via a prefix scan in log space. Returns shape (num_steps,)
+    (THEORY §4.2).
     """
     _check_kernel(kernel)
     num_steps = static_count("num_steps", num_steps)

@@ -68,8 +68,10 @@ def simulate(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, step
              spectrum: Spectrum | None = None) -> DynamicsResult:
     """Simulate ``steps`` student–teacher steps with full matrices; see the module docstring.
 
-    Same arguments and ``DynamicsResult`` as ``spectral_dynamics``; the spectrum is used only for
-    the bias summary (the projector ``P``) and the stability check.
+    The coupled iteration of THEORY §4.1, O(steps · k·d_I·n). Same arguments as
+    ``spectral_dynamics``; returns the same ``DynamicsResult`` (summaries (R,), final student
+    and teacher (k, d_I)). The spectrum is used only for the bias summary (the projector
+    ``P``) and the stability check.
     """
     lam, lr, steps, record_every = check_run(problem, schedule, lam, lr, steps, record_every)
     spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)

@@ -71,6 +71,7 @@ def task_geometry(problem: LinearProblem, spec: Spectrum) -> TaskGeometry:
 
 class Summary(eqx.Module):
     """Per-step scalars of a student–teacher run; every field has shape (R,) (R recorded steps).
+    The summaries of THEORY §4.3.
 
     ``gap`` ``‖(W_t − T_t)X_I‖_F``; ``bias`` the task-subspace bias
     ``‖(W_t − W_FT)P‖/‖(W⁰ − W_FT)P‖`` (1 at W⁰, 0 at Direct FT, λ/(1+λ) for converged static
@@ -185,7 +186,8 @@ def coefficient_scan(s: Float[Array, " r"], lam: Float[ArrayLike, ""],
 
 
 class DynamicsResult(eqx.Module):
-    """A student–teacher run: summaries at ``steps`` (R,) and the final matrices (k, d_I)."""
+    """A student–teacher run: summaries at ``steps`` (R,) and the final matrices (k, d_I):
+    ``summary`` a ``Summary``, ``student`` ``W_T`` and ``teacher`` ``T_T`` (THEORY §4.1, §4.3)."""
 
     steps: Int[Array, " R"]
     summary: Summary
@@ -194,9 +196,10 @@ class DynamicsResult(eqx.Module):
 
 
 def stability_bound(sigma_max_sq: ArrayLike, lam: ArrayLike) -> Array:
-    """Largest stable student step: ``lr < 2/(σ_max²(1 + λ))`` (THEORY §4).
+    """Returns the largest stable student step: ``lr < 2/(σ_max²(1 + λ))`` (THEORY §4.1).
 
-    ``sigma_max_sq`` finite and > 0, ``lam`` finite and ≥ 0 (scalars or arrays).
+    ``sigma_max_sq`` finite and > 0, ``lam`` finite and ≥ 0 (scalars or arrays, broadcast
+    together; the result has their shape).
     """
     sigma_max_sq = as_real_array("sigma_max_sq", sigma_max_sq)
     lam = as_real_array("lam", lam)
@@ -320,14 +323,14 @@ def _spectral(problem, spec, lam, lr, omegas, record_every: int, rule: Rule):
 def spectral_dynamics(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, steps: int,
                       lr: ArrayLike, record_every: int = 1,
                       spectrum: Spectrum | None = None) -> DynamicsResult:
-    """The coupled student–teacher GD dynamics solved exactly per direction (THEORY §4).
+    """The coupled student–teacher GD dynamics solved exactly per direction (THEORY §4.3).
 
     ``steps`` student steps of size ``lr`` with self-distillation weight ``lam`` toward a
     teacher driven by ``schedule``. Summaries at steps ``0, record_every, …, steps``.
     O(steps · r) work, r = min(d_I, n); reverse mode (``jax.grad``) keeps O(√steps · r) states.
-    Returns a ``DynamicsResult``. ``spectrum``, if given,
-    must be ``tt.spectrum(problem)``; weights ω_t outside ``[0, 1]`` and results that overflow
-    are refused.
+    Returns a ``DynamicsResult``: summaries (R,) for R = steps/record_every + 1 records, final
+    student and teacher (k, d_I). ``spectrum``, if given, must be ``tt.spectrum(problem)``;
+    weights ω_t outside ``[0, 1]`` and results that overflow are refused.
     """
     lam, lr, steps, record_every = check_run(problem, schedule, lam, lr, steps, record_every)
     spec = compute_spectrum(problem) if spectrum is None else spectrum.check_matches(problem)
@@ -342,7 +345,9 @@ def fixed_point(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, s
     """The fixed-point iteration: the student solved to optimality at each teacher update.
 
     ``W_{k+1} = W⁰(I − P) + (Y X⁺ + λ T_k P)/(1 + λ)`` (static SD anchored at ``T_k``), then the
-    teacher update with ``ω_{k+1}``. The coefficient ``a_k`` is the same in every direction.
+    teacher update with ``ω_{k+1}``. The coefficient ``a_k`` is the same in every direction
+    (THEORY §4.5). Same arguments as ``spectral_dynamics`` without ``lr``; returns a
+    ``DynamicsResult`` (summaries (R,), final matrices (k, d_I)).
     """
     lam, _, steps, record_every = check_run(problem, schedule, lam, None, steps, record_every,
                                             rule="fixed_point")
@@ -354,7 +359,8 @@ def fixed_point(problem: LinearProblem, lam: ArrayLike, schedule: Schedule, *, s
 
 def two_by_two_rate(s: Float[ArrayLike, "*r"], lam: ArrayLike,
                     omega: ArrayLike) -> Float[Array, "*r"]:
-    """Spectral radius of the 2×2 recursion of ``(a − 1, b − 1)`` at constant ``ω``, per ``s``.
+    """Returns the spectral radius ``ρ(M(s))`` of the 2×2 recursion of ``(a − 1, b − 1)`` at
+    constant ``ω``, per ``s``, shaped like the broadcast inputs (THEORY §4.4).
 
     ``M = [[1 − s(1+λ), sλ], [ω(1 − s(1+λ)), 1 − ω + ωsλ]]``; the teacher–student gap of an EMA
     teacher (ω = 1 − m) decays like ``max_i ρ(M_i)^t``. ``s`` finite, ``lam`` finite ≥ 0 and
@@ -381,11 +387,12 @@ def two_by_two_rate(s: Float[ArrayLike, "*r"], lam: ArrayLike,
 
 
 class TeacherSD(Strategy):
-    """Self-distillation toward a moving teacher, ``steps`` GD steps of size ``lr`` (THEORY §4).
+    """Self-distillation toward a moving teacher, ``steps`` GD steps of size ``lr`` (THEORY §4.8).
 
     Its filter factors are the exact spectral coefficients ``a_T^{(i)}``, so ``tt.solve`` and
     ``tt.filter_factors`` give the finite-horizon EMA-SD / WMA-SD solution without simulation.
     Differentiable in λ, ``lr`` and the schedule; reverse mode keeps O(√steps · r) states.
+    ``lam`` and ``lr`` are scalars; the coefficients are those of THEORY §4.3.
     """
 
     lam: Float[Array, ""]

@@ -145,7 +145,8 @@ def sweep(problem: LinearProblem, configs: Mapping[str, ArrayLike],
           make_omegas: Callable[[dict[str, Array]], Array], *, steps: int, rule: Rule = "gd",
           spectrum: Spectrum | None = None) -> dict[str, Array]:
     """Solve C student–teacher configurations exactly, in one jitted call of batched spectral
-    scans.
+    scans: the recursion of THEORY §4.3 (``rule="gd"``) or the fixed point of THEORY §4.5, over
+    the schedules of THEORY §4.2.
 
     The configurations are sorted by horizon into batches advanced together (``vmap``), each
     batch only up to its longest horizon, with the gap diagnostics accumulated during the scan:

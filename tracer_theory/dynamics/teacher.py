@@ -19,14 +19,16 @@ from .schedules import Schedule
 
 
 class TeacherState(NamedTuple):
-    """``step``: updates applied so far (int32 scalar); ``params``: the teacher ``T_step``."""
+    """``step``: updates applied so far (int32 scalar); ``params``: the teacher ``T_step``, a
+    pytree shaped like the student's (THEORY §4.1)."""
 
     step: Int[Array, ""]
     params: PyTree
 
 
 class Teacher(NamedTuple):
-    """``init(student) -> TeacherState`` and ``update(student, state) -> TeacherState``."""
+    """``init(student) -> TeacherState`` and ``update(student, state) -> TeacherState``: the
+    optax-style teacher of THEORY §4.1."""
 
     init: Callable[[PyTree], TeacherState]
     update: Callable[[PyTree, TeacherState], TeacherState]
@@ -39,7 +41,8 @@ def mix(teacher_params: PyTree, student_params: PyTree,
     ``ω`` is a real scalar in ``[0, 1]`` (anything else, NaN included, is refused: a
     ``ValueError``, or a run-time error when traced). It is cast to each leaf's dtype (a float32
     leaf stays float32). Other leaves (functions, Python scalars, integer or boolean arrays)
-    are the teacher's, untouched. Both trees must have the same structure.
+    are the teacher's, untouched. Both trees must have the same structure. The teacher update
+    of THEORY §4.1.
     """
     return _mix(teacher_params, student_params, as_fraction("omega", omega))
 
@@ -57,7 +60,8 @@ def _mix(teacher_params: PyTree, student_params: PyTree, omega: Array) -> PyTree
 
 
 def teacher(schedule: Schedule | Callable[[Array], Array]) -> Teacher:
-    """The teacher driven by ``schedule`` (any ``step -> ω`` callable), optax-style.
+    """The teacher driven by ``schedule`` (any ``step -> ω`` callable), optax-style; returns a
+    ``Teacher`` (THEORY §4.1).
 
     ``init(W_0)`` gives ``TeacherState(step=0, params=W_0)``; ``update(W_t, state)`` applies
     ``ω = schedule(state.step + 1)`` with ``mix`` and increments the step. A ``Schedule`` with

@@ -109,7 +109,8 @@ def result_checks(problem: LinearProblem, strategy: Strategy, where: str,
 
 def solve(problem: LinearProblem, strategy: Strategy, *,
           spectrum: Spectrum | None = None) -> Float[Array, "k d_I"]:
-    """The strategy's converged (or, for ``StoppedGD``, step-t) image encoder, shape (k, d_I).
+    """Returns the strategy's converged (or, for ``StoppedGD``, step-t) encoder, shape (k, d_I):
+    the closed form ``W = A + Σ_i f_i (Y − A X_I) v_i/σ_i u_iᵀ`` of THEORY §3.1 and §3.2.
 
     Pass a precomputed ``spectrum`` to reuse one SVD across many strategies; it must be
     ``tt.spectrum(problem)`` (another problem's is refused). Jit-compiled; differentiable in the
@@ -123,7 +124,8 @@ def solve(problem: LinearProblem, strategy: Strategy, *,
 
 def filter_factors(problem: LinearProblem, strategy: Strategy, *,
                    spectrum: Spectrum | None = None) -> Float[Array, " r"]:
-    """Filter factors ``f_i`` of the strategy in the eigenbasis of ``X_I X_Iᵀ``, shape (r,).
+    """Returns the filter factors ``f_i`` of the strategy in the eigenbasis of ``X_I X_Iᵀ``,
+    shape (r,) (THEORY §3.1; each strategy's ``f_i`` in THEORY §3.2).
 
     Ordered like ``spectrum(problem).s`` (descending σ_i); 0 in directions below the rank
     tolerance. For weight decay they are relative to the anchor 0 (see ``WeightDecay``).

@@ -19,7 +19,7 @@ from .spectrum import Spectrum, spectrum as compute_spectrum
 
 
 class Decomposition(eqx.Module):
-    """Task/orthogonal split of ``W − W⁰``.
+    """Task/orthogonal split of ``W − W⁰`` (THEORY §3.5).
 
     Fields: ``task`` (k, d_I) ``= (W − W⁰)P``; ``orthogonal`` (k, d_I) ``= (W − W⁰)(I − P)``;
     ``task_norm`` and ``orthogonal_norm`` their Frobenius norms divided by ``‖W⁰‖``;
@@ -63,7 +63,8 @@ def _decompose(problem: LinearProblem, w: Float[Array, "k d_I"], spec: Spectrum)
 
 def decompose(problem: LinearProblem, w: Float[Array, "k d_I"], *,
               spectrum: Spectrum | None = None) -> Decomposition:
-    """Split ``w − W⁰`` into its task-subspace and orthogonal parts; see ``Decomposition``.
+    """Split ``w − W⁰`` (``w`` (k, d_I)) into its task-subspace and orthogonal parts
+    (THEORY §3.5); returns a ``Decomposition``.
 
     ``spectrum``, if given, must be ``tt.spectrum(problem)``. Parts that overflow the problem's
     dtype are refused with an error naming them.

@@ -18,7 +18,8 @@ from .strategies import Strategy
 
 def objective(problem: LinearProblem, strategy: Strategy,
               w: Float[Array, "k d_I"]) -> Float[Array, ""]:
-    """The strategy's finetuning objective at ``w``: data term plus its penalty, a scalar.
+    """The strategy's finetuning objective at ``w`` (k, d_I): data term plus its penalty
+    (THEORY §3.2); returns a scalar.
 
     ``w`` must have the shape and dtype of ``w0``; a value that overflows is refused.
     """
@@ -49,7 +50,8 @@ def gradient_descent(problem: LinearProblem, strategy: Strategy, *, steps: Array
                      ) -> Float[Array, "k d_I"]:
     """``steps`` steps of gradient descent of the strategy's objective from ``init`` (``W⁰``).
 
-    ``StoppedGD`` has no penalty, so for it this is plain GD on the data term. Returns the final
+    The reference iteration of THEORY §3.2, ``init`` of shape (k, d_I). ``StoppedGD`` has no
+    penalty, so for it this is plain GD on the data term (THEORY §3.4). Returns the final
     iterate, shape (k, d_I); an iteration that diverges (a non-finite ``W``) is refused.
     """
     _check_args(problem, strategy)
@@ -77,8 +79,9 @@ def gradient_descent_until(problem: LinearProblem, strategy: Strategy,
                            max_steps: int) -> tuple[Float[Array, "k d_I"], Array]:
     """Gradient descent from ``W⁰`` until ``‖W − target‖/‖target‖ ≤ tol`` or ``max_steps``.
 
-    Returns ``(W, steps_taken)``. Used by benchmarks to run GD "to the same tolerance". A
-    diverging iteration (a non-finite ``W``) is refused.
+    ``target`` (k, d_I); returns ``(W, steps_taken)``, ``W`` (k, d_I) and an int scalar: the
+    reference iteration of THEORY §3.2, whose curvatures set its rate. Used by benchmarks to
+    run GD "to the same tolerance". A diverging iteration (a non-finite ``W``) is refused.
     """
     _check_args(problem, strategy)
     target = check_encoder(problem, target, "target")

@@ -57,7 +57,7 @@ _RESCALE = "rescale x_img, x_txt, w0, w_txt or x_pre"
 
 
 class Tradeoff(eqx.Module):
-    """Task loss and forgetting as quadratics in the filter factors ``f`` (r,).
+    """Task loss and forgetting as quadratics in the filter factors ``f`` (r,) (THEORY §7.1).
 
     Fields: ``d`` (r,) the task curvature ``σ_i²‖c_i‖²`` (0 where masked); ``floor`` the task
     loss of Direct FT, ``½‖W_FT X_I − Y‖²``; ``a`` (r, r) the forgetting form
@@ -88,8 +88,9 @@ class Tradeoff(eqx.Module):
 
 
 def tradeoff(problem: LinearProblem, *, spectrum: Spectrum | None = None) -> Tradeoff:
-    """The ``Tradeoff`` of a problem with pretraining features (``problem.x_pre``). A form that
-    overflows the problem's dtype is refused, naming it."""
+    """Returns the ``Tradeoff`` (THEORY §7.1) of a problem with pretraining features
+    (``problem.x_pre`` (d_I, m)): ``d`` (r,), ``a`` (r, r). A form that overflows the problem's
+    dtype is refused, naming it."""
     x_pre = pretraining_features(problem)
     t = _tradeoff(problem, problem_spectrum(problem, spectrum), x_pre)
     dtype = problem.dtype
@@ -119,7 +120,7 @@ def _tradeoff(problem: LinearProblem, spec: Spectrum, x_pre: Array) -> Tradeoff:
 
 class ParetoCurve(eqx.Module):
     """Points of a (task loss, forgetting) curve, each field shape (G,): ``param`` (the grid
-    value, or the oracle's ``ν``), ``task_loss``, ``forgetting``."""
+    value, or the oracle's ``ν``), ``task_loss``, ``forgetting`` (THEORY §7.1)."""
 
     param: Float[Array, " G"]
     task_loss: Float[Array, " G"]
@@ -130,7 +131,7 @@ def pareto(problem: LinearProblem,
            strategies: Callable[[Array], Strategy] | Mapping[str, Callable[[Array], Strategy]],
            grid: ArrayLike | Mapping[str, ArrayLike], *,
            spectrum: Spectrum | None = None) -> ParetoCurve | dict[str, ParetoCurve]:
-    """Each strategy's (task loss, forgetting) curve over its grid.
+    """Each strategy's (task loss, forgetting) curve over its grid (THEORY §7.1).
 
     ``strategies`` is a family ``value -> Strategy`` (e.g. ``tt.L2SP``, or
     ``lambda lam: tt.TeacherSD(lam, tt.wma_teacher(T), steps=T, lr=lr)``) and ``grid`` a
@@ -214,7 +215,7 @@ def _lead(v: Array, ndim: int) -> Array:
 
 
 class Frontier(eqx.Module):
-    """The oracle frontier in its own eigenbasis: ``kappa`` (r,) the eigenvalues of
+    """The oracle frontier (THEORY §7.2) in its own eigenbasis: ``kappa`` (r,) the eigenvalues of
     ``D^{-1/2}AD^{-1/2}`` (0 on directions that cost no forgetting), ``beta`` (r,)
     ``Qᵀ D^{1/2} 1``, ``basis`` (r, r) ``D^{-1/2}Q`` (maps ``h`` to filter factors), ``floor``
     and ``forgetting_scale`` (the ``Tradeoff``'s).
@@ -297,8 +298,9 @@ def _level(front: Frontier, task_loss: Float[Array, " p"]
 
 
 def frontier(problem: LinearProblem, *, spectrum: Spectrum | None = None) -> Frontier:
-    """The oracle ``Frontier`` of a problem with pretraining features (one eigendecomposition).
-    A frontier that overflows the problem's dtype is refused, naming what overflowed."""
+    """Returns the oracle ``Frontier`` (THEORY §7.2) of a problem with pretraining features
+    (one eigendecomposition). A frontier that overflows the problem's dtype is refused, naming
+    what overflowed."""
     front = _frontier(tradeoff(problem, spectrum=spectrum))
     return ensure_each(front, [
         (all_finite(front.kappa) & all_finite(front.beta) & all_finite(front.basis),
@@ -335,11 +337,11 @@ def _as_frontier(problem: LinearProblem | Frontier,
 
 def oracle_forgetting(problem: LinearProblem | Frontier,
                       task_loss: Float[ArrayLike, " p"]) -> Float[Array, " p"]:
-    """The least forgetting any per-direction filter reaches at a task loss ≤ ``task_loss``
-    (shape (p,), or a scalar for a scalar). Refuses a target that is not finite or lies below
-    the unregularized optimum (Direct FT's task loss, ``frontier.floor``), naming the first
-    such entry and its value; 0 at or above ``most_task_loss``. Pass a ``Frontier`` to reuse
-    one."""
+    """Returns the least forgetting any per-direction filter reaches at a task loss
+    ≤ ``task_loss`` (shape (p,), or a scalar for a scalar): THEORY §7.2. Refuses a target
+    that is not finite or lies below the unregularized optimum (Direct FT's task loss,
+    ``frontier.floor``), naming the first such entry and its value; 0 at or above
+    ``most_task_loss``. Pass a ``Frontier`` to reuse one."""
     front = _as_frontier(problem)
     target = as_real_array("task_loss", task_loss)
     floor = front.floor
@@ -365,12 +367,13 @@ def _levels(n_points: int) -> np.ndarray:
 
 def oracle_frontier(problem: LinearProblem | Frontier, n_points: int = 50, *,
                     spectrum: Spectrum | None = None) -> ParetoCurve:
-    """The oracle frontier over all per-direction filter factors at ``n_points`` (an int ≥ 2)
-    task losses spanning its whole range: the first at Direct FT's (``floor``, ``ν = 0``), the
-    last at the least-forgetting point's (``Frontier.most_task_loss``, forgetting 0,
-    ``ν = ∞``), the ones between spaced half geometrically and half evenly in the excess over
-    the floor. ``param`` holds each point's ``ν``: its last entry is ``inf`` (the ν → ∞ end
-    itself, not an overflow); task loss and forgetting are finite or refused."""
+    """Returns the oracle frontier (THEORY §7.2) over all per-direction filter factors as a
+    ``ParetoCurve`` of ``n_points`` (an int ≥ 2) task losses spanning its whole range: the
+    first at Direct FT's (``floor``, ``ν = 0``), the last at the least-forgetting point's
+    (``Frontier.most_task_loss``, forgetting 0, ``ν = ∞``), the ones between spaced half
+    geometrically and half evenly in the excess over the floor. ``param`` holds each point's
+    ``ν``: its last entry is ``inf`` (the ν → ∞ end itself, not an overflow); task loss and
+    forgetting are finite or refused."""
     n_points = as_int("n_points", n_points, minimum=2)
     front = _as_frontier(problem, spectrum)
     levels = jnp.asarray(_levels(n_points), front.kappa.dtype)
@@ -393,7 +396,8 @@ _FORGETTING_ROUND_OFF = 64.0
 
 def frontier_ratio(problem: LinearProblem | Frontier,
                    curve: ParetoCurve) -> Float[Array, " G"]:
-    """Each point's forgetting over the oracle's at the same task loss, shape (G,), finite.
+    """Returns each point's forgetting over the oracle's at the same task loss, shape (G,),
+    finite (THEORY §7.2).
 
     ≥ 1 for every per-direction filter; below 1 only for strategies that leave the task
     subspace (``ReplaySD``). Task losses below the floor (round-off) count as the floor.

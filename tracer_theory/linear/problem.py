@@ -14,7 +14,7 @@ Contrast = Literal["paper", "centered"]
 
 
 class LinearProblem(eqx.Module):
-    """Data and pretrained weights of one linearized finetuning problem (a pytree).
+    """Data and pretrained weights of one linearized finetuning problem (a pytree, THEORY §1).
 
     Arguments:
         x_img: image features ``X_I``, shape ``(d_I, n)``, one column per sample.
@@ -25,7 +25,7 @@ class LinearProblem(eqx.Module):
             ``H = I − J/n = C/n`` (the authors' analysis code). Y differs by the factor n.
         x_pre: optional pretraining features ``X_pre``, shape ``(d_I, m)``: inputs of the
             pretraining distribution on which ``forgetting`` measures how far the encoder moved
-            (THEORY §7). Needed by ``forgetting``, ``ReplaySD`` and the Pareto analysis only.
+            (THEORY §7.1). Needed by ``forgetting``, ``ReplaySD`` and the Pareto analysis only.
 
     All arrays must share one floating dtype; nothing is cast. Shapes and finiteness are
     checked at construction and a ``ValueError`` names the offending argument.
@@ -108,7 +108,8 @@ class LinearProblem(eqx.Module):
 
 
 def contrast_matrix(problem: LinearProblem) -> Float[Array, "n n"]:
-    """``C = n I − J`` (``contrast="paper"``) or ``H = I − J/n`` (``"centered"``), shape (n, n)."""
+    """Returns ``C = n I − J`` (``contrast="paper"``) or ``H = I − J/n`` (``"centered"``), shape
+    (n, n) (THEORY §2)."""
     check_instance("problem", problem, LinearProblem)
     n = problem.n
     eye = jnp.eye(n, dtype=problem.dtype)
@@ -129,10 +130,10 @@ def contrastive_target(problem: LinearProblem) -> Float[Array, "k n"]:
 
 
 def mmcl_loss_trace(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
-    """Linearized MMCL loss in its similarity/trace form (THEORY §2), a scalar.
+    """Linearized MMCL loss in its similarity/trace form (THEORY §2); returns a scalar.
 
-    ``−Σ_ij C_ij s_ij + ½‖W X_I‖²`` with ``s_ij = ⟨W x_i, W_T⁰ t_j⟩``. ``w`` must have the
-    shape of ``w0``; a value that overflows is refused.
+    ``−Σ_ij C_ij s_ij + ½‖W X_I‖²`` with ``s_ij = ⟨W x_i, W_T⁰ t_j⟩``. ``w`` (k, d_I) must have
+    the shape of ``w0``; a value that overflows is refused.
     """
     w = check_encoder(problem, w)
     sims = (w @ problem.x_img).T @ (problem.w_txt @ problem.x_txt)  # (n, n): s_ij
@@ -142,9 +143,10 @@ def mmcl_loss_trace(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[A
 
 
 def mmcl_loss_lstsq(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
-    """Linearized MMCL loss in its least-squares form ``½‖W X_I − Y‖² − ½‖Y‖²``, a scalar.
+    """Linearized MMCL loss in its least-squares form ``½‖W X_I − Y‖² − ½‖Y‖²`` (THEORY §2);
+    returns a scalar.
 
-    ``w`` must have the shape of ``w0``; a value that overflows is refused.
+    ``w`` (k, d_I) must have the shape of ``w0``; a value that overflows is refused.
     """
     w = check_encoder(problem, w)
     y = contrastive_target(problem)
@@ -153,9 +155,10 @@ def mmcl_loss_lstsq(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[A
 
 
 def fit_loss(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
-    """The data term ``½‖W X_I − Y‖²`` that every strategy's objective starts from, a scalar.
+    """The data term ``½‖W X_I − Y‖²`` that every strategy's objective starts from (THEORY §2;
+    the task loss of THEORY §7.1); returns a scalar.
 
-    ``w`` must have the shape of ``w0``; a value that overflows is refused.
+    ``w`` (k, d_I) must have the shape of ``w0``; a value that overflows is refused.
     """
     w = check_encoder(problem, w)
     return _finite_loss(unchecked_fit_loss(problem, w), "fit_loss", problem)
@@ -167,8 +170,8 @@ task_loss = fit_loss
 
 def forgetting(problem: LinearProblem, w: Float[Array, "k d_I"]) -> Float[Array, ""]:
     """``‖(W − W⁰) X_pre‖²_F``: how far the encoder ``w`` (k, d_I) moved the embeddings of the
-    pretraining features ``problem.x_pre`` (THEORY §7), a scalar. Refuses a problem without
-    ``x_pre`` and a value that overflows."""
+    pretraining features ``problem.x_pre`` (d_I, m) (THEORY §7.1); returns a scalar. Refuses a
+    problem without ``x_pre`` and a value that overflows."""
     w = check_encoder(problem, w)
     return _finite_loss(unchecked_forgetting(problem, w), "forgetting", problem)
 

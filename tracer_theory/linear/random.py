@@ -34,7 +34,8 @@ def random_problem(d_img: int, n: int, d_txt: int, k: int, *, seed: int = 0,
 
     Data come from ``numpy.random.default_rng(seed)``, independent of any jax key. Every
     argument is checked before any data is drawn (a ``ValueError`` names it), ``pre_decay``
-    included when ``m_pre`` is not given.
+    included when ``m_pre`` is not given. Returns a ``LinearProblem`` with ``X_T`` (d_txt, n),
+    ``W⁰`` (k, d_img) and ``W_T⁰`` (k, d_txt): the test problems of THEORY §5.1.
     """
     d_img, n, d_txt, k = (as_int(name, size, minimum=1) for name, size in
                           (("d_img", d_img), ("n", n), ("d_txt", d_txt), ("k", k)))

@@ -35,7 +35,7 @@ from .problem import LinearProblem
 
 
 class Spectrum(eqx.Module):
-    """Thin SVD ``X_I = U diag(s) Vᵀ`` with its rank mask; ``r = min(d_I, n)``.
+    """Thin SVD ``X_I = U diag(s) Vᵀ`` with its rank mask; ``r = min(d_I, n)`` (THEORY §1).
 
     Fields: ``u`` (d_I, r), ``s`` (r,) descending, ``v`` (n, r), ``mask`` (r,) True where
     ``s`` is above the rank tolerance. Valid only for the ``X_I`` (and dtype) it was computed
@@ -156,7 +156,8 @@ def _svd(x: Float[Array, "d n"], rtol: float) -> Spectrum:
 
 
 def spectrum(problem: LinearProblem, rtol: float | None = None) -> Spectrum:
-    """The SVD of ``problem.x_img`` with rank mask (see module docstring for ``rtol``).
+    """The SVD of ``problem.x_img`` (d_I, n) with rank mask (THEORY §1; see the module
+    docstring for ``rtol``). Returns a ``Spectrum``: ``u`` (d_I, r), ``s`` (r,), ``v`` (n, r).
 
     Compute it once and pass it to ``solve``/``filter_factors`` to reuse it across strategies.
     """

@@ -28,7 +28,11 @@ Anchor = Literal["pretrained", "zero"]
 
 
 class Strategy(eqx.Module):
-    """Base class: a finetuning strategy with a closed form in the task eigenbasis."""
+    """Base class: a finetuning strategy with a closed form in the task eigenbasis (THEORY §3.1).
+
+    ``filter`` maps ``σ_i²`` (r,) to the filter factors ``f_i`` (r,); ``penalty`` is what it
+    adds to the data term (THEORY §3.2); ``curvature`` (r,) bounds its GD step.
+    """
 
     anchor: ClassVar[Anchor] = "pretrained"
 
@@ -72,7 +76,7 @@ class Strategy(eqx.Module):
 
 
 class DirectFT(Strategy):
-    """Plain finetuning to convergence: ``W⁰(I − P) + Y X⁺``, ``f_i = 1``."""
+    """Plain finetuning to convergence: ``W⁰(I − P) + Y X⁺``, ``f_i = 1`` (THEORY §3.2)."""
 
     def filter(self, sigma_sq):
         return jnp.ones_like(sigma_sq)
@@ -81,7 +85,8 @@ class DirectFT(Strategy):
 class StaticSD(Strategy):
     """Self-distillation toward the frozen pretrained model: penalty ``(λ/2)‖(W − W⁰) X_I‖²``.
 
-    Closed form ``W⁰(I − P/(1+λ)) + Y X⁺/(1+λ)``, ``f_i = 1/(1+λ)``.
+    Closed form ``W⁰(I − P/(1+λ)) + Y X⁺/(1+λ)``, ``f_i = 1/(1+λ)`` (THEORY §3.2); ``lam`` a
+    scalar ≥ 0.
     """
 
     lam: Float[Array, ""]
@@ -102,7 +107,8 @@ class StaticSD(Strategy):
 class L2SP(Strategy):
     """L2 toward the pretrained weights: penalty ``(λ/2)‖W − W⁰‖²``.
 
-    Closed form ``(Y X_Iᵀ + λW⁰)(X_I X_Iᵀ + λI)⁻¹``, ``f_i = σ_i²/(σ_i² + λ)``.
+    Closed form ``(Y X_Iᵀ + λW⁰)(X_I X_Iᵀ + λI)⁻¹``, ``f_i = σ_i²/(σ_i² + λ)`` (THEORY §3.2);
+    ``lam`` a scalar ≥ 0.
     """
 
     lam: Float[Array, ""]
@@ -121,7 +127,7 @@ class L2SP(Strategy):
 
 
 class WeightDecay(Strategy):
-    """L2 toward zero: penalty ``(λ/2)‖W‖²``, ``λ > 0``.
+    """L2 toward zero: penalty ``(λ/2)‖W‖²``, ``λ > 0`` a scalar (THEORY §3.2, §3.3).
 
     Closed form ``Y X_Iᵀ (X_I X_Iᵀ + λI)⁻¹``: anchored at 0, ``f_i = σ_i²/(σ_i² + λ)`` toward
     ``Y X⁺``, and the orthogonal part of ``W⁰`` is erased. (``λ = 0`` is refused: gradient
@@ -151,6 +157,7 @@ class StoppedGD(Strategy):
     """Plain gradient descent from ``W⁰`` stopped after ``steps`` steps of size ``lr``.
 
     ``f_i = 1 − (1 − lr·σ_i²)^steps``; requires ``0 < lr < 2/σ_max²`` (checked per problem).
+    ``steps`` and ``lr`` are scalars (THEORY §3.4).
     """
 
     steps: Int[Array, ""]
@@ -181,7 +188,7 @@ class ReplaySD(Strategy):
     """Self-distillation toward ``W⁰`` on the pretraining features (the linear data-hybrid
     replay): penalty ``(λ/2)‖(W − W⁰) X_pre‖²``, ``λ ≥ 0``; needs ``problem.x_pre``.
 
-    Solution ``W = W⁰ + (Y − W⁰X_I) X_Iᵀ (X_I X_Iᵀ + λ X_pre X_preᵀ)⁺`` (THEORY §7), the
+    Solution ``W = W⁰ + (Y − W⁰X_I) X_Iᵀ (X_I X_Iᵀ + λ X_pre X_preᵀ)⁺`` (THEORY §7.3), the
     minimum-norm minimizer (where gradient descent from ``W⁰`` converges), computed as a
     stacked least squares that stays exact for every λ up to the dtype's largest (λ → ∞: the
     least squares fit with ``(W − W⁰) X_pre = 0``); see ``replay_step``. Not a per-direction
@@ -276,7 +283,7 @@ class DirectionalSD(Strategy):
     """Static SD with one weight per task direction: penalty
     ``½ Σ_i λ_i σ_i² ‖(W − W⁰) u_i‖²``, ``f_i = 1/(1 + λ_i)``; ``lams`` (r,) ≥ 0, ordered like
     ``spectrum(problem).s``. Every filter in ``(0, 1]`` is one of these: the family a designer
-    of per-direction weights searches (THEORY §7). ``lams`` must be a non-empty 1-D real array
+    of per-direction weights searches (THEORY §7.4). ``lams`` must be a non-empty 1-D real array
     with ``r = min(d_I, n)`` entries for the problem it is used on (checked by ``solve``,
     ``filter_factors``, ``objective`` and ``gradient_descent``)."""
 
