@@ -4,6 +4,7 @@ import gc
 import itertools
 import os
 import tempfile
+import time
 
 # Two host CPU devices, so the data-parallel tests can compare 1 and 2 devices in-process; and
 # no LLVM optimization of the CPU kernels: the suite is dominated by compiling many small
@@ -30,18 +31,20 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # subprocesses that worker starts and waits for: one process writes at a time, so no entry is
 # read half-written (that crashed a worker once, SIGSEGV while deserializing). Hence no size
 # limit: with one, JAX scans the whole folder under a file lock on every write, and a cold run
-# of the suite's ~3,000 programs took over 18 minutes instead of ~9. A folder past 2 GB starts
-# again empty. TRACER_XLA_CACHE moves the folders (default: <tmp>/tracer_theory_xla).
+# of the suite took over 18 minutes instead of ~9. At start a worker hard-links the entries its
+# sibling folders finished more than a minute ago (a file moves between workers from run to
+# run); a folder past 2 GB starts again empty. TRACER_XLA_CACHE moves the folders (default:
+# <tmp>/tracer_theory_xla).
 _CACHE_LIMIT = 2 * 2**30
+_FINISHED_AFTER_S = 60.0
 _HELD_LOCKS = []  # the lock on this process's folder, kept for the life of the process
 
 
-def _claim_cache_folder() -> str | None:
-    """This process's cache folder (created, locked), or None when every candidate is taken."""
+def _claim_cache_folder(base: str) -> str | None:
+    """This process's cache folder under ``base`` (created, locked), or None when every
+    candidate is taken."""
     from filelock import FileLock, Timeout
 
-    base = os.environ.setdefault("TRACER_XLA_CACHE",
-                                 os.path.join(tempfile.gettempdir(), "tracer_theory_xla"))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     for attempt in range(8):
         path = os.path.join(base, worker if attempt == 0 else f"{worker}-{attempt}")
@@ -52,16 +55,36 @@ def _claim_cache_folder() -> str | None:
         except Timeout:
             continue
         _HELD_LOCKS.append(lock)
-        files = [os.path.join(path, name) for name in os.listdir(path)]
-        if sum(os.path.getsize(f) for f in files if os.path.isfile(f)) > _CACHE_LIMIT:
-            for f in files:
-                os.remove(f)
         return path
     return None
 
 
-_FOLDER = _claim_cache_folder()
+def _fill_cache_folder(path: str, base: str) -> None:
+    """Empty ``path`` past the size limit, then link in the entries of the other folders under
+    ``base`` that it lacks, written more than ``_FINISHED_AFTER_S`` ago (so complete)."""
+    have = set(os.listdir(path))
+    if sum(os.path.getsize(os.path.join(path, n)) for n in have) > _CACHE_LIMIT:
+        for name in have:
+            os.remove(os.path.join(path, name))
+        have = set()
+    newest = time.time() - _FINISHED_AFTER_S
+    for sibling in os.scandir(base):
+        if not sibling.is_dir() or sibling.path == path:
+            continue
+        for entry in os.scandir(sibling.path):
+            if entry.name not in have and entry.stat().st_mtime < newest:
+                try:
+                    os.link(entry.path, os.path.join(path, entry.name))
+                except OSError:  # raced by another worker, or links not supported: skip it
+                    continue
+                have.add(entry.name)
+
+
+_BASE = os.environ.setdefault("TRACER_XLA_CACHE",
+                              os.path.join(tempfile.gettempdir(), "tracer_theory_xla"))
+_FOLDER = _claim_cache_folder(_BASE)
 if _FOLDER is not None:
+    _fill_cache_folder(_FOLDER, _BASE)
     # the environment, so the kernels and subprocesses this worker starts use the same folder
     os.environ.update({"JAX_COMPILATION_CACHE_DIR": _FOLDER,
                        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -71,9 +94,20 @@ if _FOLDER is not None:
     jax.config.update("jax_compilation_cache_max_size", -1)
 
 
+#: The longest test files (20-50 s each on a warm 2-worker run), collected first: xdist hands
+#: out whole files in collection order, and with these first the two workers end together
+#: instead of one waiting on a long file handed out last. Scheduling only.
+_LONG_FILES = ("test_notebooks.py", "test_finetune_task.py", "test_scan.py", "test_claims.py",
+               "test_figures.py", "test_budget.py", "test_dynamics.py",
+               "test_horizon_reference.py", "test_toy.py", "test_teachers.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` (the multi-device and multi-process subprocesses, ~30 s: they
-    would take the suite past its 5 minutes on 2 cores) run with ``TRACER_SLOW_TESTS=1``."""
+    """Tests marked ``slow`` (the multi-device and multi-process subprocesses, ~30 s, and
+    `reproduce --quick` in a copy of the checkout, ~2.5 min: they would take the suite past its
+    5 minutes on 2 cores) run with ``TRACER_SLOW_TESTS=1``."""
+    rank = {name: i for i, name in enumerate(_LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
     if os.environ.get("TRACER_SLOW_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="slow: TRACER_SLOW_TESTS=1 pytest runs it")

@@ -1,10 +1,12 @@
 """`tracer-theory figures`: writes exactly the files figures/README.md lists, deterministically,
 from any working directory; every figure's computed verdict is what its numbers give."""
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from checkout import copy_environment, git_copy, untracked_or_modified
 
 from tracer_theory import _paths, cases, cli
 from tracer_theory.report import registry, toy
@@ -338,7 +340,6 @@ def test_reproduce_runs_every_stage_and_summarizes(tmp_path, monkeypatch, capsys
 def test_reproduce_and_toy_write_nothing_git_tracks_by_default():
     """Their default folders are ignored by git (the committed figures change only when asked)."""
     import shutil
-    import subprocess
 
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
@@ -349,3 +350,18 @@ def test_reproduce_and_toy_write_nothing_git_tracks_by_default():
         ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=ROOT, check=False)
         assert ignored.returncode == 0, f"{probe} would be tracked"
 
+
+
+@pytest.mark.slow
+def test_reproduce_quick_in_a_copy_leaves_git_status_clean(tmp_path):
+    """`tracer-theory reproduce --quick` end to end, as a user runs it, in a copy of the checkout
+    (about 2.5 minutes on 2 cores): it writes only to ignored folders and says where."""
+    copy = git_copy(tmp_path / "checkout")
+    done = subprocess.run("tracer-theory reproduce --quick", shell=True, cwd=copy,
+                          env=copy_environment(copy), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert untracked_or_modified(copy) == ""
+    assert "wrote: " in done.stdout and "[--quick: a smoke run" in done.stdout
+    figures = {p.name for p in (copy / "results" / "figures").iterdir()}
+    assert {f"{figure.name}.png" for figure in registry.FIGURES} <= figures
+    assert (copy / "results" / "toy").is_dir()

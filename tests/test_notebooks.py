@@ -3,48 +3,30 @@
 package they import: each writes its figures and findings, and nothing git would track is left."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from checkout import ROOT, copy_environment, git_copy, untracked_or_modified
 
 from tracer_theory.report import registry, toy
 from tracer_theory.report.notebook import FIGURES_OUT
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 #: The notebooks README's two commands, run in the copy's root.
 COMMANDS = ("jupytext --to ipynb --execute notebooks/0*.py",
             "jupyter nbconvert --to html notebooks/0*.ipynb")
 
 
-def _git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
-                          check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     """The copy (a new git repository of this checkout's tracked files) after both commands,
     and each notebook's printed text by its number (``"01"``, …)."""
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout")
-    copy = tmp_path_factory.mktemp("checkout")
-    for name in _git("ls-files", "-z", cwd=ROOT).split("\0"):
-        if name and (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
-    _git("init", "-q", cwd=copy)
-    _git("add", "-A", cwd=copy)
-    _git("commit", "-qm", "copy", cwd=copy)
-    env = {**os.environ, "TRACER_QUICK": "1", "PYTHONPATH": str(copy),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           # notebook 03 in quick mode would otherwise run the quick toy (tested in test_toy)
-           "TRACER_TOY_RESULTS": str(copy / "experiments/results/toy")}
+    copy = git_copy(tmp_path_factory.mktemp("checkout"))
+    # notebook 03 in quick mode would otherwise run the quick toy (tested in test_toy)
+    env = copy_environment(copy, TRACER_QUICK="1",
+                           TRACER_TOY_RESULTS=str(copy / "experiments/results/toy"))
     env.pop("TRACER_FIGURES", None)
     for command in COMMANDS:
         done = subprocess.run(command, shell=True, cwd=copy, env=env, capture_output=True,
@@ -80,7 +62,7 @@ def test_the_readme_names_these_commands_and_every_notebook():
 
 def test_nothing_git_would_track_is_left_behind(executed):
     copy, _ = executed
-    assert _git("status", "--porcelain", "--untracked-files=all", cwd=copy) == ""
+    assert untracked_or_modified(copy) == ""
     # and the notebooks did write, where the README says: executed copies, pages, figures
     for path in NOTEBOOKS:
         assert (copy / "notebooks" / f"{path.stem}.ipynb").is_file()
