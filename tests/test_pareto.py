@@ -180,3 +180,19 @@ def test_refusals():
         tt.oracle_frontier(p, 1)
     with pytest.raises(ValueError, match="non-empty 1-D array"):
         tt.pareto(p, tt.L2SP, jnp.ones((2, 2)))
+
+
+def test_a_traced_grid_is_checked_when_the_computation_runs_and_holds_no_host_callback():
+    """A concrete grid is checked value by value before compiling; a traced one by the
+    strategies' own checks, collected in the compiled points (no run-time check inside them,
+    which would keep the program out of the persistent cache) and raised after."""
+    from tracer_theory.linear.pareto import _points
+
+    p = problem()
+    curve = jax.jit(lambda g: tt.pareto(p, tt.L2SP, g).forgetting)
+    np.testing.assert_allclose(curve(jnp.array([0.5, 2.0])),
+                               tt.pareto(p, tt.L2SP, [0.5, 2.0]).forgetting, rtol=1e-12)
+    with pytest.raises(Exception, match=r"pareto: strategies refuses a value of grid"):
+        jax.block_until_ready(curve(jnp.array([0.5, -2.0])))
+    lowered = _points.lower(p, tt.spectrum(p), tt.L2SP, jnp.array([0.5, 2.0]))
+    assert "callback" not in lowered.as_text()

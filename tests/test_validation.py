@@ -468,3 +468,59 @@ def test_random_problem_names_bad_arguments(kwargs, message):
     args = dict(d_img=4, n=3, d_txt=2, k=2) | kwargs
     with pytest.raises(ValueError, match=re.escape(message)):
         tt.random_problem(**args)
+
+
+# A run-time check is a host callback, and JAX never caches a program that holds one: constants
+# converted inside jit are checked at trace time, and the sweep collects its make_omegas checks.
+
+def _callbacks(lowered) -> int:
+    return lowered.as_text().count("callback")
+
+
+def test_a_constant_inside_jit_is_checked_at_trace_time_without_a_run_time_check():
+    good = jax.jit(lambda x: tt.ema_teacher(0.9).weights(5) * x)
+    assert _callbacks(good.lower(1.0)) == 0
+    np.testing.assert_allclose(good(1.0), tt.ema_teacher(0.9).weights(5))
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1\.5"):
+        jax.jit(lambda x: tt.ema_teacher(1.5).weights(5) * x)(1.0)
+    with pytest.raises(ValueError, match=r"a must be finite > 0\.0, got -1\.0"):
+        jax.jit(lambda x: tt.beta_kernel(-1.0, 0.5)(x))(jnp.full(3, 0.5))
+    # a traced value keeps its run-time check
+    traced = jax.jit(lambda m: tt.ema_teacher(m).weights(5))
+    assert _callbacks(traced.lower(0.9)) > 0
+    with pytest.raises(Exception, match=r"momentum must be in \[0, 1\)"):
+        jax.block_until_ready(traced(1.5))
+
+
+def _kernel_sweep_inputs(a):
+    problem = tt.random_problem(d_img=8, n=4, d_txt=4, k=3, seed=0)
+    lr = 0.5 * float(tt.stability_bound(tt.spectrum(problem).sigma_sq[0], 1.0))
+    configs = {"lam": jnp.ones(2), "lr": jnp.full(2, lr), "horizon": jnp.array([6, 10]),
+               "a": jnp.asarray(a), "b": jnp.full(2, 0.5)}
+
+    def make_omegas(c):
+        return tt.kernel_weights(tt.beta_kernel(c["a"], c["b"]), c["horizon"], 10)
+
+    return problem, configs, make_omegas
+
+
+def test_the_sweep_program_holds_no_run_time_check_from_make_omegas():
+    from tracer_theory.dynamics.sweep import _sweep
+
+    problem, configs, make_omegas = _kernel_sweep_inputs([0.5, 2.0])
+    lowered = _sweep.lower(problem, tt.spectrum(problem), configs, make_omegas, 10, "gd")
+    assert _callbacks(lowered) == 0
+    # and the kernel's checks still refuse a bad configuration, naming it
+    with pytest.raises(ValueError, match=r"make_omegas fails on configuration 1 \(.*"
+                                         r"configs\['a'\]\[1\] = -1\.0.*\): a must be finite > 0"):
+        tt.sweep(*_kernel_sweep_inputs([0.5, -1.0]), steps=10)
+
+
+def test_a_traced_sweep_refuses_a_configuration_make_omegas_refuses_at_run_time():
+    problem, configs, make_omegas = _kernel_sweep_inputs([0.5, -1.0])
+    run = jax.jit(lambda c: tt.sweep(problem, c, make_omegas, steps=10)["bias"])
+    with pytest.raises(Exception, match="make_omegas refuses a configuration"):
+        jax.block_until_ready(run(configs))
+    np.testing.assert_allclose(
+        run(_kernel_sweep_inputs([0.5, 2.0])[1]),
+        tt.sweep(*_kernel_sweep_inputs([0.5, 2.0]), steps=10)["bias"], rtol=1e-12)

@@ -1,13 +1,20 @@
 """Argument checks shared by every public constructor and solver.
 
-Concrete values are checked eagerly and fail with a ``ValueError`` that names the argument.
-Traced values (inside ``jit``/``vmap``/``grad``) cannot be inspected in Python, so the same
-condition is attached to the value with ``eqx.error_if`` and fails when the computation runs.
+Concrete values are checked eagerly and fail with a ``ValueError`` that names the argument, also
+when they are converted inside ``jit`` (a constant is checked on the host at trace time). Traced
+values (inside ``jit``/``vmap``/``grad``) cannot be inspected in Python, so the same condition is
+attached to the value with ``eqx.error_if`` and fails when the computation runs. That run-time
+check is a host callback, and JAX never writes a program holding one to its persistent
+compilation cache: solvers that build strategies or schedules from traced values inside their
+own compiled loop (``sweep``, ``pareto``) collect those conditions with ``deferred_checks``
+instead and act on them after the run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
 import equinox as eqx
 import jax
@@ -34,13 +41,43 @@ def show(x: object) -> str:
     return repr(x)
 
 
+#: While a ``deferred_checks`` block runs: the traced conditions collected (else None).
+_DEFERRED: contextvars.ContextVar[list[Array] | None] = contextvars.ContextVar(
+    "tracer_theory_deferred_checks", default=None)
+
+
+@contextlib.contextmanager
+def deferred_checks() -> Iterator[list[Array]]:
+    """Inside the block, a traced check adds its condition (a 0-d bool) to the list this yields
+    instead of compiling a run-time check; the caller returns them from the same trace and acts
+    on them. Concrete checks still raise at once. (A program with a run-time check holds a host
+    callback, and JAX never caches such a program.)"""
+    checks: list[Array] = []
+    token = _DEFERRED.set(checks)
+    try:
+        yield checks
+    finally:
+        _DEFERRED.reset(token)
+
+
+def _defer(ok: ArrayLike) -> bool:
+    """Collect ``ok`` when a ``deferred_checks`` block is open; whether it was."""
+    checks = _DEFERRED.get()
+    if checks is None:
+        return False
+    checks.append(jnp.all(jnp.asarray(ok)))
+    return True
+
+
 def ensure(x: Array, ok: ArrayLike, message: str) -> Array:
     """Return ``x`` unchanged if ``ok`` holds everywhere, else fail with ``message``.
 
-    Raises ``ValueError`` when ``ok`` is concrete; attaches a run-time check otherwise.
+    Raises ``ValueError`` when ``ok`` is concrete (also for a traced ``x``: the condition is
+    known now); attaches a run-time check when ``ok`` is traced. A run-time check is a host
+    callback, and JAX never caches a program that holds one.
     """
-    if is_traced(ok) or is_traced(x):
-        return eqx.error_if(x, ~jnp.all(jnp.asarray(ok)), message)
+    if is_traced(ok):
+        return x if _defer(ok) else eqx.error_if(x, ~jnp.all(jnp.asarray(ok)), message)
     if not bool(np.all(np.asarray(ok))):
         raise ValueError(message)
     return x
@@ -55,7 +92,9 @@ def ensure_each(x: PyTree, checks: Sequence[tuple[ArrayLike, str]]) -> PyTree:
     """
     passed = _passed([ok for ok, _ in checks])  # one dispatch, one transfer
     messages = [message for _, message in checks]
-    if is_traced(passed) or any(is_traced(leaf) for leaf in jax.tree.leaves(x)):
+    if is_traced(passed):
+        if _defer(passed):
+            return x
         return eqx.branched_error_if(x, ~jnp.all(passed), jnp.argmin(passed), messages)
     for ok, message in zip(np.asarray(passed), messages, strict=True):
         if not ok:
@@ -77,6 +116,16 @@ def all_finite(x: ArrayLike) -> Array:
 def not_finite(what: str, dtype: object, hint: str) -> str:
     """The message for a result that overflowed: names ``what`` and says what to rescale."""
     return f"{what} is not finite: it overflowed {jnp.dtype(dtype).name}; {hint}"
+
+
+def _condition(value: object, arr: Array, condition) -> ArrayLike:
+    """``condition(arr, jnp)``; when that is traced although ``value`` was concrete (a constant
+    converted inside ``jit``), ``condition`` of the value on the host in ``arr``'s dtype, so that
+    the check runs now and no run-time check is compiled for a constant."""
+    ok = condition(arr, jnp)
+    if is_traced(ok) and not is_traced(value):
+        ok = condition(np.asarray(value).astype(arr.dtype), np)
+    return ok
 
 
 def _to_array(name: str, value: object, what: str) -> Array:
@@ -130,7 +179,8 @@ def as_float_matrix(name: str, value: ArrayLike, expected: str) -> Array:
         raise ValueError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    return ensure(arr, jnp.isfinite(arr), f"{name} contains NaN or Inf; all entries must be finite")
+    return ensure(arr, _condition(value, arr, lambda v, xp: xp.isfinite(v)),
+                  f"{name} contains NaN or Inf; all entries must be finite")
 
 
 def as_scalar(name: str, value: ArrayLike, *, minimum: float | None = None,
@@ -141,12 +191,16 @@ def as_scalar(name: str, value: ArrayLike, *, minimum: float | None = None,
     value (a step count). Returns a 0-d array (weakly typed for Python numbers).
     """
     arr = _real_scalar(name, value, integer=integer)
-    ok = jnp.isfinite(arr) if not integer else jnp.asarray(True)
-    relation = ""
-    if minimum is not None:
-        ok = ok & ((arr > minimum) if strict else (arr >= minimum))
-        relation = f" {'>' if strict else '>='} {minimum}"
-    return ensure(arr, ok, f"{name} must be finite{relation}, got {show(value)}")
+
+    def condition(v, xp):
+        ok = xp.isfinite(v) if not integer else xp.asarray(True)
+        if minimum is not None:
+            ok = ok & ((v > minimum) if strict else (v >= minimum))
+        return ok
+
+    relation = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
+    return ensure(arr, _condition(value, arr, condition),
+                  f"{name} must be finite{relation}, got {show(value)}")
 
 
 def _real_scalar(name: str, value: ArrayLike, *, integer: bool = False) -> Array:
@@ -166,7 +220,7 @@ def as_fraction(name: str, value: ArrayLike, *, closed: bool = True) -> Array:
     """A real scalar in ``[0, 1]`` (``closed``) or ``[0, 1)``, e.g. a mixing weight; NaN and
     ±Inf are outside and refused with the same message."""
     arr = _real_scalar(name, value)
-    inside = (arr >= 0) & ((arr <= 1) if closed else (arr < 1))  # False for NaN
+    inside = _condition(value, arr, lambda v, xp: (v >= 0) & ((v <= 1) if closed else (v < 1)))
     return ensure(arr, inside, f"{name} must be in [0, 1{']' if closed else ')'}, "
                                f"got {show(value)}")
 
@@ -203,7 +257,9 @@ def ensure_entries(x: Array, ok: ArrayLike, message: str) -> Array:
     first bad entry (``lams[2] must be finite and >= 0, got nan``). Traced: a run-time check
     with the index left out and ``<traced>`` for the value.
     """
-    if is_traced(ok) or is_traced(x):
+    if is_traced(ok):
+        if _defer(ok):
+            return x
         text = message.replace("{index}", "").replace("{value}", "<traced>")
         return eqx.error_if(x, ~jnp.all(jnp.asarray(ok)), text)
     bad = np.argwhere(~np.broadcast_to(np.asarray(ok, dtype=bool), np.shape(x)))

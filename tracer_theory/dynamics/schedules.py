@@ -512,8 +512,8 @@ def _float_dtype():
 
 
 def _unit_interval(name: str, value: ArrayLike) -> Array:
-    arr = as_scalar(name, value)
-    return as_fraction(name, arr, closed=False)
+    as_scalar(name, value)  # a finite real scalar (its message first), then in [0, 1):
+    return as_fraction(name, value, closed=False)  # the value as given, checked now if concrete
 
 
 def static_count(name: str, value: object, minimum: int = 0) -> int:

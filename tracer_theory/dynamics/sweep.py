@@ -11,7 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from .._validation import all_finite, as_real_array, check_instance, ensure, is_traced, not_finite
+from .._validation import (
+    all_finite,
+    as_real_array,
+    check_instance,
+    deferred_checks,
+    ensure,
+    is_traced,
+    not_finite,
+)
 from ..linear.problem import LinearProblem, contrastive_target
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
 from .diagnostics import trace_end, trace_start, trace_update
@@ -88,7 +96,8 @@ def _sweep(problem, spec, configs, make_omegas, steps: int, rule: Rule):
 
     def run(config):
         """One batch of (size,) configurations."""
-        omegas = jax.vmap(lambda c: _omegas_of(make_omegas, c, steps))(config).astype(dtype)
+        omegas, accepted = jax.vmap(lambda c: _checked_omegas(make_omegas, c, steps))(config)
+        omegas = omegas.astype(dtype)
         # Float reductions (NaN propagates): a boolean all() of constant weights is slow to fold.
         omega_range = jnp.stack([jnp.min(omegas, axis=1), jnp.max(omegas, axis=1)], axis=1)
         # ω past `steps` (padding to whole blocks) is never used: past every horizon.
@@ -112,12 +121,13 @@ def _sweep(problem, spec, configs, make_omegas, steps: int, rule: Rule):
             return jax.lax.cond(first <= last, go, lambda c: c, carry), None
 
         carry, _ = jax.lax.scan(one_block, carry, (1 + block * jnp.arange(blocks), chunk))
-        return jax.vmap(end)(config, carry), omega_range
+        return jax.vmap(end)(config, carry), omega_range, accepted
 
-    out, omega_range = jax.lax.map(run, members)
+    out, omega_range, accepted = jax.lax.map(run, members)
     inverse = jnp.argsort(order)
     final, diag, gap_half = jax.tree.map(lambda x: x.reshape(-1)[inverse], out)
     omega_range = omega_range.reshape(-1, 2)[inverse]
+    accepted = accepted.reshape(-1)[inverse]
     safe_peak = jnp.where(diag.peak > 0, diag.peak, 1.0)
     out = {"bias": final.bias, "gap": final.gap, "distance": final.distance, "loss": final.loss,
            "gap_at_half": jnp.where(diag.peak > 0, gap_half / safe_peak, 0.0),
@@ -126,7 +136,17 @@ def _sweep(problem, spec, configs, make_omegas, steps: int, rule: Rule):
     # half_life is inf when the gap never halves; every other field must be finite.
     finite = {k: ~jnp.isnan(v) if k == "half_life" else jnp.isfinite(v) for k, v in out.items()}
     finite = {"target": all_finite(contrastive_target(problem))} | finite
-    return out, omega_range, finite
+    return out, omega_range, finite, accepted
+
+
+def _checked_omegas(make_omegas, config, steps: int) -> tuple[Array, Array]:
+    """``_omegas_of`` with the library's checks inside ``make_omegas`` (the schedule and kernel
+    constructors') collected rather than compiled as run-time checks, so that the sweep's
+    program holds no host callback and the persistent compilation cache keeps it: the weights
+    (steps,) and whether every check held (a 0-d bool)."""
+    with deferred_checks() as checks:
+        omegas = _omegas_of(make_omegas, config, steps)
+    return omegas, jnp.all(jnp.stack([jnp.asarray(True), *checks]))
 
 
 def _omegas_of(make_omegas, config, steps: int) -> Array:
@@ -229,10 +249,17 @@ def sweep(problem: LinearProblem, configs: Mapping[str, ArrayLike],
                               lambda i, key=key, values=values: f"configs[{key!r}] must be "
                               f"finite, got {_at(key, values, i)}")
     try:
-        out, omega_range, finite = _sweep(problem, spec, arrays, make_omegas, steps, rule)
-    except eqx.EquinoxRuntimeError:  # a check inside make_omegas, on the traced configuration
+        out, omega_range, finite, accepted = _sweep(problem, spec, arrays, make_omegas, steps,
+                                                    rule)
+    except eqx.EquinoxRuntimeError:  # a run-time check of make_omegas's own (eqx.error_if)
         _diagnose(make_omegas, arrays)
         raise
+    # the library's checks inside make_omegas, collected on the traced configuration
+    if not is_traced(accepted) and not np.all(np.asarray(accepted)):
+        _diagnose(make_omegas, arrays)  # raises make_omegas's own error, naming the configuration
+    out = _refuse(out, accepted, lambda i: "make_omegas refuses "
+                  + ("a configuration" if i is None else f"configuration {i}")
+                  + ": a check of the schedule it builds fails on it")
     low, high = omega_range[:, 0], omega_range[:, 1]
     out = _refuse(out, (low >= 0) & (high <= 1),  # False for NaN
                   lambda i: "make_omegas must return weights ω_t in [0, 1]"

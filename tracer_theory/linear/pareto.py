@@ -34,6 +34,7 @@ from .._validation import (
     as_real_array,
     as_vector,
     check_instance,
+    deferred_checks,
     ensure,
     ensure_each,
     ensure_entries,
@@ -185,7 +186,11 @@ def _grid(spec: Spectrum, label: str, family: Callable, grid: ArrayLike) -> Arra
 
 
 def _curve(problem, spec, label, family, values) -> ParetoCurve:
-    loss, forgot = _points(problem, spec, family, values)
+    loss, forgot, accepted = _points(problem, spec, family, values)
+    # a concrete grid was checked value by value on the host (``_grid``); a traced one here
+    values, loss, forgot = ensure((values, loss, forgot), accepted,
+                                  f"pareto: strategies{label} refuses a value of grid{label} "
+                                  "(a check of the strategy it builds fails)")
     finite = jnp.isfinite(loss) & jnp.isfinite(forgot)
     message = not_finite(f"pareto: the point of strategies{label} at grid{label}{{index}} = "
                          "{value} (its task loss or forgetting)", problem.dtype, _RESCALE)
@@ -199,10 +204,14 @@ def _points(problem, spec, family, values):
     y = contrastive_target(problem)
 
     def one(value):
-        strategy = family(value)
+        # the strategy's checks collected, not compiled as run-time checks (host callbacks,
+        # which keep a program out of the persistent compilation cache)
+        with deferred_checks() as checks:
+            strategy = family(value)
         anchor = anchor_of(problem, strategy)
         w, _ = strategy.solution(problem, spec, anchor, y - anchor @ problem.x_img)
-        return unchecked_fit_loss(problem, w), unchecked_forgetting(problem, w)
+        accepted = jnp.all(jnp.stack([jnp.asarray(True), *checks]))
+        return unchecked_fit_loss(problem, w), unchecked_forgetting(problem, w), accepted
 
     return jax.lax.map(one, values)
 
