@@ -20,11 +20,16 @@ def git(*args: str, cwd: Path) -> str:
                           check=True, capture_output=True, text=True).stdout
 
 
+def require_git() -> None:
+    """Skip the test unless git runs and this is a git checkout."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+
+
 def git_copy(folder: Path) -> Path:
     """This checkout's tracked files, as they are in the working tree, copied into ``folder``
     and committed there; skips the test outside a git checkout. Returns ``folder``."""
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout")
+    require_git()
     for name in git("ls-files", "-z", cwd=ROOT).split("\0"):
         if name and (ROOT / name).is_file():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)

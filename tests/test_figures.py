@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from checkout import copy_environment, git_copy, untracked_or_modified
+from checkout import copy_environment, git_copy, require_git, untracked_or_modified
 
 from tracer_theory import _paths, cases, cli
 from tracer_theory.report import registry, toy
@@ -339,10 +339,7 @@ def test_reproduce_runs_every_stage_and_summarizes(tmp_path, monkeypatch, capsys
 
 def test_reproduce_and_toy_write_nothing_git_tracks_by_default():
     """Their default folders are ignored by git (the committed figures change only when asked)."""
-    import shutil
-
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout")
+    require_git()
     args = cli.build_parser().parse_args(["reproduce"])
     toy_args = cli.build_parser().parse_args(["toy"])  # its figures: OUT/figures
     for folder in (args.figures, args.toy_out, toy_args.out):

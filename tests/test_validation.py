@@ -524,3 +524,21 @@ def test_a_traced_sweep_refuses_a_configuration_make_omegas_refuses_at_run_time(
     np.testing.assert_allclose(
         run(_kernel_sweep_inputs([0.5, 2.0])[1]),
         tt.sweep(*_kernel_sweep_inputs([0.5, 2.0]), steps=10)["bias"], rtol=1e-12)
+
+
+def test_a_check_inside_a_transformation_of_make_omegas_stays_a_run_time_check():
+    """The sweep collects only the checks at its own trace level: a kernel built inside an inner
+    jit keeps its run-time check (collecting that inner tracer would leak it), and the sweep
+    still names the configuration it refuses."""
+    problem, configs, _ = _kernel_sweep_inputs([0.5, 2.0])
+    inner = jax.jit(lambda a, b: tt.beta_kernel(a, b))
+
+    def make_omegas(c):
+        return tt.kernel_weights(inner(c["a"], c["b"]), c["horizon"], 10)
+
+    np.testing.assert_allclose(tt.sweep(problem, configs, make_omegas, steps=10)["bias"],
+                               tt.sweep(*_kernel_sweep_inputs([0.5, 2.0]), steps=10)["bias"],
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match=r"make_omegas fails on configuration 1 \(.*"
+                                         r"configs\['a'\]\[1\] = -1\.0"):
+        tt.sweep(problem, _kernel_sweep_inputs([0.5, -1.0])[1], make_omegas, steps=10)

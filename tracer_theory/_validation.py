@@ -6,18 +6,19 @@ values (inside ``jit``/``vmap``/``grad``) cannot be inspected in Python, so the 
 attached to the value with ``eqx.error_if`` and fails when the computation runs. That run-time
 check is a host callback, and JAX never writes a program holding one to its persistent
 compilation cache: solvers that build strategies or schedules from traced values inside their
-own compiled loop (``sweep``, ``pareto``) collect those conditions with ``deferred_checks``
+own compiled loop (``sweep``, ``pareto``) collect those conditions with ``with_deferred_checks``
 instead and act on them after the run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, PyTree
@@ -41,31 +42,38 @@ def show(x: object) -> str:
     return repr(x)
 
 
-#: While a ``deferred_checks`` block runs: the traced conditions collected (else None).
-_DEFERRED: contextvars.ContextVar[list[Array] | None] = contextvars.ContextVar(
+#: While ``with_deferred_checks`` runs: the trace it runs at and the conditions collected there.
+_DEFERRED: contextvars.ContextVar[tuple[object, list[Array]] | None] = contextvars.ContextVar(
     "tracer_theory_deferred_checks", default=None)
 
 
-@contextlib.contextmanager
-def deferred_checks() -> Iterator[list[Array]]:
-    """Inside the block, a traced check adds its condition (a 0-d bool) to the list this yields
-    instead of compiling a run-time check; the caller returns them from the same trace and acts
-    on them. Concrete checks still raise at once. (A program with a run-time check holds a host
-    callback, and JAX never caches such a program.)"""
+def _trace_state() -> object:
+    return jax.extend.core.get_opaque_trace_state(convention="flax")
+
+
+def with_deferred_checks(fn: Callable[..., Any], *args: Any) -> tuple[Any, Array]:
+    """``fn(*args)`` with the library's checks of traced values *at this trace level* collected
+    instead of compiled as run-time checks: ``(its result, whether every one held)``, a 0-d
+    bool the caller returns from the same trace and acts on. Concrete checks still raise at
+    once, and a check inside a transformation ``fn`` opens itself (an inner ``jit``, ``vmap``,
+    ``scan``) stays a run-time check: its value belongs to that inner trace. (A program with a
+    run-time check holds a host callback, and JAX never caches such a program.)"""
     checks: list[Array] = []
-    token = _DEFERRED.set(checks)
+    token = _DEFERRED.set((_trace_state(), checks))
     try:
-        yield checks
+        out = fn(*args)
     finally:
         _DEFERRED.reset(token)
+    return out, jnp.all(jnp.stack([jnp.asarray(True), *checks]))
 
 
 def _defer(ok: ArrayLike) -> bool:
-    """Collect ``ok`` when a ``deferred_checks`` block is open; whether it was."""
-    checks = _DEFERRED.get()
-    if checks is None:
+    """Collect ``ok`` when ``with_deferred_checks`` runs at the current trace level; whether it
+    was collected."""
+    open_block = _DEFERRED.get()
+    if open_block is None or open_block[0] != _trace_state():
         return False
-    checks.append(jnp.all(jnp.asarray(ok)))
+    open_block[1].append(jnp.all(jnp.asarray(ok)))
     return True
 
 

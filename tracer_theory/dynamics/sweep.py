@@ -15,10 +15,10 @@ from .._validation import (
     all_finite,
     as_real_array,
     check_instance,
-    deferred_checks,
     ensure,
     is_traced,
     not_finite,
+    with_deferred_checks,
 )
 from ..linear.problem import LinearProblem, contrastive_target
 from ..linear.spectrum import Spectrum, spectrum as compute_spectrum
@@ -144,9 +144,7 @@ def _checked_omegas(make_omegas, config, steps: int) -> tuple[Array, Array]:
     constructors') collected rather than compiled as run-time checks, so that the sweep's
     program holds no host callback and the persistent compilation cache keeps it: the weights
     (steps,) and whether every check held (a 0-d bool)."""
-    with deferred_checks() as checks:
-        omegas = _omegas_of(make_omegas, config, steps)
-    return omegas, jnp.all(jnp.stack([jnp.asarray(True), *checks]))
+    return with_deferred_checks(_omegas_of, make_omegas, config, steps)
 
 
 def _omegas_of(make_omegas, config, steps: int) -> Array:

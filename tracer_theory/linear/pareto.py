@@ -34,13 +34,13 @@ from .._validation import (
     as_real_array,
     as_vector,
     check_instance,
-    deferred_checks,
     ensure,
     ensure_each,
     ensure_entries,
     is_traced,
     not_finite,
     show,
+    with_deferred_checks,
 )
 from .closed_forms import anchor_of, direct_ft_columns, fit_floor, problem_spectrum
 from .problem import (
@@ -206,11 +206,9 @@ def _points(problem, spec, family, values):
     def one(value):
         # the strategy's checks collected, not compiled as run-time checks (host callbacks,
         # which keep a program out of the persistent compilation cache)
-        with deferred_checks() as checks:
-            strategy = family(value)
+        strategy, accepted = with_deferred_checks(family, value)
         anchor = anchor_of(problem, strategy)
         w, _ = strategy.solution(problem, spec, anchor, y - anchor @ problem.x_img)
-        accepted = jnp.all(jnp.stack([jnp.asarray(True), *checks]))
         return unchecked_fit_loss(problem, w), unchecked_forgetting(problem, w), accepted
 
     return jax.lax.map(one, values)
