@@ -103,9 +103,10 @@ _LONG_FILES = ("test_notebooks.py", "test_finetune_task.py", "test_scan.py", "te
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` (the multi-device and multi-process subprocesses, ~30 s, and
-    `reproduce --quick` in a copy of the checkout, ~2.5 min: they would take the suite past its
-    5 minutes on 2 cores) run with ``TRACER_SLOW_TESTS=1``."""
+    """The longest files first (``_LONG_FILES``). Tests marked ``slow`` (the multi-device and
+    multi-process subprocesses, ~30 s, and `reproduce --quick` in a copy of the checkout,
+    ~2.5 min: they would take the suite past its 5 minutes on 2 cores) run with
+    ``TRACER_SLOW_TESTS=1``."""
     rank = {name: i for i, name in enumerate(_LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
     if os.environ.get("TRACER_SLOW_TESTS") == "1":

@@ -10,8 +10,8 @@ import nbformat
 import pytest
 from checkout import ROOT, copy_environment, git_copy, untracked_or_modified
 
+from tracer_theory._paths import FIGURES_OUT
 from tracer_theory.report import registry, toy
-from tracer_theory.report.notebook import FIGURES_OUT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 #: The notebooks README's two commands, run in the copy's root.

